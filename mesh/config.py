@@ -1,0 +1,49 @@
+"""One frozen configuration per layer, with named presets.
+
+Units are in the field names. Tests pick a preset (``RpcConfig.for_tests()``) instead of
+patching constants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RpcConfig:
+    max_frame_bytes: int = 1 << 20  # frames above this are dropped before any parsing
+    timestamp_window_s: float = 30.0  # |sender clock - our clock| allowed; also how long nonces are kept
+    nonce_cache_max: int = 200_000  # replay cache entries (oldest evicted past this)
+    max_calls_per_connection: int = 64  # concurrent calls one connection may have open
+    default_timeout_s: float = 300.0  # a call's deadline when the caller gives none
+    max_timeout_s: float = 3600.0  # the longest deadline a caller may ask for
+    max_body_depth: int = 16  # nesting limit of a message body
+
+    @classmethod
+    def lan(cls) -> "RpcConfig":
+        return cls()
+
+    @classmethod
+    def for_tests(cls) -> "RpcConfig":
+        return cls(default_timeout_s=30.0)
+
+
+DEFAULT_RPC_PORT = 7411
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    data_dir: Path
+    rpc_host: str = "127.0.0.1"  # interface the RPC socket binds
+    rpc_port: int = DEFAULT_RPC_PORT  # 0 picks a free port
+    model_path: Path | None = None  # None: the default model (SmolLM2-135M-Instruct)
+    n_ctx: int = 2048  # context window in tokens
+    n_threads: int | None = None  # None: one per core
+    queue_limit: int = 8  # requests that may wait for the model before "busy"
+    shutdown_grace_s: float = 10.0  # in-flight requests get this long to finish on SIGTERM
+    write_peer_file: bool = True  # advertise this peer to the local CLI via peer.json
+    rpc: RpcConfig = field(default_factory=RpcConfig.lan)
+
+    def with_(self, **changes) -> "PeerConfig":
+        return replace(self, **changes)

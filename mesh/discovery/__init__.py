@@ -1,0 +1,1 @@
+"""mDNS discovery and static seeds. Arrives with the mesh issue (see ARCHITECTURE.md)."""

@@ -1,0 +1,1 @@
+"""SWIM membership and member-state gossip. Arrives with the mesh issue (see ARCHITECTURE.md)."""

@@ -1,0 +1,12 @@
+"""Inference: the Backend interface, the llama.cpp backend, confidence, the model catalog."""
+
+from mesh.inference.backend import (
+    Backend,
+    Capabilities,
+    FinalStats,
+    GenerationRequest,
+    Message,
+    TextChunk,
+)
+
+__all__ = ["Backend", "Capabilities", "FinalStats", "GenerationRequest", "Message", "TextChunk"]

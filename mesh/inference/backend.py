@@ -1,0 +1,113 @@
+"""The Backend interface: what the peer (and later the Router) calls to generate text.
+
+A backend turns a ``GenerationRequest`` into an async stream of ``TextChunk`` items
+followed by exactly one ``FinalStats``. It never touches the network. Backends:
+
+- ``mesh.inference.llama.LlamaBackend``: llama.cpp in-process, in a worker thread.
+- ``mesh.testing.ScriptedBackend``: the in-memory twin used by fast tests.
+
+Contract (checked by ``tests/test_backend_conformance.py`` against every backend):
+
+- ``stream(request)`` is an async generator. It raises ``BackendBusy`` at the first
+  ``__anext__`` when the backend's bounded queue is full, ``InvalidRequest`` for a
+  request it cannot serve, ``GenerationError`` if the engine fails.
+- Closing the generator early (``aclose()``, or cancelling the task iterating it) stops
+  generation promptly and frees the slot; nothing keeps running for an absent caller.
+- The last item is a ``FinalStats`` with ``finish_reason`` in {"stop", "length"}.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Protocol, runtime_checkable
+
+from mesh.errors import InvalidRequest
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Message:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One chat generation. Limits are checked by ``validate()``, not by the engine."""
+
+    messages: tuple[Message, ...]
+    max_tokens: int = 256
+    temperature: float = 0.7
+    top_p: float = 0.95
+    seed: int | None = None
+
+    MAX_TOKENS_LIMIT = 8192
+    MAX_PROMPT_CHARS = 256 * 1024
+
+    def validate(self) -> "GenerationRequest":
+        if not self.messages:
+            raise InvalidRequest("request has no messages")
+        total = 0
+        for m in self.messages:
+            if m.role not in ROLES:
+                raise InvalidRequest(f"unknown message role {m.role!r}; use one of {', '.join(ROLES)}")
+            if not isinstance(m.content, str):
+                raise InvalidRequest("message content must be a string")
+            total += len(m.content)
+        if not any(m.role == "user" and m.content.strip() for m in self.messages):
+            raise InvalidRequest("the prompt is empty")
+        if total > self.MAX_PROMPT_CHARS:
+            raise InvalidRequest(f"prompt is {total} characters; the limit is {self.MAX_PROMPT_CHARS}")
+        if not (1 <= self.max_tokens <= self.MAX_TOKENS_LIMIT):
+            raise InvalidRequest(f"max_tokens must be in 1..{self.MAX_TOKENS_LIMIT}, got {self.max_tokens}")
+        if not (0.0 <= self.temperature <= 2.0):
+            raise InvalidRequest(f"temperature must be in 0..2, got {self.temperature}")
+        if not (0.0 < self.top_p <= 1.0):
+            raise InvalidRequest(f"top_p must be in (0, 1], got {self.top_p}")
+        return self
+
+    @classmethod
+    def from_prompt(cls, prompt: str, *, system: str | None = None, **kw) -> "GenerationRequest":
+        msgs = ([Message("system", system)] if system else []) + [Message("user", prompt)]
+        return cls(messages=tuple(msgs), **kw)
+
+
+@dataclass(frozen=True)
+class TextChunk:
+    text: str
+
+
+@dataclass(frozen=True)
+class FinalStats:
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    confidence: float  # geometric mean of chosen-token probabilities, in [0, 1]
+    min_token_prob: float  # the least likely chosen token's probability, in [0, 1]
+    finish_reason: str  # "stop" | "length"
+    time_to_first_token_s: float
+    generation_s: float  # from request start to last token
+    tokens_per_s: float  # completion tokens / decode time
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    model: str  # short model name, e.g. "SmolLM2-135M-Instruct"
+    parameters: int  # parameter count (0 when unknown)
+    quantisation: str  # e.g. "Q4_1" ("" when unknown)
+    context_length: int  # tokens
+    tokens_per_s: float  # measured on this machine (0.0 until measured)
+    parallel: int = 1  # generations run at once
+    queue_limit: int = 8  # requests that may wait beyond `parallel` before "busy"
+    extra: dict = field(default_factory=dict)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    @property
+    def capabilities(self) -> Capabilities: ...
+
+    def stream(self, request: GenerationRequest) -> AsyncIterator[TextChunk | FinalStats]: ...
+
+    async def aclose(self) -> None: ...

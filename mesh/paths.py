@@ -1,0 +1,56 @@
+"""Where a peer keeps its files.
+
+The data dir is chosen, in order, by ``--data-dir``, the ``MESH_HOME`` environment
+variable, then the per-user data dir (``platformdirs.user_data_dir("mesh")``, e.g.
+``~/.local/share/mesh`` on Linux). ``mesh`` and ``mesh-peer`` resolve it the same way so
+the CLI finds the peer running beside it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+
+from mesh.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataDir:
+    root: Path
+
+    @property
+    def identity_key(self) -> Path:  # this peer's Ed25519 private key, 0600
+        return self.root / "identity.key"
+
+    @property
+    def client_key(self) -> Path:  # the local CLI's Ed25519 private key, 0600
+        return self.root / "client.key"
+
+    @property
+    def trust_file(self) -> Path:  # public keys allowed to call this peer
+        return self.root / "trusted_keys"
+
+    @property
+    def peer_file(self) -> Path:  # written by a running peer: where to reach it
+        return self.root / "peer.json"
+
+    def ensure(self) -> "DataDir":
+        try:
+            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as e:
+            raise ConfigError(f"cannot create data dir {self.root}: {e.strerror}; pass --data-dir DIR or set MESH_HOME") from e
+        if not os.access(self.root, os.W_OK):
+            raise ConfigError(f"data dir {self.root} is not writable; pass --data-dir DIR or set MESH_HOME")
+        return self
+
+
+def resolve_data_dir(explicit: str | os.PathLike | None = None) -> DataDir:
+    if explicit:
+        return DataDir(Path(explicit).expanduser().resolve())
+    env = os.environ.get("MESH_HOME")
+    if env:
+        return DataDir(Path(env).expanduser().resolve())
+    return DataDir(Path(platformdirs.user_data_dir("mesh", appauthor=False)))

@@ -1,0 +1,60 @@
+"""One side's view of the envelope: seal outgoing frames, admit incoming ones.
+
+Holds what ``mesh.rpc.envelope`` needs and keeps out of it: this side's identity, who it
+trusts, its replay cache, its limits, its clock and its rejection counts. The clock is
+read here, once per frame, and passed down as ``now_ms``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from mesh.config import RpcConfig
+from mesh.errors import EnvelopeRejected
+from mesh.identity.keys import Identity
+from mesh.identity.trust import KeyResolver
+from mesh.rpc import envelope
+from mesh.rpc.rejections import RejectionCounter
+from mesh.rpc.replay import NonceCache
+
+
+class FrameCodec:
+    def __init__(
+        self,
+        identity: Identity,
+        resolver: KeyResolver,
+        *,
+        config: RpcConfig,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.identity = identity
+        self.resolver = resolver
+        self.config = config
+        self.clock = clock
+        window_ms = int(config.timestamp_window_s * 1000)
+        self.replay = NonceCache(window_ms=window_ms, max_entries=config.nonce_cache_max)
+        self.rejections = RejectionCounter()
+        self._window_ms = window_ms
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def seal(self, kind: str, body: dict[str, Any], *, msg_id: bytes | None = None) -> bytes:
+        return envelope.encode(self.identity, kind, body, now_ms=self.now_ms(), msg_id=msg_id)
+
+    def open(self, frame: bytes) -> envelope.Envelope:
+        """Admit a frame or raise ``EnvelopeRejected`` (already counted)."""
+        try:
+            return envelope.decode(
+                frame,
+                resolver=self.resolver,
+                replay=self.replay,
+                now_ms=self.now_ms(),
+                max_frame_bytes=self.config.max_frame_bytes,
+                window_ms=self._window_ms,
+                max_body_depth=self.config.max_body_depth,
+            )
+        except EnvelopeRejected as e:
+            self.rejections.count(e.reason)
+            raise

@@ -1,0 +1,265 @@
+"""The RPC server: a ZeroMQ ROUTER socket serving unary and streaming methods.
+
+Every incoming frame goes through ``FrameCodec.open`` before anything else reads it.
+Each admitted call runs as its own task, so many calls from one connection (a DEALER)
+are served concurrently; replies are routed back by the connection's routing id and
+name the call id in ``re``.
+
+Per call: the server enforces its own deadline (the caller's ``t``, capped by
+``max_timeout_s``), stops the handler when the caller sends ``cancel``, and always
+answers with exactly one ``result`` or ``error`` (after any ``chunk``s), except to a
+caller that cancelled. ``close(grace_s)`` stops taking calls, lets running ones finish
+for ``grace_s``, then cancels the rest with a ``cancelled`` error to their callers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import zmq
+import zmq.asyncio
+
+from mesh.config import RpcConfig
+from mesh.errors import EnvelopeRejected, MeshError
+from mesh.rpc.codec import FrameCodec
+from mesh.rpc.envelope import Envelope, RejectReason
+from mesh.rpc.messages import Call, Cancel, Chunk, Error, Result
+
+log = logging.getLogger("mesh.rpc.server")
+
+# Reasons worth telling the sender about: an honest but misconfigured caller hits these
+# (not enrolled, clock skew, old version) and would otherwise wait for its deadline.
+_NOTIFY = {RejectReason.UNKNOWN_SENDER, RejectReason.STALE_TIMESTAMP, RejectReason.BAD_VERSION}
+
+
+@dataclass(frozen=True)
+class CallContext:
+    sender: bytes  # verified peer id of the caller
+    call_id: bytes
+
+
+@dataclass(frozen=True)
+class Final:
+    """Yielded last by a streaming handler: becomes the call's ``result``."""
+
+    data: dict
+
+
+@dataclass(frozen=True)
+class Method:
+    fn: Callable[[dict, CallContext], Awaitable[dict] | AsyncIterator[dict | Final]]
+    streaming: bool = False
+
+
+def unary(fn) -> Method:
+    return Method(fn, streaming=False)
+
+
+def streaming(fn) -> Method:
+    return Method(fn, streaming=True)
+
+
+@dataclass
+class _Running:
+    task: asyncio.Task
+    cancel_reason: str | None = None  # set before task.cancel(): "caller" or "shutdown"
+
+
+@dataclass
+class ServerStats:
+    calls_started: int = 0
+    calls_ok: int = 0
+    calls_failed: int = 0
+    calls_cancelled: int = 0
+    refused_busy: int = 0
+    by_error: dict[str, int] = field(default_factory=dict)
+
+
+class RpcServer:
+    def __init__(
+        self,
+        *,
+        codec: FrameCodec,
+        methods: dict[str, Method],
+        config: RpcConfig,
+        ctx: zmq.asyncio.Context,
+    ) -> None:
+        self.codec = codec
+        self.methods = dict(methods)
+        self.config = config
+        self._ctx = ctx
+        self._sock: zmq.asyncio.Socket | None = None
+        self._calls: dict[tuple[bytes, bytes], _Running] = {}
+        self._per_conn: dict[bytes, int] = {}
+        self._recv_task: asyncio.Task | None = None
+        self._accepting = False
+        self.stats = ServerStats()
+        self.endpoint: str | None = None
+
+    async def start(self, endpoint: str) -> str:
+        sock = self._ctx.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        # zmq itself drops (and disconnects) only far-oversize messages; frames between
+        # max_frame_bytes and this are read and counted as OVERSIZE by the codec.
+        sock.setsockopt(zmq.MAXMSGSIZE, 2 * self.config.max_frame_bytes + 1024)
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as e:
+            sock.close(0)
+            raise MeshError(f"cannot listen on {endpoint}: {e.strerror}; pick another --rpc-port (0 = any free)") from e
+        self._sock = sock
+        self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        self._accepting = True
+        self._recv_task = asyncio.create_task(self._recv_loop(), name="rpc-recv")
+        return self.endpoint
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._calls)
+
+    async def _recv_loop(self) -> None:
+        assert self._sock is not None
+        while True:
+            parts = await self._sock.recv_multipart(copy=True)
+            if len(parts) != 2:
+                self.codec.rejections.count(RejectReason.MALFORMED)
+                continue
+            rid, frame = parts
+            try:
+                env = self.codec.open(frame)
+            except EnvelopeRejected as e:
+                log.debug("refused frame: %s", e)
+                if e.reason in _NOTIFY:
+                    await self._send(rid, "error", Error(b"", "rejected:" + e.reason.value, str(e)).to_wire())
+                continue
+            try:
+                self._dispatch(rid, env)
+            except EnvelopeRejected as e:
+                self.codec.rejections.count(e.reason)
+                log.debug("refused body: %s", e)
+
+    def _dispatch(self, rid: bytes, env: Envelope) -> None:
+        if env.kind == "cancel":
+            running = self._calls.get((rid, Cancel.from_wire(env.body).re))
+            if running is not None and not running.task.done():
+                running.cancel_reason = "caller"
+                running.task.cancel()
+            return
+        if env.kind != "call":
+            raise EnvelopeRejected(RejectReason.UNKNOWN_KIND, f"a server does not accept {env.kind!r}")
+        call = Call.from_wire(env.body)
+        key = (rid, env.msg_id)
+        if key in self._calls:
+            return  # a duplicate id on one connection; the first one stands
+        if not self._accepting:
+            self._reply_error(rid, env.msg_id, "unavailable", "peer is shutting down; try again later")
+            return
+        method = self.methods.get(call.method)
+        if method is None:
+            self._reply_error(rid, env.msg_id, "unknown_method", f"no method {call.method!r}")
+            return
+        if self._per_conn.get(rid, 0) >= self.config.max_calls_per_connection:
+            self.stats.refused_busy += 1
+            self._reply_error(rid, env.msg_id, "busy", "too many concurrent calls on this connection")
+            return
+        timeout_s = min(
+            (call.timeout_ms / 1000) if call.timeout_ms else self.config.default_timeout_s, self.config.max_timeout_s
+        )
+        ctx = CallContext(sender=env.sender, call_id=env.msg_id)
+        task = asyncio.create_task(self._run(rid, method, call, ctx, timeout_s), name=f"rpc-call-{call.method}")
+        self._calls[key] = _Running(task)
+        self._per_conn[rid] = self._per_conn.get(rid, 0) + 1
+        self.stats.calls_started += 1
+
+    async def _run(self, rid: bytes, method: Method, call: Call, ctx: CallContext, timeout_s: float) -> None:
+        key = (rid, ctx.call_id)
+        try:
+            async with asyncio.timeout(timeout_s):
+                if method.streaming:
+                    final: dict = {}
+                    seq = 0
+                    agen = method.fn(call.args, ctx)
+                    try:
+                        async for item in agen:
+                            if isinstance(item, Final):
+                                final = item.data
+                                break
+                            await self._send(rid, "chunk", Chunk(ctx.call_id, seq, item).to_wire())
+                            seq += 1
+                    finally:
+                        await agen.aclose()
+                else:
+                    final = await method.fn(call.args, ctx)
+            await self._send(rid, "result", Result(ctx.call_id, final).to_wire())
+            self.stats.calls_ok += 1
+        except TimeoutError:
+            self._count_error("deadline_exceeded")
+            await self._send_error(rid, ctx.call_id, "deadline_exceeded", f"no answer within {timeout_s:g}s")
+        except asyncio.CancelledError:
+            running = self._calls.get(key)
+            reason = running.cancel_reason if running else None
+            self.stats.calls_cancelled += 1
+            if reason == "shutdown":
+                await self._send_error(rid, ctx.call_id, "cancelled", "peer is shutting down; retry on another peer")
+            elif reason != "caller":
+                raise
+        except MeshError as e:
+            code = getattr(e, "code", "error")
+            self._count_error(code)
+            await self._send_error(rid, ctx.call_id, code, str(e))
+        except Exception as e:  # a handler bug must not take the peer down; the caller is told
+            log.exception("method %s failed", call.method)
+            self._count_error("internal")
+            await self._send_error(rid, ctx.call_id, "internal", f"{type(e).__name__}: {e}")
+        finally:
+            self._calls.pop(key, None)
+            left = self._per_conn.get(rid, 1) - 1
+            if left:
+                self._per_conn[rid] = left
+            else:
+                self._per_conn.pop(rid, None)
+
+    def _count_error(self, code: str) -> None:
+        self.stats.calls_failed += 1
+        self.stats.by_error[code] = self.stats.by_error.get(code, 0) + 1
+
+    def _reply_error(self, rid: bytes, call_id: bytes, code: str, message: str) -> None:
+        self._count_error(code)
+        asyncio.create_task(self._send_error(rid, call_id, code, message))
+
+    async def _send_error(self, rid: bytes, call_id: bytes, code: str, message: str) -> None:
+        await self._send(rid, "error", Error(call_id, code, message).to_wire())
+
+    async def _send(self, rid: bytes, kind: str, body: dict[str, Any]) -> None:
+        if self._sock is None:
+            return
+        frame = self.codec.seal(kind, body)
+        try:
+            await self._sock.send_multipart([rid, frame])
+        except zmq.ZMQError as e:  # the caller went away; nothing to tell it
+            log.debug("send to caller failed: %s", e)
+
+    async def close(self, *, grace_s: float = 0.0) -> None:
+        """Stop taking calls; give running ones ``grace_s``; cancel the rest, telling callers."""
+        self._accepting = False
+        if self._calls and grace_s > 0:
+            await asyncio.wait([r.task for r in self._calls.values()], timeout=grace_s)
+        for running in list(self._calls.values()):
+            running.cancel_reason = "shutdown"
+            running.task.cancel()
+        if self._calls:
+            await asyncio.wait([r.task for r in self._calls.values()], timeout=5)
+        if self._recv_task:
+            self._recv_task.cancel()
+            try:
+                await self._recv_task
+            except asyncio.CancelledError:
+                pass
+        if self._sock is not None:
+            # give the last replies a moment to leave before the socket goes
+            await asyncio.sleep(0.05)
+            self._sock.close(linger=200)
+            self._sock = None
