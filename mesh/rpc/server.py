@@ -242,14 +242,19 @@ class RpcServer:
         except zmq.ZMQError as e:  # the caller went away; nothing to tell it
             log.debug("send to caller failed: %s", e)
 
+    def cancel_all(self) -> None:
+        """Cancel every running call now; each caller gets a ``cancelled`` error."""
+        for running in list(self._calls.values()):
+            if not running.task.done():
+                running.cancel_reason = "shutdown"
+                running.task.cancel()
+
     async def close(self, *, grace_s: float = 0.0) -> None:
         """Stop taking calls; give running ones ``grace_s``; cancel the rest, telling callers."""
         self._accepting = False
         if self._calls and grace_s > 0:
             await asyncio.wait([r.task for r in self._calls.values()], timeout=grace_s)
-        for running in list(self._calls.values()):
-            running.cancel_reason = "shutdown"
-            running.task.cancel()
+        self.cancel_all()
         if self._calls:
             await asyncio.wait([r.task for r in self._calls.values()], timeout=5)
         if self._recv_task:

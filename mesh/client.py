@@ -1,0 +1,337 @@
+"""The embeddable client: talk to a running peer, or run one in-process.
+
+Blocking::
+
+    from mesh import Client
+    with Client() as client:                      # the peer started by `mesh-peer`
+        answer = client.ask("Name three fruits.", max_tokens=32)
+        print(answer.text, answer.peer, answer.confidence)
+
+Async streaming::
+
+    async with Client() as client:
+        stream = client.astream("Write a haiku about routers.")
+        async for text in stream:
+            print(text, end="", flush=True)
+        print(stream.answer.confidence)
+
+In-process (no second terminal; loads the model in this process)::
+
+    with Client.embedded() as client:
+        print(client.ask("hello").text)
+
+A ``Client`` finds its local peer through ``peer.json`` in the data dir (``--data-dir``,
+``MESH_HOME``, or the per-user default) and signs with the data dir's ``client.key``,
+which the peer trusts. Every call goes over the signed RPC protocol, embedded or not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import zmq.asyncio
+
+from mesh.api import Answer, answer_from_wire, ask_args
+from mesh.config import PeerConfig, RpcConfig
+from mesh.errors import ConfigError, IdentityError, MeshError, PeerUnavailable
+from mesh.identity.keys import Identity, peer_id_from_public
+from mesh.identity.trust import StaticKeys
+from mesh.inference.backend import GenerationRequest
+from mesh.paths import DataDir, resolve_data_dir
+from mesh.rpc.client import RpcClient
+from mesh.rpc.codec import FrameCodec
+
+_HOW_TO_START = (
+    "start one with `bin/mesh-up` (or `.venv/bin/mesh-peer`), "
+    "or run this prompt in-process with `mesh ask --embedded`"
+)
+
+
+@dataclass(frozen=True)
+class PeerAddress:
+    endpoint: str
+    public_raw: bytes
+    peer_id: str
+    pid: int | None = None
+
+
+def read_peer_file(data: DataDir) -> PeerAddress:
+    """Where the local peer listens, from ``peer.json``. ``PeerUnavailable`` if none runs."""
+    path = data.peer_file
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        raw = base64.b64decode(doc["public_key"], validate=True)
+        peer_id_from_public(raw)
+        addr = PeerAddress(str(doc["endpoint"]), raw, str(doc["peer_id"]), doc.get("pid"))
+    except FileNotFoundError:
+        raise PeerUnavailable(f"no mesh peer is running for data dir {data.root}; {_HOW_TO_START}") from None
+    except (OSError, ValueError, KeyError, TypeError, binascii.Error, IdentityError) as e:
+        raise PeerUnavailable(f"{path} is unreadable ({e}); restart the peer, which rewrites it") from None
+    if isinstance(addr.pid, int) and not _pid_alive(addr.pid):
+        raise PeerUnavailable(
+            f"the peer that wrote {path} (pid {addr.pid}) is no longer running; {_HOW_TO_START}"
+        )
+    return addr
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class AnswerStream:
+    """Async iterator over an answer's text pieces; ``answer`` is set when it ends."""
+
+    def __init__(self, client: "Client", request: GenerationRequest, timeout_s: float) -> None:
+        self._client = client
+        self._request = request
+        self._timeout_s = timeout_s
+        self._rpc: RpcClient | None = None
+        self._call = None
+        self._parts: list[str] = []
+        self.answer: Answer | None = None
+
+    def __aiter__(self) -> "AnswerStream":
+        return self
+
+    async def __anext__(self) -> str:
+        if self._call is None:
+            self._rpc = await self._client._connection()
+            self._call = self._rpc.stream("ask", ask_args(self._request), timeout_s=self._timeout_s)
+        try:
+            chunk = await self._call.__anext__()
+        except StopAsyncIteration:
+            self.answer = answer_from_wire("".join(self._parts), self._call.result or {})
+            raise
+        text = chunk.get("t")
+        if not isinstance(text, str):
+            text = ""
+        self._parts.append(text)
+        return text
+
+    async def aclose(self) -> None:
+        """Stop early: the peer is told to cancel generation."""
+        if self._call is not None:
+            await self._call.aclose()
+
+
+class Client:
+    def __init__(
+        self,
+        data_dir: str | os.PathLike | None = None,
+        *,
+        timeout_s: float = 300.0,
+        rpc_config: RpcConfig | None = None,
+    ) -> None:
+        self.data = resolve_data_dir(data_dir)
+        self.timeout_s = timeout_s
+        self.rpc_config = rpc_config or RpcConfig.lan()
+        self._conn: tuple[asyncio.AbstractEventLoop, zmq.asyncio.Context, RpcClient] | None = None
+        self._embedded: _EmbeddedPeer | None = None
+        self.address: PeerAddress | None = None
+
+    # -- embedded peer -------------------------------------------------------------------
+
+    @classmethod
+    def embedded(
+        cls,
+        data_dir: str | os.PathLike | None = None,
+        *,
+        model: str | os.PathLike | None = None,
+        n_ctx: int = 2048,
+        backend_factory: Callable[[PeerConfig], Any] | None = None,
+        timeout_s: float = 300.0,
+    ) -> "Client":
+        """Start a peer in this process (on a free loopback port) and a client for it."""
+        client = cls(data_dir, timeout_s=timeout_s)
+        config = PeerConfig(
+            data_dir=client.data.root, rpc_host="127.0.0.1", rpc_port=0, model_path=Path(model) if model else None,
+            n_ctx=n_ctx, write_peer_file=False, shutdown_grace_s=1.0,
+        )
+        client._embedded = _EmbeddedPeer(config, backend_factory)
+        client.address = client._embedded.start()
+        return client
+
+    # -- connection ----------------------------------------------------------------------
+
+    def _resolve(self) -> PeerAddress:
+        if self.address is None:
+            self.address = read_peer_file(self.data)
+        return self.address
+
+    async def _connection(self) -> RpcClient:
+        loop = asyncio.get_running_loop()
+        if self._conn is not None and self._conn[0] is loop:
+            return self._conn[2]
+        addr = self._resolve()
+        try:
+            identity = Identity.load(self.data.client_key)
+        except IdentityError as e:
+            raise PeerUnavailable(f"{e}; a peer creates the client key on its first start; {_HOW_TO_START}") from None
+        codec = FrameCodec(identity, StaticKeys([addr.public_raw]), config=self.rpc_config)
+        ctx = zmq.asyncio.Context()
+        rpc = RpcClient(codec=codec, endpoint=addr.endpoint, ctx=ctx)
+        rpc.connect()
+        self._conn = (loop, ctx, rpc)
+        return rpc
+
+    async def aclose(self) -> None:
+        if self._conn is not None:
+            _, ctx, rpc = self._conn
+            self._conn = None
+            await rpc.close()
+            ctx.term()
+
+    def close(self) -> None:
+        if self._conn is not None:
+            loop = self._conn[0]
+            if not loop.is_closed() and not loop.is_running():
+                loop.run_until_complete(self.aclose())
+            self._conn = None
+        if self._embedded is not None:
+            self._embedded.stop()
+            self._embedded = None
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    async def __aenter__(self) -> "Client":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+        if self._embedded is not None:
+            await asyncio.to_thread(self._embedded.stop)
+            self._embedded = None
+
+    # -- calls ---------------------------------------------------------------------------
+
+    def astream(
+        self,
+        prompt: str,
+        *,
+        system: str | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.7,
+        top_p: float = 0.95,
+        seed: int | None = None,
+        timeout_s: float | None = None,
+    ) -> AnswerStream:
+        request = GenerationRequest.from_prompt(
+            prompt, system=system, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed
+        ).validate()
+        return AnswerStream(self, request, timeout_s or self.timeout_s)
+
+    async def aask(self, prompt: str, *, on_text: Callable[[str], None] | None = None, **kw) -> Answer:
+        stream = self.astream(prompt, **kw)
+        try:
+            async for text in stream:
+                if on_text is not None:
+                    on_text(text)
+        finally:
+            await stream.aclose()
+        assert stream.answer is not None
+        return stream.answer
+
+    def ask(self, prompt: str, *, on_text: Callable[[str], None] | None = None, **kw) -> Answer:
+        """Blocking ask. ``on_text`` receives each piece of text as it arrives."""
+        _no_running_loop("ask", "aask")
+
+        async def once() -> Answer:
+            try:
+                return await self.aask(prompt, on_text=on_text, **kw)
+            finally:
+                await self.aclose()
+
+        return asyncio.run(once())
+
+    async def ainfo(self, *, timeout_s: float = 10.0) -> dict:
+        return await (await self._connection()).call("info", {}, timeout_s=timeout_s)
+
+    def info(self, *, timeout_s: float = 10.0) -> dict:
+        _no_running_loop("info", "ainfo")
+
+        async def once() -> dict:
+            try:
+                return await self.ainfo(timeout_s=timeout_s)
+            finally:
+                await self.aclose()
+
+        return asyncio.run(once())
+
+
+def _no_running_loop(name: str, async_name: str) -> None:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise MeshError(f"Client.{name}() blocks; inside an event loop use `await client.{async_name}(...)`")
+
+
+class _EmbeddedPeer:
+    """A peer on its own thread and event loop, for ``Client.embedded``."""
+
+    def __init__(self, config: PeerConfig, backend_factory) -> None:
+        self.config = config
+        self.backend_factory = backend_factory
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._address: PeerAddress | None = None
+
+    def start(self) -> PeerAddress:
+        self._thread = threading.Thread(target=self._main, name="mesh-embedded-peer", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            self._thread.join()
+            raise self._error
+        assert self._address is not None
+        return self._address
+
+    def _main(self) -> None:
+        asyncio.run(self._run())
+
+    async def _run(self) -> None:
+        from mesh.peer import Peer
+
+        kw = {"backend_factory": self.backend_factory} if self.backend_factory else {}
+        peer = Peer(self.config, **kw)
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        try:
+            endpoint = await peer.start()
+        except BaseException as e:  # handed to the starting thread, which raises it
+            self._error = e if isinstance(e, MeshError) else ConfigError(f"embedded peer failed to start: {e}")
+            self._ready.set()
+            return
+        assert peer.identity is not None
+        self._address = PeerAddress(endpoint, peer.identity.public_raw, peer.identity.peer_id_text)
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await peer.stop()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None and self._thread and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+            self._thread.join(timeout=30)

@@ -1,0 +1,165 @@
+"""The composition root: build one peer from a ``PeerConfig`` and run it.
+
+Start order: data dir -> identity (created on first start, 0600) -> trust (own key, the
+local CLI's key, the trust file) -> backend (loads the model) -> RPC server -> peer file
+(``peer.json``, so the local CLI finds this peer) -> "ready" line.
+
+Shutdown order (``stop``): remove the peer file (no new local callers) -> the RPC server
+stops taking calls and gives in-flight ones ``shutdown_grace_s`` to finish, then cancels
+them with a ``cancelled`` error to their callers -> the backend stops -> sockets close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import zmq.asyncio
+
+from mesh.config import PeerConfig
+from mesh.identity.keys import Identity
+from mesh.identity.trust import TrustStore
+from mesh.inference.backend import Backend
+from mesh.paths import DataDir
+from mesh.rpc.codec import FrameCodec
+from mesh.rpc.server import RpcServer
+from mesh.service import PeerService
+
+log = logging.getLogger("mesh.peer")
+
+
+def load_llama_backend(config: PeerConfig) -> Backend:
+    """The default engine: llama.cpp in-process on ``config.model_path`` (or the default model)."""
+    from mesh.inference.llama import LlamaBackend
+    from mesh.inference.models import default_model_path
+
+    path = Path(config.model_path) if config.model_path else default_model_path()
+    return LlamaBackend(path, n_ctx=config.n_ctx, n_threads=config.n_threads, queue_limit=config.queue_limit)
+
+
+def enrol_local_client(data: DataDir, trust: TrustStore) -> Identity:
+    """The CLI on this machine signs with ``client.key``; make sure this peer trusts it."""
+    client, _ = Identity.load_or_create(data.client_key)
+    trust.add(client.public_raw, "local-cli")
+    return client
+
+
+class Peer:
+    def __init__(
+        self,
+        config: PeerConfig,
+        *,
+        backend: Backend | None = None,
+        backend_factory: Callable[[PeerConfig], Backend] = load_llama_backend,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.data = DataDir(Path(config.data_dir))
+        self._backend = backend
+        self._backend_factory = backend_factory
+        self._clock = clock
+        self.identity: Identity | None = None
+        self.server: RpcServer | None = None
+        self.endpoint: str | None = None
+        self._ctx: zmq.asyncio.Context | None = None
+        self._stopped = False
+
+    @property
+    def backend(self) -> Backend:
+        assert self._backend is not None, "peer not started"
+        return self._backend
+
+    async def start(self) -> str:
+        """Bring the peer up; returns the RPC endpoint it serves on."""
+        self.data.ensure()
+        self.identity, created = Identity.load_or_create(self.data.identity_key)
+        if created:
+            log.info("created identity %s in %s", self.identity.peer_id_text, self.data.identity_key)
+        trust = TrustStore(self.data.trust_file, own_public_raw=self.identity.public_raw)
+        enrol_local_client(self.data, trust)
+
+        if self._backend is None:
+            self._backend = await asyncio.to_thread(self._backend_factory, self.config)
+
+        codec = FrameCodec(self.identity, trust, config=self.config.rpc, clock=self._clock)
+        service = PeerService(
+            backend=self._backend, peer_id=self.identity.peer_id_text, codec=codec, server=lambda: self.server,
+            clock=self._clock,
+        )
+        self._ctx = zmq.asyncio.Context()
+        self.server = RpcServer(codec=codec, methods=service.methods(), config=self.config.rpc, ctx=self._ctx)
+        try:
+            bound = await self.server.start(f"tcp://{self.config.rpc_host}:{self.config.rpc_port}")
+        except BaseException:
+            await self._backend.aclose()
+            self._ctx.term()
+            raise
+        self.endpoint = _reachable(bound)
+        if self.config.write_peer_file:
+            self._write_peer_file()
+        caps = self._backend.capabilities
+        log.info(
+            "mesh-peer ready: peer %s at %s, model %s (%s, ctx %d, %.1f tok/s), data dir %s",
+            self.identity.peer_id_text, self.endpoint, caps.model, caps.quantisation or "?",
+            caps.context_length, caps.tokens_per_s, self.data.root,
+        )
+        return self.endpoint
+
+    def _write_peer_file(self) -> None:
+        assert self.identity is not None
+        doc = {
+            "endpoint": self.endpoint,
+            "peer_id": self.identity.peer_id_text,
+            "public_key": base64.b64encode(self.identity.public_raw).decode("ascii"),
+            "pid": os.getpid(),
+            "model": self.backend.capabilities.model,
+            "started": self._clock(),
+        }
+        tmp = self.data.peer_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, self.data.peer_file)
+
+    def _remove_peer_file(self) -> None:
+        try:
+            doc = json.loads(self.data.peer_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return
+        if doc.get("pid") == os.getpid() and doc.get("endpoint") == self.endpoint:
+            self.data.peer_file.unlink(missing_ok=True)
+
+    async def stop(self, *, grace_s: float | None = None) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        grace = self.config.shutdown_grace_s if grace_s is None else grace_s
+        if self.config.write_peer_file:
+            self._remove_peer_file()
+        if self.server is not None:
+            n = self.server.in_flight
+            if n:
+                log.info("stopping: waiting up to %gs for %d request(s) in flight", grace, n)
+            await self.server.close(grace_s=grace)
+        if self._backend is not None:
+            await self._backend.aclose()
+        if self._ctx is not None:
+            self._ctx.term()
+        log.info("mesh-peer stopped")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Start, serve until ``stop`` is set, then stop cleanly."""
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+
+
+def _reachable(bound: str) -> str:
+    """The endpoint a local client should dial: a wildcard bind is reached on loopback."""
+    return bound.replace("tcp://0.0.0.0:", "tcp://127.0.0.1:").replace("tcp://[::]:", "tcp://[::1]:")

@@ -1,0 +1,88 @@
+"""The methods a peer serves over RPC: ``ask`` (streaming), ``info`` and ``ping``.
+
+Handlers only translate: wire args -> typed request (``mesh.api``), backend output ->
+wire chunks and final. Cancelling the call closes the backend stream, which stops
+generation within a token.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from mesh import __version__
+from mesh.api import final_to_wire, request_from_ask_args
+from mesh.inference.backend import Backend, FinalStats, TextChunk
+from mesh.rpc.codec import FrameCodec
+from mesh.rpc.envelope import PROTOCOL_VERSION
+from mesh.rpc.server import CallContext, Final, Method, RpcServer, streaming, unary
+
+
+class PeerService:
+    def __init__(
+        self,
+        *,
+        backend: Backend,
+        peer_id: str,
+        codec: FrameCodec,
+        server: Callable[[], RpcServer | None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.backend = backend
+        self.peer_id = peer_id
+        self.codec = codec
+        self._server = server
+        self._clock = clock
+        self._started = clock()
+        self.answers = 0
+
+    def methods(self) -> dict[str, Method]:
+        return {"ask": streaming(self.ask), "info": unary(self.info), "ping": unary(self.ping)}
+
+    async def ask(self, args: dict[str, Any], ctx: CallContext):
+        request = request_from_ask_args(args)
+        stream = self.backend.stream(request)
+        try:
+            async for item in stream:
+                if isinstance(item, TextChunk):
+                    if item.text:
+                        yield {"t": item.text}
+                elif isinstance(item, FinalStats):
+                    self.answers += 1
+                    yield Final(final_to_wire(item, peer=self.peer_id))
+        finally:
+            await stream.aclose()
+
+    async def ping(self, args: dict[str, Any], ctx: CallContext) -> dict:
+        return {"peer": self.peer_id, "time": self._clock()}
+
+    async def info(self, args: dict[str, Any], ctx: CallContext) -> dict:
+        caps = self.backend.capabilities
+        server = self._server()
+        stats = server.stats if server else None
+        return {
+            "peer": self.peer_id,
+            "version": __version__,
+            "protocol": PROTOCOL_VERSION,
+            "uptime_s": self._clock() - self._started,
+            "model": {
+                "name": caps.model,
+                "parameters": caps.parameters,
+                "quantisation": caps.quantisation,
+                "context_length": caps.context_length,
+                "tokens_per_s": caps.tokens_per_s,
+                "parallel": caps.parallel,
+                "queue_limit": caps.queue_limit,
+            },
+            "answers": self.answers,
+            "rpc": {
+                "in_flight": server.in_flight if server else 0,
+                "calls_started": stats.calls_started if stats else 0,
+                "calls_ok": stats.calls_ok if stats else 0,
+                "calls_failed": stats.calls_failed if stats else 0,
+                "calls_cancelled": stats.calls_cancelled if stats else 0,
+                "errors": dict(stats.by_error) if stats else {},
+                "rejections": self.codec.rejections.snapshot(),
+                "replay_cache": len(self.codec.replay),
+            },
+        }

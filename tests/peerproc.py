@@ -1,0 +1,74 @@
+"""Start and stop real `mesh-peer` processes for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def mesh_cmd(*args: str) -> list[str]:
+    return [str(BIN / "mesh"), *args]
+
+
+class PeerProcess:
+    def __init__(self, data_dir: Path, *extra: str) -> None:
+        self.data_dir = Path(data_dir)
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-peer.log"
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [str(BIN / "mesh-peer"), "--data-dir", str(self.data_dir), "--rpc-port", "0", *extra],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.info: dict = {}
+
+    def wait_ready(self, timeout_s: float = 120) -> dict:
+        deadline = time.monotonic() + timeout_s
+        peer_file = self.data_dir / "peer.json"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mesh-peer exited with {self.proc.returncode}:\n{self.log()}")
+            if peer_file.exists():
+                try:
+                    self.info = json.loads(peer_file.read_text())
+                    if self.info.get("pid") == self.proc.pid:
+                        return self.info
+                except ValueError:
+                    pass
+            time.sleep(0.05)
+        raise TimeoutError(f"mesh-peer not ready in {timeout_s}s:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def stop(self, timeout_s: float = 30) -> int:
+        self.signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+        finally:
+            self._log.close()
+
+
+def run_mesh(*args: str, data_dir: Path | None = None, input: str | None = None, timeout: float = 120,
+             env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = mesh_cmd(*args)
+    if data_dir is not None:
+        cmd += ["--data-dir", str(data_dir)]
+    return subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
