@@ -1,0 +1,170 @@
+"""What the signed RPC layer costs, measured in one run.
+
+    .venv/bin/python bench/rpc_overhead.py [--rounds 5] [--tokens 96] [--latency-samples 40] [--pings 2000]
+
+1. Tokens/s of the default model called directly in this process vs through the RPC
+   protocol (what `mesh ask` does) to a `mesh-peer` in another process on loopback.
+   Rounds alternate direct / RPC with the same prompt, seed and temperature 0, so both
+   generate the same tokens. Target: ratio >= 0.97.
+2. Added latency per request: time to first token through RPC minus directly, paired
+   per sample, max_tokens=1. Target: median < 2 ms.
+3. Signed RPC round trips per second with a small body (`ping`), one at a time and 32
+   in flight on one connection.
+
+Prints a readable report, then one line of JSON with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from mesh.client import Client  # noqa: E402
+from mesh.inference.backend import FinalStats, GenerationRequest, TextChunk  # noqa: E402
+from mesh.inference.llama import LlamaBackend  # noqa: E402
+from mesh.inference.models import default_model_path  # noqa: E402
+from peerproc import PeerProcess  # noqa: E402
+
+PROMPT = "Explain in a few sentences why the sky is blue."
+
+
+def say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+async def direct_run(backend: LlamaBackend, request: GenerationRequest) -> tuple[float, int, float]:
+    """(seconds to first token, completion tokens, decode tokens/s) generating in-process."""
+    t0 = time.perf_counter()
+    first = None
+    stats = None
+    async for item in backend.stream(request):
+        if isinstance(item, TextChunk) and first is None:
+            first = time.perf_counter() - t0
+        elif isinstance(item, FinalStats):
+            stats = item
+    assert stats is not None
+    return (first if first is not None else time.perf_counter() - t0), stats.completion_tokens, stats.tokens_per_s
+
+
+async def rpc_run(client: Client, request: GenerationRequest) -> tuple[float, int, float]:
+    t0 = time.perf_counter()
+    first = None
+    m = request.messages[-1]
+    stream = client.astream(m.content, max_tokens=request.max_tokens, temperature=request.temperature,
+                            seed=request.seed)
+    async for _ in stream:
+        if first is None:
+            first = time.perf_counter() - t0
+    a = stream.answer
+    assert a is not None
+    return (first if first is not None else time.perf_counter() - t0), a.completion_tokens, a.tokens_per_s
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+async def main_async(args: argparse.Namespace) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="mesh-bench-"))
+    say("loading the default model in this process ...")
+    backend = LlamaBackend(default_model_path(), n_ctx=2048)
+    say("starting a mesh-peer process on loopback ...")
+    peer = PeerProcess(tmp / "peer")
+    try:
+        peer.wait_ready()
+        client = Client(peer.data_dir)
+        long_req = GenerationRequest.from_prompt(PROMPT, max_tokens=args.tokens, temperature=0.0, seed=7)
+        short_req = GenerationRequest.from_prompt(PROMPT, max_tokens=1, temperature=0.0, seed=7)
+        # warm both sides (page cache, prompt cache)
+        await direct_run(backend, short_req)
+        await rpc_run(client, short_req)
+
+        say(f"\n1. tokens/s, {args.rounds} alternating rounds of {args.tokens} tokens")
+        d_tps, r_tps, d_wall, r_wall = [], [], [], []
+        for i in range(args.rounds):
+            t0 = time.perf_counter()
+            _, dn, dt = await direct_run(backend, long_req)
+            d_wall.append(dn / (time.perf_counter() - t0))
+            t0 = time.perf_counter()
+            _, rn, rt = await rpc_run(client, long_req)
+            r_wall.append(rn / (time.perf_counter() - t0))
+            d_tps.append(dt)
+            r_tps.append(rt)
+            say(f"   round {i + 1}: direct {d_wall[-1]:.1f} tok/s, via RPC {r_wall[-1]:.1f} tok/s (as seen by caller)")
+        direct = statistics.median(d_wall)
+        via_rpc = statistics.median(r_wall)
+
+        say(f"\n2. added latency, {args.latency_samples} paired samples of time to first token")
+        deltas = []
+        for _ in range(args.latency_samples):
+            d_first, _, _ = await direct_run(backend, short_req)
+            r_first, _, _ = await rpc_run(client, short_req)
+            deltas.append((r_first - d_first) * 1000)
+        lat_med, lat_p95 = statistics.median(deltas), pct(deltas, 0.95)
+        say(f"   median {lat_med:+.2f} ms, p95 {lat_p95:+.2f} ms")
+
+        say(f"\n3. signed round trips, {args.pings} pings")
+        rpc = await client._connection()
+        t0 = time.perf_counter()
+        for _ in range(args.pings):
+            await rpc.call("ping", {}, timeout_s=10)
+        serial = args.pings / (time.perf_counter() - t0)
+        sem = asyncio.Semaphore(32)
+
+        async def one():
+            async with sem:
+                await rpc.call("ping", {}, timeout_s=10)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(args.pings)))
+        concurrent = args.pings / (time.perf_counter() - t0)
+        say(f"   one at a time: {serial:.0f}/s; 32 in flight: {concurrent:.0f}/s")
+        await client.aclose()
+    finally:
+        peer.stop()
+        await backend.aclose()
+
+    ratio = via_rpc / direct
+    figures = {
+        "bench": "rpc_overhead",
+        "tokens": args.tokens,
+        "rounds": args.rounds,
+        "direct_tok_s": round(direct, 2),
+        "rpc_tok_s": round(via_rpc, 2),
+        "ratio": round(ratio, 4),
+        "added_latency_ms_median": round(lat_med, 3),
+        "added_latency_ms_p95": round(lat_p95, 3),
+        "ping_rt_per_s_serial": round(serial, 1),
+        "ping_rt_per_s_32_in_flight": round(concurrent, 1),
+    }
+    say("\nsummary")
+    say(f"   tokens/s direct {direct:.1f}, via RPC {via_rpc:.1f}: ratio {ratio:.3f} (target >= 0.97)"
+        f" {'OK' if ratio >= 0.97 else 'MISSED'}")
+    say(f"   added latency median {lat_med:.2f} ms (target < 2 ms) {'OK' if lat_med < 2 else 'MISSED'},"
+        f" p95 {lat_p95:.2f} ms")
+    say(f"   signed round trips/s: {serial:.0f} serial, {concurrent:.0f} with 32 in flight")
+    return figures
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--tokens", type=int, default=96)
+    p.add_argument("--latency-samples", type=int, default=40)
+    p.add_argument("--pings", type=int, default=2000)
+    args = p.parse_args()
+    figures = asyncio.run(main_async(args))
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
