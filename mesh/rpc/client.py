@@ -25,6 +25,7 @@ from mesh.errors import Cancelled, DeadlineExceeded, EnvelopeRejected, PeerUnava
 from mesh.rpc.codec import FrameCodec
 from mesh.rpc.envelope import RejectReason, new_id
 from mesh.rpc.messages import REPLY_TYPES, Call, Cancel, Chunk, Error, Result
+from mesh.rpc.tasks import cancel_and_wait
 
 log = logging.getLogger("mesh.rpc.client")
 
@@ -66,13 +67,8 @@ class RpcClient:
         for call_id in list(self._pending):
             await self._send_cancel(call_id)
         self._fail_all(Cancelled("client closed"))
-        if self._recv_task:
-            self._recv_task.cancel()
-            try:
-                await self._recv_task
-            except asyncio.CancelledError:
-                pass
-            self._recv_task = None
+        await cancel_and_wait(self._recv_task)
+        self._recv_task = None
         if self._sock is not None:
             self._sock.close(linger=100)
             self._sock = None

@@ -27,6 +27,7 @@ from mesh.errors import EnvelopeRejected, MeshError
 from mesh.rpc.codec import FrameCodec
 from mesh.rpc.envelope import Envelope, RejectReason
 from mesh.rpc.messages import Call, Cancel, Chunk, Error, Result
+from mesh.rpc.tasks import cancel_and_wait
 
 log = logging.getLogger("mesh.rpc.server")
 
@@ -257,12 +258,7 @@ class RpcServer:
         self.cancel_all()
         if self._calls:
             await asyncio.wait([r.task for r in self._calls.values()], timeout=5)
-        if self._recv_task:
-            self._recv_task.cancel()
-            try:
-                await self._recv_task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._recv_task)
         if self._sock is not None:
             # give the last replies a moment to leave before the socket goes
             await asyncio.sleep(0.05)
