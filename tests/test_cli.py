@@ -70,7 +70,8 @@ def test_info(peer):
     r = run_mesh("info", data_dir=peer.data_dir)
     assert r.returncode == 0, r.stderr
     assert peer.info["peer_id"] in r.stdout and "refused frames" in r.stdout
-    doc = json.loads(run_mesh("info", "--json", data_dir=peer.data_dir).stdout)
+    # MESH_HOME picks the data dir when --data-dir is not given
+    doc = json.loads(run_mesh("info", "--json", env={"MESH_HOME": str(peer.data_dir)}).stdout)
     assert doc["peer"] == peer.info["peer_id"] and doc["model"]["context_length"] >= 128
 
 
