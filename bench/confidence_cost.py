@@ -3,7 +3,7 @@
 Run: ``.venv/bin/python bench/confidence_cost.py [--rounds N] [--tokens N] [--no-logits-all]``
 
 In one process and on one loaded model, it drives the backend's own generation loop
-(``mesh.inference.llama.generate_once``) at temperature 0, alternating plain generation
+(``mesh.inference.engine.generate_once``) at temperature 0, alternating plain generation
 (no logits processor) with generation through the confidence recorder, and compares
 their decode rates (tokens after the first, per second; prompt evaluation excluded).
 Both ways must produce the same tokens: the recorder only reads the logits. For
@@ -29,7 +29,7 @@ from llama_cpp import Llama
 
 from mesh.inference.backend import GenerationRequest
 from mesh.inference.confidence import LogitsRecorder
-from mesh.inference.llama import ChatPrompter, default_threads, generate_once
+from mesh.inference.engine import ChatPrompter, default_threads, generate_once
 from mesh.inference.models import check_model_file, default_model_path
 
 PROMPT = "Write a long story about a dragon who learns to fly."

@@ -18,10 +18,9 @@ from llama_cpp import Llama
 from mesh.errors import InvalidRequest, ModelError
 from mesh.inference.backend import FinalStats, GenerationRequest, TextChunk
 from mesh.inference.confidence import chosen_logprob
-from mesh.inference.llama import ChatPrompter, LlamaBackend, TokenTextDecoder, _Pieces, ewma, generate_once
+from mesh.inference.engine import ChatPrompter, TokenTextDecoder, _Pieces, generate_once
+from mesh.inference.llama import LlamaBackend, ewma
 from mesh.inference.models import default_model_path
-
-pytestmark = pytest.mark.model
 
 PROGRESS: list[str] = []
 
@@ -47,6 +46,7 @@ async def run(backend, request):
     return "".join(c.text for c in chunks), final
 
 
+@pytest.mark.model
 def test_capabilities_describe_the_default_model(backend):
     caps = backend.capabilities
     assert caps.model == "SmolLM2-135M-Instruct"
@@ -57,12 +57,14 @@ def test_capabilities_describe_the_default_model(backend):
     assert caps.extra["trained_context_length"] == 8192
 
 
+@pytest.mark.model
 def test_loading_reports_progress(backend):
     assert any(m.startswith("loading model SmolLM2-135M-Instruct.Q4_1.gguf") for m in PROGRESS), PROGRESS
     assert "warming up" in PROGRESS
     assert PROGRESS[-1].startswith("ready: SmolLM2-135M-Instruct Q4_1")
 
 
+@pytest.mark.model
 def test_answers_with_real_text(backend):
     text, final = asyncio.run(run(backend, GenerationRequest.from_prompt("What is the capital of France?", max_tokens=16)))
     assert text.strip() and "\ufffd" not in text
@@ -71,6 +73,7 @@ def test_answers_with_real_text(backend):
     assert final.tokens_per_s > 0 or final.completion_tokens < 2
 
 
+@pytest.mark.model
 def test_chat_template_from_the_gguf(backend, vocab_llm):
     prompter = ChatPrompter(vocab_llm)
     ids = prompter.tokens(GenerationRequest.from_prompt("Hello there", system="Be brief."))
@@ -79,6 +82,7 @@ def test_chat_template_from_the_gguf(backend, vocab_llm):
     assert ids[0] == vocab_llm.tokenize(b"<|im_start|>", add_bos=False, special=True)[0]  # a real special token
 
 
+@pytest.mark.model
 def test_incremental_decoding_of_multibyte_characters(vocab_llm):
     original = "café naïve 日本語 🙂🚀"
     ids = vocab_llm.tokenize(original.encode(), add_bos=False, special=False)
@@ -107,6 +111,7 @@ def test_decoder_holds_back_split_characters():
     assert d.flush() == "\ufffd"  # a character cut off at the end is replaced, not dropped silently
 
 
+@pytest.mark.model
 def test_seed_makes_sampling_reproducible(backend):
     async def main():
         greedy = GenerationRequest.from_prompt("Name three colours.", max_tokens=12, temperature=0.0, seed=3)
@@ -125,6 +130,7 @@ def test_seed_makes_sampling_reproducible(backend):
     asyncio.run(main())
 
 
+@pytest.mark.model
 def test_event_loop_stays_responsive_while_generating(backend):
     async def main():
         gaps: list[float] = []
@@ -152,6 +158,7 @@ def test_event_loop_stays_responsive_while_generating(backend):
     asyncio.run(main())
 
 
+@pytest.mark.model
 def test_prompt_too_long_for_the_context(backend):
     with pytest.raises(InvalidRequest, match="context of 2048 tokens; shorten the prompt"):
         asyncio.run(run(backend, GenerationRequest.from_prompt("hello " * 3000, max_tokens=8)))
@@ -159,19 +166,25 @@ def test_prompt_too_long_for_the_context(backend):
         asyncio.run(run(backend, GenerationRequest.from_prompt("hello " * 1500, max_tokens=1000)))
 
 
+@pytest.mark.model
 def test_confidence_matches_reference_logits():
     """The recorder's per-token log-probabilities equal a log-softmax over the logits that
-    ``logits_all=True`` keeps for the same tokens (the slow, obviously-right way).
+    ``logits_all=True`` keeps for the same tokens (the slow, obviously-right way), and the
+    confidence is their geometric mean with the end-of-turn token's included.
 
     The reference evaluates in the same schedule as generation (the prompt as one batch,
     then one token at a time): batched and one-at-a-time evaluation of a Q4 model differ
     by up to ~0.1 in a log-probability, which would hide an off-by-one-step error."""
     path = str(default_model_path())
     llm = Llama(path, n_ctx=256, verbose=False)
-    prompt = ChatPrompter(llm).tokens(GenerationRequest.from_prompt("What is the capital of France?"))
-    gen = generate_once(llm, prompt, max_tokens=12, temperature=0.0, seed=0, reuse_cache=False)
+    eos = llm.token_eos()
+    prompt = ChatPrompter(llm).tokens(GenerationRequest.from_prompt("What is 2+2? Answer with a number only."))
+    gen = generate_once(llm, prompt, max_tokens=32, temperature=0.0, seed=0, reuse_cache=False)
     llm.close()
-    assert len(gen.logprobs) == len(gen.token_ids) > 0
+    # Greedy answers "2 + 2 = 4" and ends its turn: the stop path, end token not counted.
+    assert gen.finish_reason == "stop"
+    assert 0 < len(gen.token_ids) < 32 and eos not in gen.token_ids
+    assert len(gen.logprobs) == len(gen.token_ids)
 
     ref = Llama(path, n_ctx=256, logits_all=True, verbose=False)
     ref.eval(prompt)
@@ -179,19 +192,62 @@ def test_confidence_matches_reference_logits():
         ref.eval([token])
     scores = np.array(ref.scores[: ref.n_tokens])
     ref.close()
-    expected = [chosen_logprob(scores[len(prompt) - 1 + i], t) for i, t in enumerate(gen.token_ids)]
+    rows = scores[len(prompt) - 1 :]
+    expected = [chosen_logprob(rows[i], t) for i, t in enumerate(gen.token_ids)]
     np.testing.assert_allclose(gen.logprobs, expected, atol=1e-4)
-    # Greedy on this prompt runs past 12 tokens, so no end token joins the confidence.
-    assert gen.finish_reason == "length"
-    assert gen.confidence == pytest.approx(np.exp(np.mean(expected)), abs=1e-4)
-    assert gen.min_token_prob == pytest.approx(np.exp(min(expected)), abs=1e-4)
+    with_end = expected + [chosen_logprob(rows[len(gen.token_ids)], eos)]
+    assert gen.confidence == pytest.approx(np.exp(np.mean(with_end)), abs=1e-4)
+    assert gen.min_token_prob == pytest.approx(np.exp(min(with_end)), abs=1e-4)
 
 
+@pytest.mark.model
+def test_stops_at_the_end_of_its_turn(backend):
+    text, final = asyncio.run(
+        run(backend, GenerationRequest.from_prompt("What is 2+2? Answer with a number only.", max_tokens=32, temperature=0.0))
+    )
+    assert final.finish_reason == "stop" and final.completion_tokens < 32
+    assert "4" in text and "<|im_end|>" not in text
+
+
+class StepClock:
+    """Each reading is ``step`` seconds after the previous one."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+@pytest.mark.model
+def test_timings_and_measured_speed_come_from_the_injected_clock():
+    # Readings per request: admitted, generation started, then one per token.
+    clock = StepClock(0.01)
+    b = LlamaBackend(warmup_tokens=0, clock=clock)
+    story = GenerationRequest.from_prompt("Write a long story about a dragon.", max_tokens=4, temperature=0.0)
+    try:
+        assert b.capabilities.tokens_per_s == 0.0  # no warm-up, nothing measured yet
+        _, final = asyncio.run(run(b, story))
+        assert final.completion_tokens == 4
+        assert final.time_to_first_token_s == pytest.approx(0.02)
+        assert final.generation_s == pytest.approx(0.05)
+        assert final.tokens_per_s == pytest.approx(100.0)
+        assert b.capabilities.tokens_per_s == pytest.approx(100.0)  # the first sample, as is
+        clock.step = 0.02
+        asyncio.run(run(b, story))
+        assert b.capabilities.tokens_per_s == pytest.approx(0.2 * 50.0 + 0.8 * 100.0)  # EWMA
+    finally:
+        asyncio.run(b.aclose())
+
+
+@pytest.mark.model
 def test_missing_model_is_a_model_error(tmp_path):
     with pytest.raises(ModelError, match="does not exist"):
         LlamaBackend(tmp_path / "absent.gguf")
 
 
+@pytest.mark.model
 def test_a_gguf_llama_cannot_load_is_a_model_error(tmp_path):
     # A well-formed GGUF with no architecture and no tensors: passes the file check,
     # fails in llama.cpp.

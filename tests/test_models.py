@@ -118,6 +118,7 @@ def test_absurd_counts_are_refused_without_looping(tmp_path):
         check_model_file(write(tmp_path, data))
 
 
+@pytest.mark.model
 def test_the_real_default_model_is_found_and_complete():
     p = default_model_path()
     assert p.name == DEFAULT_MODEL_FILE and p.is_file()
@@ -125,6 +126,7 @@ def test_the_real_default_model_is_found_and_complete():
     assert resolve_model_path(None) == p
 
 
+@pytest.mark.model
 def test_a_truncated_copy_of_the_real_model_is_refused(tmp_path):
     src = default_model_path()
     with open(src, "rb") as f:

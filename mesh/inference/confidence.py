@@ -11,7 +11,8 @@ Pure code over numbers and numpy arrays; no llama import. Two pieces:
   scores``, scores unchanged) that keeps a copy of each step's raw logits row and its
   log-sum-exp, so the driving loop can read the chosen token's log-probability once the
   sampler has picked it. This is how confidence is computed while generating, without
-  ``logits_all=True`` (about 6x slower on the default model).
+  the ``logprobs`` option of ``create_completion`` (which needs ``logits_all=True`` and
+  ran about 6x slower on the default model; see bench/confidence_cost.py).
 
 Probabilities are those of the model's raw distribution (temperature 1, no top-k / top-p
 truncation), whatever the sampling settings: confidence describes the model, not the

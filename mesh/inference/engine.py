@@ -1,0 +1,248 @@
+"""One generation with llama.cpp, synchronously: the token loop, text decoding, chat
+prompts and model loading. Blocking code for the thread that owns a ``Llama``; the
+scheduling around it (queue, worker thread, async streaming) is ``mesh.inference.llama``.
+
+- Confidence is measured while generating by ``LogitsRecorder`` (a logits processor);
+  ``logits_all`` stays False.
+- llama.cpp failures map to ``ModelError`` (loading) and ``GenerationError`` (generating).
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import jinja2
+import llama_cpp
+import psutil
+from llama_cpp import Llama, LogitsProcessorList
+from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+from mesh.errors import GenerationError, InvalidRequest, ModelError
+from mesh.inference.backend import GenerationRequest
+from mesh.inference.confidence import ConfidenceMeter, LogitsRecorder
+
+log = logging.getLogger(__name__)
+
+TOP_K = 40  # llama.cpp's default; sampling steps the request does not name keep their defaults
+MIN_P = 0.05
+
+# Used only when a GGUF carries no chat template (base models): ChatML.
+_CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content']"
+    " + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+# ---------------------------------------------------------------- one generation (sync)
+
+
+@dataclass(frozen=True)
+class Generation:
+    """What ``generate_once`` produced. Times are readings of the injected clock."""
+
+    token_ids: tuple[int, ...]  # completion tokens, end-of-generation token excluded
+    logprobs: tuple[float, ...]  # one per token_ids entry; empty when confidence is off
+    finish_reason: str  # "stop" (end-of-generation token), "length" (max_tokens), "cancelled"
+    confidence: float  # geometric mean of chosen-token probabilities, the EOG token included
+    min_token_prob: float
+    started_at: float
+    first_token_at: float | None
+    last_token_at: float | None
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        """Completion tokens per second after the first one (prompt evaluation excluded)."""
+        n = len(self.token_ids)
+        if n < 2 or self.first_token_at is None or self.last_token_at is None:
+            return 0.0
+        dt = self.last_token_at - self.first_token_at
+        return (n - 1) / dt if dt > 0 else 0.0
+
+
+class TokenTextDecoder:
+    """Token ids to text, incrementally: bytes of a UTF-8 character split across tokens
+    are held back until the character is complete (invalid bytes become U+FFFD)."""
+
+    def __init__(self, piece: Callable[[int], bytes]) -> None:
+        self._piece = piece
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, token: int) -> str:
+        return self._utf8.decode(self._piece(token))
+
+    def flush(self) -> str:
+        return self._utf8.decode(b"", final=True)
+
+
+class _Pieces:
+    """``token -> bytes`` through ``llama_token_to_piece``, growing the buffer on demand
+    (llama-cpp-python's own detokenize asserts on pieces longer than 32 bytes)."""
+
+    def __init__(self, vocab) -> None:
+        self._vocab = vocab
+        self._buf = ctypes.create_string_buffer(64)
+
+    def __call__(self, token: int) -> bytes:
+        n = llama_cpp.llama_token_to_piece(self._vocab, token, self._buf, len(self._buf), 0, False)
+        if n < 0:
+            self._buf = ctypes.create_string_buffer(-n)
+            n = llama_cpp.llama_token_to_piece(self._vocab, token, self._buf, len(self._buf), 0, False)
+        return self._buf.raw[: max(n, 0)]
+
+
+def generate_once(
+    llm: Llama,
+    prompt_tokens: Sequence[int],
+    *,
+    max_tokens: int,
+    temperature: float,
+    top_p: float = 1.0,
+    seed: int,
+    reuse_cache: bool = True,
+    confidence: bool = True,
+    stop: threading.Event | None = None,
+    on_text: Callable[[str], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Generation:
+    """Drive ``Llama.generate`` token by token; the one loop the backend, its warm-up and
+    the benchmark share. Blocking: call it from the thread that owns ``llm``.
+
+    Stops on an end-of-generation token ("stop"), after ``max_tokens`` ("length"), or
+    when ``stop`` is set ("cancelled", checked after every token, text of that token not
+    emitted). ``on_text`` receives decoded text as it completes. With ``confidence``, a
+    ``LogitsRecorder`` supplies each chosen token's log-probability. Engine failures
+    raise ``GenerationError``.
+    """
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    decoder = TokenTextDecoder(_Pieces(vocab))
+    recorder = LogitsRecorder() if confidence else None
+    meter = ConfidenceMeter()
+    ids: list[int] = []
+    logprobs: list[float] = []
+    finish = "length"
+    first_at = last_at = None
+    yielded = 0
+    llm.set_seed(seed)
+    if not reuse_cache:
+        llm.reset()
+    started_at = clock()
+    tokens = llm.generate(
+        list(prompt_tokens),
+        temp=temperature,
+        top_p=top_p,
+        top_k=TOP_K,
+        min_p=MIN_P,
+        repeat_penalty=1.0,
+        logits_processor=LogitsProcessorList([recorder]) if recorder is not None else None,
+    )
+    try:
+        for token in tokens:
+            now = clock()
+            yielded += 1
+            if stop is not None and stop.is_set():
+                finish = "cancelled"
+                break
+            if recorder is not None:
+                # ctypes swallows exceptions raised in the processor: a missed step is
+                # the only trace of one, and would pair a token with the wrong row.
+                if recorder.steps != yielded:
+                    raise GenerationError(f"confidence recorder saw {recorder.steps} steps for {yielded} tokens")
+                lp = recorder.logprob(token)
+                meter.add(lp)
+            if llama_cpp.llama_vocab_is_eog(vocab, token):
+                finish = "stop"
+                break
+            ids.append(token)
+            if recorder is not None:
+                logprobs.append(lp)
+            first_at = now if first_at is None else first_at
+            last_at = now
+            text = decoder.feed(token)
+            if text and on_text is not None:
+                on_text(text)
+            if len(ids) >= max_tokens:
+                break
+    except (RuntimeError, ValueError, OSError, IndexError) as e:
+        raise GenerationError(f"llama.cpp failed while generating: {e}") from e
+    finally:
+        tokens.close()
+    tail = decoder.flush()
+    if tail and on_text is not None and finish != "cancelled":
+        on_text(tail)
+    return Generation(
+        token_ids=tuple(ids),
+        logprobs=tuple(logprobs),
+        finish_reason=finish,
+        confidence=meter.confidence,
+        min_token_prob=meter.min_token_prob,
+        started_at=started_at,
+        first_token_at=first_at,
+        last_token_at=last_at,
+    )
+
+
+class ChatPrompter:
+    """Messages -> prompt tokens, through the GGUF's own chat template."""
+
+    def __init__(self, llm: Llama) -> None:
+        self._llm = llm
+        template = llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            log.warning("model has no chat template in its metadata; using ChatML")
+            template = _CHATML
+        self._bos = llm.token_bos()
+        self._formatter = Jinja2ChatFormatter(
+            template=template,
+            eos_token=self._token_text(llm.token_eos()),
+            bos_token=self._token_text(self._bos),
+            add_generation_prompt=True,
+        )
+        self._add_bos = llm.metadata.get("tokenizer.ggml.add_bos_token") == "true" and self._bos >= 0
+
+    def _token_text(self, token: int) -> str:
+        return self._llm.detokenize([token], special=True).decode("utf-8", "replace") if token >= 0 else ""
+
+    def tokens(self, request: GenerationRequest) -> list[int]:
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        try:
+            prompt = self._formatter(messages=messages).prompt
+        except (jinja2.TemplateError, ValueError) as e:
+            raise InvalidRequest(f"the model's chat template refused these messages: {e}") from e
+        try:
+            # Special tokens are parsed so the template's role markers become real tokens.
+            ids = self._llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+        except RuntimeError as e:
+            raise InvalidRequest(f"the prompt could not be tokenized: {e}") from e
+        if self._add_bos and (not ids or ids[0] != self._bos):
+            ids.insert(0, self._bos)  # the template left out a BOS the model expects
+        return ids
+
+
+def default_threads() -> int:
+    """Physical cores (llama.cpp gains nothing from hyper-threads), else logical CPUs."""
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+def load_llama(path: Path, *, n_ctx: int, n_threads: int) -> Llama:
+    try:
+        return Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_threads=n_threads,
+            n_threads_batch=n_threads,
+            logits_all=False,  # not needed: confidence comes from LogitsRecorder
+            verbose=False,
+        )
+    except (ValueError, RuntimeError, OSError) as e:
+        raise ModelError(
+            f"llama.cpp could not load model {path}: {e}; check that it is a complete GGUF model of an "
+            f"architecture llama-cpp-python {llama_cpp.__version__} supports, or pass --model PATH"
+        ) from e
