@@ -13,6 +13,7 @@ from typing import Any, Callable
 from mesh import __version__
 from mesh.api import final_to_wire, request_from_ask_args
 from mesh.inference.backend import Backend, FinalStats, TextChunk
+from mesh.inference.coalesce import coalesce
 from mesh.rpc.codec import FrameCodec
 from mesh.rpc.envelope import PROTOCOL_VERSION
 from mesh.rpc.server import CallContext, Final, Method, RpcServer, streaming, unary
@@ -27,8 +28,10 @@ class PeerService:
         codec: FrameCodec,
         server: Callable[[], RpcServer | None],
         clock: Callable[[], float] = time.time,
+        chunk_window_s: float = 0.05,
     ) -> None:
         self.backend = backend
+        self.chunk_window_s = chunk_window_s
         self.peer_id = peer_id
         self.codec = codec
         self._server = server
@@ -41,7 +44,7 @@ class PeerService:
 
     async def ask(self, args: dict[str, Any], ctx: CallContext):
         request = request_from_ask_args(args)
-        stream = self.backend.stream(request)
+        stream = coalesce(self.backend.stream(request), window_s=self.chunk_window_s)
         try:
             async for item in stream:
                 if isinstance(item, TextChunk):
