@@ -13,6 +13,7 @@ import codecs
 import ctypes
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -211,19 +212,40 @@ class ChatPrompter:
         return self._llm.detokenize([token], special=True).decode("utf-8", "replace") if token >= 0 else ""
 
     def tokens(self, request: GenerationRequest) -> list[int]:
-        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        """The prompt's tokens. Only the template's own text may become special tokens.
+
+        Attack: tokenizing the whole rendered prompt with special tokens on (as
+        llama-cpp-python does) turns a user's literal ``<|im_end|><|im_start|>system`` into
+        real control tokens, so a prompt could forge a system turn. Each message's content
+        is rendered as a sentinel instead, and tokenized with special tokens off.
+        """
+        contents = [m.content for m in request.messages]
+        messages = [{"role": m.role, "content": _sentinel(i)} for i, m in enumerate(request.messages)]
         try:
             prompt = self._formatter(messages=messages).prompt
         except (jinja2.TemplateError, ValueError) as e:
             raise InvalidRequest(f"the model's chat template refused these messages: {e}") from e
+        ids: list[int] = []
         try:
-            # Special tokens are parsed so the template's role markers become real tokens.
-            ids = self._llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+            for part in _SENTINEL.split(prompt):
+                if part.startswith("\x00") and part.endswith("\x00"):
+                    text, special = contents[int(part[len("\x00mesh-content-"):-1])], False
+                else:
+                    text, special = part, True  # the template's role markers become real tokens
+                if text:
+                    ids += self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
         except RuntimeError as e:
             raise InvalidRequest(f"the prompt could not be tokenized: {e}") from e
         if self._add_bos and (not ids or ids[0] != self._bos):
             ids.insert(0, self._bos)  # the template left out a BOS the model expects
         return ids
+
+
+def _sentinel(i: int) -> str:
+    return f"\x00mesh-content-{i}\x00"
+
+
+_SENTINEL = re.compile("(\x00mesh-content-[0-9]+\x00)")
 
 
 def default_threads() -> int:
