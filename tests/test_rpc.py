@@ -249,3 +249,17 @@ def test_close_lets_short_calls_finish_within_grace():
             await h.server.close(grace_s=2)
             assert (await task) == {"slept": 0.2}
     run(main())
+
+
+def test_calls_per_connection_are_bounded():
+    from mesh.errors import BackendBusy
+
+    async def main():
+        async with Harness(RpcConfig(max_calls_per_connection=2)) as h:
+            calls = [asyncio.create_task(h.client.call("sleepy", {"s": 0.3}, timeout_s=5)) for _ in range(2)]
+            await asyncio.sleep(0.1)
+            with pytest.raises(BackendBusy, match="concurrent calls"):
+                await h.client.call("echo", {}, timeout_s=5)
+            assert [c["slept"] for c in await asyncio.gather(*calls)] == [0.3, 0.3]
+            assert (await h.client.call("echo", {"ok": 1}, timeout_s=5))["echo"] == {"ok": 1}
+    run(main())

@@ -137,12 +137,14 @@ class RpcServer:
                     await self._send(rid, "error", Error(b"", "rejected:" + e.reason.value, str(e)).to_wire())
                 continue
             try:
-                self._dispatch(rid, env)
+                await self._dispatch(rid, env)
             except EnvelopeRejected as e:
                 self.codec.rejections.count(e.reason)
                 log.debug("refused body: %s", e)
+            except Exception:  # a bug here must not stop the peer from serving; it is logged
+                log.exception("dispatching a %s failed", env.kind)
 
-    def _dispatch(self, rid: bytes, env: Envelope) -> None:
+    async def _dispatch(self, rid: bytes, env: Envelope) -> None:
         if env.kind == "cancel":
             running = self._calls.get((rid, Cancel.from_wire(env.body).re))
             if running is not None and not running.task.done():
@@ -156,15 +158,15 @@ class RpcServer:
         if key in self._calls:
             return  # a duplicate id on one connection; the first one stands
         if not self._accepting:
-            self._reply_error(rid, env.msg_id, "unavailable", "peer is shutting down; try again later")
+            await self._reply_error(rid, env.msg_id, "unavailable", "peer is shutting down; try again later")
             return
         method = self.methods.get(call.method)
         if method is None:
-            self._reply_error(rid, env.msg_id, "unknown_method", f"no method {call.method!r}")
+            await self._reply_error(rid, env.msg_id, "unknown_method", f"no method {call.method!r}")
             return
         if self._per_conn.get(rid, 0) >= self.config.max_calls_per_connection:
             self.stats.refused_busy += 1
-            self._reply_error(rid, env.msg_id, "busy", "too many concurrent calls on this connection")
+            await self._reply_error(rid, env.msg_id, "busy", "too many concurrent calls on this connection")
             return
         timeout_s = min(
             (call.timeout_ms / 1000) if call.timeout_ms else self.config.default_timeout_s, self.config.max_timeout_s
@@ -227,9 +229,9 @@ class RpcServer:
         self.stats.calls_failed += 1
         self.stats.by_error[code] = self.stats.by_error.get(code, 0) + 1
 
-    def _reply_error(self, rid: bytes, call_id: bytes, code: str, message: str) -> None:
+    async def _reply_error(self, rid: bytes, call_id: bytes, code: str, message: str) -> None:
         self._count_error(code)
-        asyncio.create_task(self._send_error(rid, call_id, code, message))
+        await self._send_error(rid, call_id, code, message)
 
     async def _send_error(self, rid: bytes, call_id: bytes, code: str, message: str) -> None:
         await self._send(rid, "error", Error(call_id, code, message).to_wire())
