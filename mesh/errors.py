@@ -7,6 +7,8 @@ subclasses::
     MeshError
     ├── ConfigError            bad flag, environment or data dir
     ├── IdentityError          missing / unreadable / malformed key or trust file
+    │   ├── CertificateError   a certificate that is malformed, expired, of another mesh, or forged
+    │   └── TokenError         a join token that is malformed, expired, used, or forged
     ├── ModelError             model file missing, corrupt, or failed to load
     ├── BackendBusy            the backend's bounded queue is full; try later or elsewhere
     ├── GenerationError        the engine failed while generating
@@ -34,6 +36,14 @@ class ConfigError(MeshError):
 
 
 class IdentityError(MeshError):
+    pass
+
+
+class CertificateError(IdentityError):
+    pass
+
+
+class TokenError(IdentityError):
     pass
 
 
