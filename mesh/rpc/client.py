@@ -76,16 +76,22 @@ class RpcClient:
     async def _recv_loop(self) -> None:
         assert self._sock is not None
         while True:
-            frame = await self._sock.recv()
+            parts = await self._sock.recv_multipart(copy=True)
+            if len(parts) not in (1, 2):  # frame[, credential]
+                self.codec.rejections.count(RejectReason.MALFORMED)
+                continue
             try:
-                env = self.codec.open(frame)
+                env = self.codec.open(parts[0], parts[1] if len(parts) == 2 else None)  # counts its refusals
+            except EnvelopeRejected as e:
+                log.debug("refused reply: %s", e)
+                continue
+            try:
                 reply_type = REPLY_TYPES.get(env.kind)
                 if reply_type is None:
                     raise EnvelopeRejected(RejectReason.UNKNOWN_KIND, f"a client does not accept {env.kind!r}")
                 reply = reply_type.from_wire(env.body)
             except EnvelopeRejected as e:
-                if e.reason is RejectReason.BAD_FIELD or e.reason is RejectReason.UNKNOWN_KIND:
-                    self.codec.rejections.count(e.reason)
+                self.codec.rejections.count(e.reason)
                 log.debug("refused reply: %s", e)
                 continue
             if isinstance(reply, Error) and reply.re == b"":
@@ -113,14 +119,16 @@ class RpcClient:
         queue: asyncio.Queue = asyncio.Queue()
         self._pending[call_id] = queue
         frame = self.codec.seal("call", Call(method, args, int(timeout_s * 1000)).to_wire(), msg_id=call_id)
-        await self._sock.send(frame)
+        await self._sock.send_multipart(self.codec.parts(frame))
         return call_id, queue
 
     async def _send_cancel(self, call_id: bytes) -> None:
         self._pending.pop(call_id, None)
         if self._sock is not None:
             try:
-                await self._sock.send(self.codec.seal("cancel", Cancel(call_id).to_wire()), flags=zmq.NOBLOCK)
+                await self._sock.send_multipart(
+                    self.codec.parts(self.codec.seal("cancel", Cancel(call_id).to_wire())), flags=zmq.NOBLOCK
+                )
             except zmq.ZMQError:
                 pass  # not connected: the server never saw the call, or its deadline ends it
 

@@ -27,8 +27,12 @@ class FrameCodec:
         *,
         config: RpcConfig,
         clock: Callable[[], float] = time.time,
+        credential: bytes | None = None,
+        credentials: Callable[[bytes, float], bytes] | None = None,
     ) -> None:
         self.identity = identity
+        self.credential = credential  # this side's certificate, sent beside every frame
+        self.credentials = credentials  # verifies a peer's certificate (see envelope.decode)
         self.resolver = resolver
         self.config = config
         self.clock = clock
@@ -43,7 +47,11 @@ class FrameCodec:
     def seal(self, kind: str, body: dict[str, Any], *, msg_id: bytes | None = None) -> bytes:
         return envelope.encode(self.identity, kind, body, now_ms=self.now_ms(), msg_id=msg_id)
 
-    def open(self, frame: bytes) -> envelope.Envelope:
+    def parts(self, frame: bytes) -> list[bytes]:
+        """The ZeroMQ message parts for a sealed frame: the frame, then this side's credential."""
+        return [frame, self.credential] if self.credential else [frame]
+
+    def open(self, frame: bytes, credential: bytes | None = None) -> envelope.Envelope:
         """Admit a frame or raise ``EnvelopeRejected`` (already counted)."""
         try:
             return envelope.decode(
@@ -54,6 +62,8 @@ class FrameCodec:
                 max_frame_bytes=self.config.max_frame_bytes,
                 window_ms=self._window_ms,
                 max_body_depth=self.config.max_body_depth,
+                credential=credential,
+                credentials=self.credentials,
             )
         except EnvelopeRejected as e:
             self.rejections.count(e.reason)

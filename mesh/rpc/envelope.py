@@ -13,7 +13,9 @@ the first failure (each failure is a ``RejectReason`` and is counted by the call
 
 1. size (before anything is parsed)        -> OVERSIZE / MALFORMED
 2. magic and version                       -> MALFORMED / BAD_VERSION
-3. the sender's key is known               -> UNKNOWN_SENDER
+3. the sender's key is known, or learned from the credential sent beside the frame
+   (a certificate from this mesh's authority, checked by the injected ``credentials``)
+                                           -> UNKNOWN_SENDER / BAD_CREDENTIAL
 4. the signature                           -> BAD_SIGNATURE
 5. msgpack, with explicit unpacker limits  -> MALFORMED
 6. field types, sender/version agreement   -> BAD_FIELD
@@ -32,11 +34,11 @@ import enum
 import secrets
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import msgpack
 
-from mesh.errors import EnvelopeRejected
+from mesh.errors import EnvelopeRejected, MeshError
 from mesh.identity.keys import PEER_ID_BYTES, Identity, verify
 from mesh.identity.trust import KeyResolver
 from mesh.rpc.replay import NonceCache
@@ -71,6 +73,7 @@ class RejectReason(enum.Enum):
     UNKNOWN_KIND = "unknown_kind"
     STALE_TIMESTAMP = "stale_timestamp"
     REPLAY = "replay"
+    BAD_CREDENTIAL = "bad_credential"  # appended: a certificate that failed its checks
 
 
 @dataclass(frozen=True)
@@ -150,8 +153,16 @@ def decode(
     max_frame_bytes: int,
     window_ms: int,
     max_body_depth: int = 16,
+    credential: bytes | None = None,
+    credentials: Callable[[bytes, float], bytes] | None = None,
+    max_credential_bytes: int = 2048,
 ) -> Envelope:
-    """Admit one frame or raise ``EnvelopeRejected``. See the module doc for the order."""
+    """Admit one frame or raise ``EnvelopeRejected``. See the module doc for the order.
+
+    ``credentials(credential, now_s)`` verifies a certificate and returns the peer id it
+    certifies (raising ``MeshError`` if it is not valid); after it succeeds, ``resolver``
+    knows that peer's key.
+    """
     if len(frame) > max_frame_bytes:
         raise EnvelopeRejected(RejectReason.OVERSIZE, f"{len(frame)} bytes > {max_frame_bytes}")
     if len(frame) < HEADER_BYTES + 1:
@@ -165,6 +176,16 @@ def decode(
             f"version {version}; this peer speaks {SUPPORTED_VERSIONS.start}..{SUPPORTED_VERSIONS.stop - 1}",
         )
     key = resolver.key_for(sender)
+    if key is None and credential is not None and credentials is not None:
+        if len(credential) > max_credential_bytes:
+            raise EnvelopeRejected(RejectReason.BAD_CREDENTIAL, f"credential over {max_credential_bytes} bytes")
+        try:
+            certified = credentials(credential, now_ms / 1000)
+        except MeshError as e:
+            raise EnvelopeRejected(RejectReason.BAD_CREDENTIAL, str(e)) from None
+        if certified != sender:
+            raise EnvelopeRejected(RejectReason.BAD_CREDENTIAL, "credential certifies another peer")
+        key = resolver.key_for(sender)
     if key is None:
         raise EnvelopeRejected(RejectReason.UNKNOWN_SENDER, "sender is not trusted by this peer")
     payload = frame[HEADER_BYTES:]

@@ -125,12 +125,12 @@ class RpcServer:
         assert self._sock is not None
         while True:
             parts = await self._sock.recv_multipart(copy=True)
-            if len(parts) != 2:
+            if len(parts) not in (2, 3):  # routing id, frame[, credential]
                 self.codec.rejections.count(RejectReason.MALFORMED)
                 continue
-            rid, frame = parts
+            rid, frame = parts[0], parts[1]
             try:
-                env = self.codec.open(frame)
+                env = self.codec.open(frame, parts[2] if len(parts) == 3 else None)
             except EnvelopeRejected as e:
                 log.debug("refused frame: %s", e)
                 if e.reason in _NOTIFY:
@@ -241,7 +241,7 @@ class RpcServer:
             return
         frame = self.codec.seal(kind, body)
         try:
-            await self._sock.send_multipart([rid, frame])
+            await self._sock.send_multipart([rid, *self.codec.parts(frame)])
         except zmq.ZMQError as e:  # the caller went away; nothing to tell it
             log.debug("send to caller failed: %s", e)
 

@@ -1,0 +1,322 @@
+"""Many hosts on one machine: Linux network namespaces on a private bridge.
+
+A ``Lab`` creates one bridge in the root namespace and N namespaces, each joined to the
+bridge by a veth pair whose inner end is ``eth0`` with an address in ``10.77.0.0/24``
+(only ever configured inside the namespaces). The bridge has no address, IPv6 is off on
+every interface the lab creates, and no namespace has a default route, so nothing sent
+inside a lab can leave it: traffic stays between the namespaces (or on their own
+loopback). Multicast is routed out of ``eth0`` so mDNS works as on a LAN (recipe in
+ARCHITECTURE.md, "Testing on one machine as if on many").
+
+Faults the kernel here can make without ``tc netem`` or iptables:
+
+- ``link_down(ns)`` / ``link_up(ns)``: carrier loss on the namespace's cable (the host
+  end of its veth goes down), a partition of that namespace from all others. Addresses
+  and routes inside the namespace stay, so healing is just ``link_up``.
+- ``block_multicast(ns)``: multicast neither leaves nor reaches the namespace while
+  unicast still works (a LAN where mDNS is filtered; peers must use ``--join``). Done at
+  the bridge: ``tc`` on the host end of its veth drops every IPv4 multicast frame in
+  both directions, and the bridge port stops flooding multicast to it. Changing the
+  namespace's own route or ``multicast`` flag is not enough: a socket that names its
+  interface (``IP_MULTICAST_IF``, as zeroconf's do) sends regardless of the route.
+
+Names carry the creating process id (``mt<pid>-<k>b`` for the bridge, ``...v<i>`` for
+host veth ends, ``...n<i>`` for namespaces), which keeps concurrent runs apart, fits
+the 15-character interface-name limit, and lets a later run recognise and remove what a
+crashed run left behind (its pid no longer exists). Teardown runs on ``close()``, on
+leaving the ``with`` block, and at interpreter exit, whichever comes first; it never
+raises half way, so one stuck interface cannot leave the rest behind.
+
+Use::
+
+    with Lab(3) as lab:
+        p = lab[0].popen([sys.executable, "-c", "..."], stdout=subprocess.PIPE)
+        lab[1].run(["ping", "-c1", lab[0].ip])
+        lab.link_down(lab[2])
+
+or the ``lab`` pytest fixture factory (``netns_lab``) below.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+
+PREFIX = "mt"  # every name a lab creates starts with this
+SUBNET = "10.77.0"  # /24 used inside the namespaces only
+IFNAME_MAX = 15  # Linux IFNAMSIZ - 1
+_NAME = re.compile(rf"^{PREFIX}(\d+)-(\d+)[bvn]\d*$")
+
+_counter = itertools.count()
+_open_labs: set["Lab"] = set()
+_lock = threading.Lock()
+
+
+class NetnsError(RuntimeError):
+    """A namespace command failed (stderr included)."""
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return _sh(["ip", *args], check=check)
+
+
+def _sh(cmd: list[str], *, check: bool = True, timeout: float = 20) -> subprocess.CompletedProcess:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise NetnsError(f"{' '.join(cmd)} -> {proc.returncode}: {proc.stderr.strip()}")
+    return proc
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _netns_names() -> list[str]:
+    out = _ip("netns", "list", check=False).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def _link_names() -> list[str]:
+    out = _ip("-o", "link", "show", check=False).stdout
+    names = []
+    for line in out.splitlines():
+        # "12: mt123-0v1@if2: <...>" ; the part after '@' is the peer's index
+        parts = line.split(":", 2)
+        if len(parts) >= 2:
+            names.append(parts[1].strip().split("@")[0])
+    return names
+
+
+def _kill_netns_processes(ns: str) -> None:
+    """SIGKILL every process still inside namespace ``ns`` (test processes of this lab)."""
+    out = _ip("netns", "pids", ns, check=False).stdout
+    for tok in out.split():
+        try:
+            os.kill(int(tok), signal.SIGKILL)
+        except (ValueError, ProcessLookupError):
+            pass
+
+
+def leftovers(*, only_dead: bool = True) -> tuple[list[str], list[str]]:
+    """Namespaces and links named like a lab's; with ``only_dead`` only those of runs whose
+    creating process no longer exists (so a concurrent run's lab is never touched)."""
+
+    def stale(name: str) -> bool:
+        m = _NAME.match(name)
+        return bool(m) and (not only_dead or not _pid_alive(int(m.group(1))))
+
+    return [n for n in _netns_names() if stale(n)], [n for n in _link_names() if stale(n)]
+
+
+def owned_by_this_process() -> tuple[list[str], list[str]]:
+    """Namespaces and links named with this process's pid (for "nothing left" asserts)."""
+    mine = re.compile(rf"^{PREFIX}{os.getpid()}-\d+[bvn]\d*$")
+    return [n for n in _netns_names() if mine.match(n)], [n for n in _link_names() if mine.match(n)]
+
+
+def clean_leftovers() -> list[str]:
+    """Remove what crashed runs left behind; returns the names removed."""
+    namespaces, links = leftovers(only_dead=True)
+    for ns in namespaces:
+        _kill_netns_processes(ns)
+        _ip("netns", "del", ns, check=False)
+    for link in links:
+        _ip("link", "del", link, check=False)
+    return namespaces + links
+
+
+@dataclass
+class Namespace:
+    """One simulated host: a network namespace with ``eth0`` at ``ip``."""
+
+    name: str  # the netns name
+    veth: str  # host end of its cable (a port of the lab's bridge)
+    ip: str  # its address on the lab subnet
+    index: int
+    _procs: list[subprocess.Popen] = field(default_factory=list, repr=False)
+
+    def argv(self, cmd: list[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *cmd]
+
+    def run(self, cmd: list[str], *, check: bool = True, timeout: float = 20) -> subprocess.CompletedProcess:
+        return _sh(self.argv(cmd), check=check, timeout=timeout)
+
+    def popen(self, cmd: list[str], **kwargs) -> subprocess.Popen:
+        """Start ``cmd`` inside the namespace; the lab kills it on teardown if still running."""
+        kwargs.setdefault("start_new_session", True)
+        proc = subprocess.Popen(self.argv(cmd), **kwargs)
+        self._procs.append(proc)
+        return proc
+
+    def stop_processes(self, *, grace_s: float = 2.0) -> None:
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + grace_s
+        for proc in self._procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        # anything a child left running in the namespace (grandchildren)
+        _kill_netns_processes(self.name)
+
+
+class Lab:
+    """A bridge and namespaces joined to it; see the module docstring."""
+
+    def __init__(self, n: int = 0, *, subnet: str = SUBNET) -> None:
+        clean_leftovers()
+        k = next(_counter)
+        self.tag = f"{PREFIX}{os.getpid()}-{k}"
+        self.bridge = f"{self.tag}b"
+        self.subnet = subnet
+        self.namespaces: list[Namespace] = []
+        self._closed = False
+        if len(f"{self.tag}v254") > IFNAME_MAX:
+            raise NetnsError(f"lab tag {self.tag!r} too long for interface names")
+        with _lock:
+            _open_labs.add(self)
+        try:
+            _ip("link", "add", self.bridge, "type", "bridge", "mcast_snooping", "0")
+            _no_ipv6(self.bridge)
+            _ip("link", "set", self.bridge, "up")
+            for _ in range(n):
+                self.add()
+        except BaseException:
+            self.close()
+            raise
+
+    def add(self) -> Namespace:
+        i = len(self.namespaces) + 1
+        if i > 254:
+            raise NetnsError("a lab holds at most 254 namespaces")
+        ns = Namespace(name=f"{self.tag}n{i}", veth=f"{self.tag}v{i}", ip=f"{self.subnet}.{i}", index=i)
+        self.namespaces.append(ns)  # before creating, so close() removes a half-made one
+        _ip("netns", "add", ns.name)
+        # IPv6 off inside first, so eth0 never gets a link-local address or sends DAD/RS
+        ns.run(["sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])
+        _ip("link", "add", ns.veth, "type", "veth", "peer", "name", "eth0", "netns", ns.name)
+        _no_ipv6(ns.veth)
+        _ip("link", "set", ns.veth, "master", self.bridge, "up")
+        ns.run(["ip", "addr", "add", f"{ns.ip}/24", "dev", "eth0"])
+        ns.run(["ip", "link", "set", "eth0", "up"])
+        ns.run(["ip", "link", "set", "lo", "up"])
+        ns.run(["ip", "route", "add", "224.0.0.0/4", "dev", "eth0"])
+        return ns
+
+    def __getitem__(self, i: int) -> Namespace:
+        return self.namespaces[i]
+
+    def __len__(self) -> int:
+        return len(self.namespaces)
+
+    def __iter__(self):
+        return iter(self.namespaces)
+
+    def __enter__(self) -> "Lab":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- faults ------------------------------------------------------------------------
+
+    def link_down(self, ns: Namespace) -> None:
+        """Cut ``ns`` off from every other namespace (its cable is unplugged)."""
+        _ip("link", "set", ns.veth, "down")
+
+    def link_up(self, ns: Namespace) -> None:
+        _ip("link", "set", ns.veth, "up")
+
+    def block_multicast(self, ns: Namespace) -> None:
+        """Drop all IPv4 multicast to and from ``ns``; unicast keeps working."""
+        # ingress of the host end = frames the namespace sends; egress = frames it receives
+        _sh(["tc", "qdisc", "add", "dev", ns.veth, "clsact"])
+        for direction in ("ingress", "egress"):
+            _sh(["tc", "filter", "add", "dev", ns.veth, direction, "protocol", "ip", "prio", "1",
+                 "u32", "match", "ip", "dst", "224.0.0.0/4", "action", "drop"])
+        _sh(["bridge", "link", "set", "dev", ns.veth, "mcast_flood", "off"])
+
+    def unblock_multicast(self, ns: Namespace) -> None:
+        _sh(["tc", "qdisc", "del", "dev", ns.veth, "clsact"], check=False)
+        _sh(["bridge", "link", "set", "dev", ns.veth, "mcast_flood", "on"], check=False)
+
+    # -- teardown ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the lab's processes and remove every namespace, veth and the bridge.
+
+        Idempotent; each step is attempted even if an earlier one failed."""
+        if self._closed:
+            return
+        self._closed = True
+        for ns in self.namespaces:
+            try:
+                ns.stop_processes()
+            except Exception:  # noqa: BLE001 - teardown must reach the deletes below
+                pass
+        for ns in self.namespaces:
+            _ip("netns", "del", ns.name, check=False)  # takes eth0 and so the veth pair
+            _ip("link", "del", ns.veth, check=False)  # in case the namespace never got it
+        _ip("link", "del", self.bridge, check=False)
+        with _lock:
+            _open_labs.discard(self)
+
+
+def _no_ipv6(ifname: str) -> None:
+    try:
+        with open(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6", "w") as f:
+            f.write("1")
+    except FileNotFoundError:  # kernel without IPv6
+        pass
+
+
+@atexit.register
+def _close_all() -> None:
+    with _lock:
+        labs = list(_open_labs)
+    for lab in labs:
+        lab.close()
+
+
+def available() -> str | None:
+    """None when labs can be made here, else why not (for a clear failure, not a skip)."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    if _sh(["ip", "netns", "list"], check=False).returncode != 0:
+        return "`ip netns` does not work here"
+    return None
+
+
+def netns_lab_fixture():
+    """Body of the ``netns_lab`` pytest fixture: yields ``make(n) -> Lab``; every lab made is
+    closed afterwards, pass or fail, and nothing named for this process may remain."""
+    labs: list[Lab] = []
+
+    def make(n: int = 0) -> Lab:
+        lab = Lab(n)
+        labs.append(lab)
+        return lab
+
+    try:
+        yield make
+    finally:
+        for lab in labs:
+            lab.close()
+    namespaces, links = owned_by_this_process()
+    assert not namespaces and not links, f"lab teardown left {namespaces + links}"
