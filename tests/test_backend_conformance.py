@@ -14,7 +14,7 @@ import time
 import pytest
 
 from mesh.errors import BackendBusy, Cancelled, GenerationError, InvalidRequest
-from mesh.inference.backend import Backend, FinalStats, GenerationRequest, Message, TextChunk
+from mesh.inference.backend import Backend, FinalStats, GenerationRequest, Load, Message, TextChunk
 from mesh.testing.backend import ScriptedBackend, split_tokens
 
 PROMPT = "Write a long story about a dragon who learns to fly."
@@ -65,6 +65,7 @@ async def hold_running_and_waiting(backend):
     waiting_next = asyncio.create_task(waiting.__anext__())
     await wait_until(lambda: backend.waiting == 1)
     assert backend.running == 1
+    assert backend.load() == Load(running=1, waiting=1)  # what gossip reports as this peer's load
     return running, waiting, waiting_next
 
 

@@ -5,8 +5,9 @@ from mesh.inference.backend import (
     Capabilities,
     FinalStats,
     GenerationRequest,
+    Load,
     Message,
     TextChunk,
 )
 
-__all__ = ["Backend", "Capabilities", "FinalStats", "GenerationRequest", "Message", "TextChunk"]
+__all__ = ["Backend", "Capabilities", "FinalStats", "GenerationRequest", "Load", "Message", "TextChunk"]

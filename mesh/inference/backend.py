@@ -103,10 +103,18 @@ class Capabilities:
     extra: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Load:
+    running: int  # generations under way
+    waiting: int  # requests queued behind them
+
+
 @runtime_checkable
 class Backend(Protocol):
     @property
     def capabilities(self) -> Capabilities: ...
+
+    def load(self) -> Load: ...
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[TextChunk | FinalStats]: ...
 

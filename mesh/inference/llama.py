@@ -43,7 +43,7 @@ from typing import AsyncIterator, Callable
 import llama_cpp
 
 from mesh.errors import BackendBusy, Cancelled, ConfigError, GenerationError, InvalidRequest, ModelError
-from mesh.inference.backend import Capabilities, FinalStats, GenerationRequest, TextChunk
+from mesh.inference.backend import Capabilities, FinalStats, GenerationRequest, Load, TextChunk
 from mesh.inference.engine import ChatPrompter, default_threads, generate_once, load_llama
 from mesh.inference.models import check_model_file, default_model_path, model_info
 
@@ -91,7 +91,7 @@ class LlamaBackend:
     """The llama.cpp ``Backend``. See the module docstring for the contract it keeps.
 
     Construction is blocking (file check, model load, warm-up); from async code use
-    ``await LlamaBackend.load(...)``. ``on_progress`` receives short human-readable
+    ``await LlamaBackend.create(...)``. ``on_progress`` receives short human-readable
     steps ("loading model ...", "warming up", "ready ...") from the constructing thread.
     """
 
@@ -154,7 +154,7 @@ class LlamaBackend:
         self._thread.start()
 
     @classmethod
-    async def load(cls, model_path: str | os.PathLike | None = None, **kwargs) -> "LlamaBackend":
+    async def create(cls, model_path: str | os.PathLike | None = None, **kwargs) -> "LlamaBackend":
         """Construct off the event loop (loading takes a moment)."""
         return await asyncio.to_thread(cls, model_path, **kwargs)
 
@@ -204,6 +204,9 @@ class LlamaBackend:
             self._llm.close()
 
     # -- load, for schedulers and tests
+
+    def load(self) -> Load:
+        return Load(running=self.running, waiting=self.waiting)
 
     @property
     def running(self) -> int:

@@ -38,7 +38,7 @@ import time
 from typing import AsyncIterator, Awaitable, Callable, Sequence
 
 from mesh.errors import BackendBusy, Cancelled, GenerationError, InvalidRequest
-from mesh.inference.backend import Capabilities, FinalStats, GenerationRequest, TextChunk
+from mesh.inference.backend import Capabilities, FinalStats, GenerationRequest, Load, TextChunk
 
 DEFAULT_SCRIPT = ("Hello", "!", " This", " is", " a", " scripted", " answer", " from", " the", " test", " backend", ".")
 _WORDS = re.compile(r"\s*\S+")
@@ -157,6 +157,9 @@ class ScriptedBackend:
                 fut.set_exception(Cancelled("the backend closed before this request started"))
 
     # -- load
+
+    def load(self) -> Load:
+        return Load(running=self.running, waiting=self.waiting)
 
     @property
     def running(self) -> int:
