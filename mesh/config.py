@@ -19,6 +19,7 @@ class RpcConfig:
     default_timeout_s: float = 300.0  # a call's deadline when the caller gives none
     max_timeout_s: float = 3600.0  # the longest deadline a caller may ask for
     max_body_depth: int = 16  # nesting limit of a message body
+    max_casts_in_flight: int = 256  # one-way messages being handled at once; more are dropped
 
     @classmethod
     def lan(cls) -> "RpcConfig":

@@ -14,11 +14,13 @@ Faults the kernel here can make without ``tc netem`` or iptables:
   end of its veth goes down), a partition of that namespace from all others. Addresses
   and routes inside the namespace stay, so healing is just ``link_up``.
 - ``block_multicast(ns)``: multicast neither leaves nor reaches the namespace while
-  unicast still works (a LAN where mDNS is filtered; peers must use ``--join``). Done at
-  the bridge: ``tc`` on the host end of its veth drops every IPv4 multicast frame in
-  both directions, and the bridge port stops flooding multicast to it. Changing the
-  namespace's own route or ``multicast`` flag is not enough: a socket that names its
-  interface (``IP_MULTICAST_IF``, as zeroconf's do) sends regardless of the route.
+  unicast still works (a LAN where mDNS is filtered; peers must use ``--join``). Each
+  end of its cable drops IPv4 multicast on egress with tc (htb + u32 + a zero-length
+  pfifo; this kernel has no tc actions), and the bridge port stops flooding multicast
+  to it. Measured here, neither deleting the namespace's 224.0.0.0/4 route nor
+  ``ip link set eth0 multicast off`` (nor both) stops anything: a socket that names its
+  interface with ``IP_MULTICAST_IF``, as zeroconf's do, skips the route lookup, and the
+  flag does not gate sending or receiving on a veth.
 
 Names carry the creating process id (``mt<pid>-<k>b`` for the bridge, ``...v<i>`` for
 host veth ends, ``...n<i>`` for namespaces), which keeps concurrent runs apart, fits
@@ -245,15 +247,13 @@ class Lab:
 
     def block_multicast(self, ns: Namespace) -> None:
         """Drop all IPv4 multicast to and from ``ns``; unicast keeps working."""
-        # ingress of the host end = frames the namespace sends; egress = frames it receives
-        _sh(["tc", "qdisc", "add", "dev", ns.veth, "clsact"])
-        for direction in ("ingress", "egress"):
-            _sh(["tc", "filter", "add", "dev", ns.veth, direction, "protocol", "ip", "prio", "1",
-                 "u32", "match", "ip", "dst", "224.0.0.0/4", "action", "drop"])
+        _drop_multicast_on_egress(ns.argv, "eth0")  # what the namespace sends
+        _drop_multicast_on_egress(lambda cmd: cmd, ns.veth)  # what the bridge hands it
         _sh(["bridge", "link", "set", "dev", ns.veth, "mcast_flood", "off"])
 
     def unblock_multicast(self, ns: Namespace) -> None:
-        _sh(["tc", "qdisc", "del", "dev", ns.veth, "clsact"], check=False)
+        _sh(ns.argv(["tc", "qdisc", "del", "dev", "eth0", "root"]), check=False)
+        _sh(["tc", "qdisc", "del", "dev", ns.veth, "root"], check=False)
         _sh(["bridge", "link", "set", "dev", ns.veth, "mcast_flood", "on"], check=False)
 
     # -- teardown ----------------------------------------------------------------------
@@ -276,6 +276,22 @@ class Lab:
         _ip("link", "del", self.bridge, check=False)
         with _lock:
             _open_labs.discard(self)
+
+
+def _drop_multicast_on_egress(argv, dev: str) -> None:
+    """Send IPv4 multicast leaving ``dev`` to a class whose queue holds nothing.
+
+    This kernel has no tc actions (``action drop`` fails to load) and no prio qdisc, but
+    has htb, u32 and pfifo: an htb root (unclassified traffic passes unshaped), a class
+    for 224.0.0.0/4 with a ``pfifo limit 0`` leaf drops exactly the multicast."""
+    for cmd in (
+        ["tc", "qdisc", "add", "dev", dev, "root", "handle", "1:", "htb"],
+        ["tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:1", "htb", "rate", "8bit"],
+        ["tc", "qdisc", "add", "dev", dev, "parent", "1:1", "handle", "10:", "pfifo", "limit", "0"],
+        ["tc", "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "prio", "1",
+         "u32", "match", "ip", "dst", "224.0.0.0/4", "flowid", "1:1"],
+    ):
+        _sh(argv(cmd))
 
 
 def _no_ipv6(ifname: str) -> None:

@@ -12,7 +12,7 @@ from mesh.config import RpcConfig
 from mesh.errors import Cancelled, DeadlineExceeded, RemoteError
 from mesh.identity.keys import Identity
 from mesh.identity.trust import StaticKeys
-from mesh.rpc import Final, FrameCodec, RpcClient, RpcServer, streaming, unary
+from mesh.rpc import Final, FrameCodec, RpcClient, RpcServer, oneway, streaming, unary
 
 
 def run(coro):
@@ -27,6 +27,8 @@ class Harness:
         self.client_codec, self.server_codec = pair(self.config)
         self.started = asyncio.Event()
         self.cancelled: list[str] = []
+        self.notes: list = []
+        self.authenticated = None
         self.finished: list[str] = []
 
     def methods(self):
@@ -57,12 +59,22 @@ class Harness:
         async def boom(args, ctx):
             raise RuntimeError("handler bug")
 
+        async def note(args, ctx):
+            self.notes.append(args["n"])
+            if args["n"] == "bug":
+                raise RuntimeError("cast handler bug")
+
+        async def enrol(args, ctx):
+            return {"welcome": True}
+
         return {"echo": unary(echo), "count": streaming(count), "slow": streaming(slow),
-                "sleepy": unary(sleepy), "boom": unary(boom)}
+                "sleepy": unary(sleepy), "boom": unary(boom), "note": oneway(note),
+                "enrol": unary(enrol, public=True)}
 
     async def __aenter__(self):
         self.ctx = zmq.asyncio.Context()
-        self.server = RpcServer(codec=self.server_codec, methods=self.methods(), config=self.config, ctx=self.ctx)
+        self.server = RpcServer(codec=self.server_codec, methods=self.methods(), config=self.config, ctx=self.ctx,
+                                authenticated=self.authenticated)
         self.endpoint = await self.server.start("tcp://127.0.0.1:0")
         self.client = RpcClient(codec=self.client_codec, endpoint=self.endpoint, ctx=self.ctx)
         self.client.connect()
@@ -262,4 +274,39 @@ def test_calls_per_connection_are_bounded():
                 await h.client.call("echo", {}, timeout_s=5)
             assert [c["slept"] for c in await asyncio.gather(*calls)] == [0.3, 0.3]
             assert (await h.client.call("echo", {"ok": 1}, timeout_s=5))["echo"] == {"ok": 1}
+    run(main())
+
+
+def test_casts_are_one_way_and_a_failing_one_does_not_stop_serving():
+    async def main():
+        async with Harness() as h:
+            for n in [1, "bug", 2]:
+                assert await h.client.cast("note", {"n": n})
+            assert await h.client.cast("nope", {})  # unknown: dropped, never answered
+            assert await h.client.cast("echo", {})  # a call method is not castable
+            for _ in range(100):
+                if len(h.notes) == 3:
+                    break
+                await asyncio.sleep(0.01)
+            assert h.notes == [1, "bug", 2]
+            assert (await h.client.call("echo", {"x": 1}, timeout_s=5))["echo"] == {"x": 1}
+            assert h.server.stats.casts_handled == 2 and h.server.stats.casts_dropped == 3
+            assert not h.client._pending  # casts leave nothing waiting for a reply
+            with pytest.raises(RemoteError, match="no method"):
+                await h.client.call("note", {"n": 3}, timeout_s=5)
+    run(main())
+
+
+def test_unauthenticated_senders_reach_only_public_methods():
+    async def main():
+        h = Harness()
+        h.authenticated = lambda sender: False
+        async with h:
+            assert (await h.client.call("enrol", {}, timeout_s=5)) == {"welcome": True}
+            with pytest.raises(RemoteError) as e:
+                await h.client.call("echo", {}, timeout_s=5)
+            assert e.value.code == "unauthenticated"
+            await h.client.cast("note", {"n": 1})
+            await asyncio.sleep(0.1)
+            assert h.notes == []
     run(main())

@@ -3,7 +3,7 @@
 from mesh.rpc.client import CallStream, RpcClient
 from mesh.rpc.codec import FrameCodec
 from mesh.rpc.envelope import PROTOCOL_VERSION, Envelope, RejectReason
-from mesh.rpc.server import CallContext, Final, Method, RpcServer, streaming, unary
+from mesh.rpc.server import CallContext, Final, Method, RpcServer, oneway, streaming, unary
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -16,6 +16,7 @@ __all__ = [
     "RejectReason",
     "RpcClient",
     "RpcServer",
+    "oneway",
     "streaming",
     "unary",
 ]

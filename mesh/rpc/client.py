@@ -132,6 +132,17 @@ class RpcClient:
             except zmq.ZMQError:
                 pass  # not connected: the server never saw the call, or its deadline ends it
 
+    async def cast(self, method: str, args: dict[str, Any]) -> bool:
+        """Send a one-way message; no reply comes. False when it could not be queued."""
+        if self._sock is None:
+            return False
+        frame = self.codec.seal("cast", Call(method, args, None).to_wire())
+        try:
+            await self._sock.send_multipart(self.codec.parts(frame), flags=zmq.NOBLOCK)
+        except zmq.ZMQError:  # the outgoing queue is full (peer unreachable): a lost datagram
+            return False
+        return True
+
     async def call(self, method: str, args: dict[str, Any], *, timeout_s: float) -> dict:
         """A unary call. Raises the mapped error, or ``DeadlineExceeded``."""
         async with self.stream(method, args, timeout_s=timeout_s) as st:

@@ -60,6 +60,7 @@ KINDS = (
     "result",  # the call's final reply (ends a stream too): {re, d}
     "error",  # the call failed: {re, c: code, msg: text}
     "cancel",  # the caller gives up on a call: {re}
+    "cast",  # a one-way message, never answered (gossip datagrams): {m: method, a: args}
 )
 
 

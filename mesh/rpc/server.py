@@ -51,16 +51,22 @@ class Final:
 
 @dataclass(frozen=True)
 class Method:
-    fn: Callable[[dict, CallContext], Awaitable[dict] | AsyncIterator[dict | Final]]
+    fn: Callable[[dict, CallContext], Awaitable[dict | None] | AsyncIterator[dict | Final]]
     streaming: bool = False
+    oneway: bool = False  # reached by "cast": never answered
+    public: bool = False  # callable by a sender whose key is not authenticated (enrolment)
 
 
-def unary(fn) -> Method:
-    return Method(fn, streaming=False)
+def unary(fn, *, public: bool = False) -> Method:
+    return Method(fn, streaming=False, public=public)
 
 
 def streaming(fn) -> Method:
     return Method(fn, streaming=True)
+
+
+def oneway(fn) -> Method:
+    return Method(fn, oneway=True)
 
 
 @dataclass
@@ -76,6 +82,8 @@ class ServerStats:
     calls_failed: int = 0
     calls_cancelled: int = 0
     refused_busy: int = 0
+    casts_handled: int = 0
+    casts_dropped: int = 0
     by_error: dict[str, int] = field(default_factory=dict)
 
 
@@ -87,8 +95,14 @@ class RpcServer:
         methods: dict[str, Method],
         config: RpcConfig,
         ctx: zmq.asyncio.Context,
+        authenticated: Callable[[bytes], bool] | None = None,
     ) -> None:
         self.codec = codec
+        # Which senders may call non-public methods (None: every admitted sender). A key
+        # the peer only holds provisionally (self-asserted, for enrolment) is admitted by
+        # the envelope checks but is not authenticated.
+        self._authenticated = authenticated
+        self._casts: set[asyncio.Task] = set()
         self.methods = dict(methods)
         self.config = config
         self._ctx = ctx
@@ -151,6 +165,9 @@ class RpcServer:
                 running.cancel_reason = "caller"
                 running.task.cancel()
             return
+        if env.kind == "cast":
+            self._start_cast(env)
+            return
         if env.kind != "call":
             raise EnvelopeRejected(RejectReason.UNKNOWN_KIND, f"a server does not accept {env.kind!r}")
         call = Call.from_wire(env.body)
@@ -161,8 +178,11 @@ class RpcServer:
             await self._reply_error(rid, env.msg_id, "unavailable", "peer is shutting down; try again later")
             return
         method = self.methods.get(call.method)
-        if method is None:
+        if method is None or method.oneway:
             await self._reply_error(rid, env.msg_id, "unknown_method", f"no method {call.method!r}")
+            return
+        if not method.public and not self._is_authenticated(env.sender):
+            await self._reply_error(rid, env.msg_id, "unauthenticated", "this peer's mesh has not certified you; join it first")
             return
         if self._per_conn.get(rid, 0) >= self.config.max_calls_per_connection:
             self.stats.refused_busy += 1
@@ -176,6 +196,33 @@ class RpcServer:
         self._calls[key] = _Running(task)
         self._per_conn[rid] = self._per_conn.get(rid, 0) + 1
         self.stats.calls_started += 1
+
+    def _is_authenticated(self, sender: bytes) -> bool:
+        return self._authenticated is None or self._authenticated(sender)
+
+    def _start_cast(self, env: Envelope) -> None:
+        call = Call.from_wire(env.body)
+        method = self.methods.get(call.method)
+        if method is None or not method.oneway or not self._is_authenticated(env.sender):
+            self.stats.casts_dropped += 1
+            return
+        if len(self._casts) >= self.config.max_casts_in_flight:
+            self.stats.casts_dropped += 1  # datagram semantics: under overload, drop
+            return
+        task = asyncio.create_task(self._run_cast(method, call, CallContext(env.sender, env.msg_id)))
+        self._casts.add(task)
+        task.add_done_callback(self._casts.discard)
+
+    async def _run_cast(self, method: Method, call: Call, ctx: CallContext) -> None:
+        try:
+            await method.fn(call.args, ctx)
+            self.stats.casts_handled += 1
+        except MeshError as e:
+            self.stats.casts_dropped += 1
+            log.debug("cast %s refused: %s", call.method, e)
+        except Exception:  # a handler bug must not take the peer down
+            self.stats.casts_dropped += 1
+            log.exception("cast %s failed", call.method)
 
     async def _run(self, rid: bytes, method: Method, call: Call, ctx: CallContext, timeout_s: float) -> None:
         key = (rid, ctx.call_id)
@@ -261,6 +308,8 @@ class RpcServer:
         if self._calls:
             await asyncio.wait([r.task for r in self._calls.values()], timeout=5)
         await cancel_and_wait(self._recv_task)
+        for task in list(self._casts):
+            await cancel_and_wait(task)
         if self._sock is not None:
             # give the last replies a moment to leave before the socket goes
             await asyncio.sleep(0.05)
