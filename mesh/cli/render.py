@@ -42,3 +42,58 @@ def info_table(doc: dict, *, endpoint: str) -> str:
     refused = {k: v for k, v in rpc.get("rejections", {}).items() if v}
     rows.append(("refused frames", ", ".join(f"{k} {v}" for k, v in sorted(refused.items())) or "none"))
     return table(rows)
+
+
+def _ago(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return "now"
+    if seconds < 120:
+        return f"{seconds:.0f}s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.0f}h ago"
+
+
+def _hardware(hw: dict) -> str:
+    parts = [f"{hw.get('cpu_count', '?')} cpu", f"{hw.get('ram_total_mb', 0) / 1024:.0f}G ram"]
+    if hw.get("gpu"):
+        parts.append(str(hw["gpu"]))
+    if hw.get("on_battery"):
+        parts.append("battery")
+    return ", ".join(parts)
+
+
+def _models(models: list) -> str:
+    return ", ".join(f"{m.get('name')}" for m in models if isinstance(m, dict)) or "-"
+
+
+def _load(load: dict, models: list) -> str:
+    tps = max((m.get("tokens_per_s", 0) for m in models if isinstance(m, dict)), default=0)
+    return f"{load.get('running', 0)} active, {load.get('waiting', 0)} queued, {tps:.0f} tok/s"
+
+
+def grid(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
+
+
+def peers_table(members: list[dict]) -> str:
+    order = {"alive": 0, "suspect": 1, "left": 2, "dead": 3}
+    rows = []
+    for m in sorted(members, key=lambda m: (order.get(m.get("state"), 9), m.get("name", ""), m.get("peer_id", ""))):
+        meta = m.get("meta") or {}
+        addrs = m.get("addresses") or []
+        rows.append([
+            str(m.get("name") or "-") + (" (this peer)" if m.get("self") else ""),
+            short_id(str(m.get("peer_id", ""))),
+            addrs[0].removeprefix("tcp://") if addrs else "-",
+            str(m.get("state", "?")),
+            _models(meta.get("models") or []),
+            _hardware(meta.get("hw") or {}),
+            _load(meta.get("load") or {}, meta.get("models") or []),
+            _ago(m.get("last_heard_s")),
+        ])
+    return grid(["NAME", "PEER", "ADDRESS", "STATE", "MODELS", "HARDWARE", "LOAD", "LAST HEARD"], rows)

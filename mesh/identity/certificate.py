@@ -127,7 +127,7 @@ class Certificate:
         return self.payload + self.signature
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> "Certificate":
+    def from_bytes(cls, data: bytes) -> Certificate:
         """Parse the structure only. Nothing here is trusted: use ``verify_certificate``."""
         if not isinstance(data, (bytes, bytearray)):
             raise rejected(CertReason.MALFORMED, "a certificate is bytes")
@@ -256,15 +256,11 @@ def verify_certificate(
 ) -> Certificate:
     """Admit a certificate of the mesh named by ``authority_public_raw`` or raise ``CertificateError``."""
     cert = Certificate.from_bytes(data)
-    return _verify_parsed(cert, authority_public_raw, load_public_raw(authority_public_raw), now=now, skew_s=skew_s)
-
-
-def _verify_parsed(cert: Certificate, authority_raw: bytes, authority_key, *, now: float, skew_s: float) -> Certificate:
-    if cert.authority_public != authority_raw:
+    if cert.authority_public != authority_public_raw:
         raise rejected(CertReason.OTHER_MESH, f"issued by mesh {mesh_id_text(cert.mesh_id)}, not this mesh")
-    if cert.mesh_id != mesh_id_for(authority_raw):
+    if cert.mesh_id != mesh_id_for(authority_public_raw):
         raise rejected(CertReason.OTHER_MESH, "mesh id does not match this mesh's authority")
-    if not verify(authority_key, cert.signature, DOMAIN + cert.payload):
+    if not verify(load_public_raw(authority_public_raw), cert.signature, DOMAIN + cert.payload):
         raise rejected(CertReason.BAD_SIGNATURE, "not signed by this mesh's authority")
     check_validity(cert, now=now, skew_s=skew_s)
     return cert
