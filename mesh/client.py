@@ -61,6 +61,7 @@ class PeerAddress:
     public_raw: bytes
     peer_id: str
     pid: int | None = None
+    advertise: tuple[str, ...] = ()  # where other devices reach the peer
 
 
 def read_peer_file(data: DataDir) -> PeerAddress:
@@ -70,7 +71,10 @@ def read_peer_file(data: DataDir) -> PeerAddress:
         doc = json.loads(path.read_text(encoding="utf-8"))
         raw = base64.b64decode(doc["public_key"], validate=True)
         peer_id_from_public(raw)
-        addr = PeerAddress(str(doc["endpoint"]), raw, str(doc["peer_id"]), doc.get("pid"))
+        advertise = doc.get("advertise") or []
+        if not isinstance(advertise, list) or not all(isinstance(a, str) for a in advertise):
+            raise ValueError("advertise must be a list of addresses")
+        addr = PeerAddress(str(doc["endpoint"]), raw, str(doc["peer_id"]), doc.get("pid"), tuple(advertise))
     except FileNotFoundError:
         raise PeerUnavailable(f"no mesh peer is running for data dir {data.root}; {_HOW_TO_START}") from None
     except (OSError, ValueError, KeyError, TypeError, binascii.Error, IdentityError) as e:
@@ -159,7 +163,7 @@ class Client:
         client = cls(data_dir, timeout_s=timeout_s)
         config = PeerConfig(
             data_dir=client.data.root, rpc_host="127.0.0.1", rpc_port=0, model_path=Path(model) if model else None,
-            n_ctx=n_ctx, write_peer_file=False, shutdown_grace_s=1.0,
+            n_ctx=n_ctx, write_peer_file=False, shutdown_grace_s=1.0, mdns=False,
         )
         client._embedded = _EmbeddedPeer(config, backend_factory)
         client.address = client._embedded.start()

@@ -6,8 +6,13 @@ patching constants.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+
+def default_name() -> str:
+    return (socket.gethostname() or "peer")[:64]
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,11 @@ class PeerConfig:
     queue_limit: int = 8  # requests that may wait for the model before "busy"
     shutdown_grace_s: float = 10.0  # in-flight requests get this long to finish on SIGTERM
     write_peer_file: bool = True  # advertise this peer to the local CLI via peer.json
+    name: str = field(default_factory=default_name)  # shown in `mesh peers`; goes into the certificate
+    join_token: str | None = None  # enrol with this token when in no mesh yet
+    advertise: tuple[str, ...] = ()  # addresses others reach this peer at (default: interface IPs)
+    seeds: tuple[str, ...] = ()  # "tcp://host:port" of peers to join where mDNS does not reach
+    mdns: bool = True  # announce and browse _mesh._tcp.local.
     rpc: RpcConfig = field(default_factory=RpcConfig.lan)
 
     def with_(self, **changes) -> "PeerConfig":

@@ -40,11 +40,11 @@ class IdentityError(MeshError):
 
 
 class CertificateError(IdentityError):
-    pass
+    code = "bad_certificate"
 
 
 class TokenError(IdentityError):
-    pass
+    code = "enrol_refused"
 
 
 class ModelError(MeshError):
@@ -103,6 +103,8 @@ def error_from_wire(code: str, message: str) -> MeshError:
         BackendBusy.code: BackendBusy,
         GenerationError.code: GenerationError,
         InvalidRequest.code: InvalidRequest,
+        TokenError.code: TokenError,
+        CertificateError.code: CertificateError,
     }
     if code in simple:
         return simple[code](message)

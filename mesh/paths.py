@@ -37,6 +37,22 @@ class DataDir:
     def peer_file(self) -> Path:  # written by a running peer: where to reach it
         return self.root / "peer.json"
 
+    @property
+    def authority_key(self) -> Path:  # the mesh authority's private key, only where `mesh init` ran
+        return self.root / "authority.key"
+
+    @property
+    def membership(self) -> Path:  # this peer's mesh: authority public key and its certificate
+        return self.root / "mesh.json"
+
+    @property
+    def invites(self) -> Path:  # open join tokens (hashed), beside the authority key
+        return self.root / "invites.json"
+
+    @property
+    def known_peers(self) -> Path:  # addresses learned by gossip, remembered across restarts
+        return self.root / "known_peers.json"
+
     def ensure(self) -> "DataDir":
         try:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)

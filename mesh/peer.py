@@ -1,8 +1,10 @@
 """The composition root: build one peer from a ``PeerConfig`` and run it.
 
 Start order: data dir -> identity (created on first start, 0600) -> trust (own key, the
-local CLI's key, the trust file) -> backend (loads the model) -> RPC server -> peer file
-(``peer.json``, so the local CLI finds this peer) -> "ready" line.
+local CLI's key, the trust file) -> mesh membership (``mesh.json``; enrol with a join
+token, or create a single-device mesh) -> backend (loads the model) -> RPC server (keys:
+own, trust file, certificates of this mesh's authority) -> peer file (``peer.json``, so
+the local CLI finds this peer) -> "ready" line.
 
 Shutdown order (``stop``): remove the peer file (no new local callers) -> the RPC server
 stops taking calls and gives in-flight ones ``shutdown_grace_s`` to finish, then cancels
@@ -23,8 +25,14 @@ from typing import Callable
 import zmq.asyncio
 
 from mesh.config import PeerConfig
+from mesh.identity.credentials import CertificateVerifier, MeshKeys
+from mesh.identity.enrolment import ENROL_METHOD
 from mesh.identity.keys import Identity
+from mesh.identity.membership import MeshMembership
+from mesh.identity.peerkeys import PeerKeys
 from mesh.identity.trust import TrustStore
+from mesh.joining import create_mesh, enrol, load_membership, serve_enrolment
+from mesh.netaddr import advertise_endpoints
 from mesh.inference.backend import Backend
 from mesh.paths import DataDir
 from mesh.rpc.codec import FrameCodec
@@ -83,17 +91,32 @@ class Peer:
             log.info("created identity %s in %s", self.identity.peer_id_text, self.data.identity_key)
         trust = TrustStore(self.data.trust_file, own_public_raw=self.identity.public_raw)
         enrol_local_client(self.data, trust)
+        self._ctx = zmq.asyncio.Context()
+        try:
+            self.membership = await self._join_or_create_mesh()
+            self.certificate = self.membership.verify(peer_public_raw=self.identity.public_raw, now=self._clock())
+            if self._backend is None:
+                self._backend = await asyncio.to_thread(self._backend_factory, self.config)
+        except BaseException:
+            self._ctx.term()
+            raise
 
-        if self._backend is None:
-            self._backend = await asyncio.to_thread(self._backend_factory, self.config)
-
-        codec = FrameCodec(self.identity, trust, config=self.config.rpc, clock=self._clock)
+        verifier = CertificateVerifier(self.membership.authority_public)
+        self.keys = PeerKeys(
+            MeshKeys(self.identity.public_raw, trust=trust, certificates=verifier), certificates=verifier
+        )
+        codec = FrameCodec(
+            self.identity, self.keys, config=self.config.rpc, clock=self._clock,
+            credential=self.membership.certificate, credentials=self.keys.certified_peer,
+        )
         service = PeerService(
             backend=self._backend, peer_id=self.identity.peer_id_text, codec=codec, server=lambda: self.server,
             clock=self._clock,
         )
-        self._ctx = zmq.asyncio.Context()
-        self.server = RpcServer(codec=codec, methods=service.methods(), config=self.config.rpc, ctx=self._ctx)
+        methods = {**service.methods(), ENROL_METHOD: serve_enrolment(self.data, clock=self._clock)}
+        self.server = RpcServer(
+            codec=codec, methods=methods, config=self.config.rpc, ctx=self._ctx, authenticated=self.keys.authenticated
+        )
         try:
             bound = await self.server.start(f"tcp://{self.config.rpc_host}:{self.config.rpc_port}")
         except BaseException:
@@ -101,15 +124,31 @@ class Peer:
             self._ctx.term()
             raise
         self.endpoint = _reachable(bound)
+        port = int(bound.rsplit(":", 1)[1])
+        self.advertise = advertise_endpoints(self.config.rpc_host, port, explicit=self.config.advertise)
         if self.config.write_peer_file:
             self._write_peer_file()
         caps = self._backend.capabilities
         log.info(
-            "mesh-peer ready: peer %s at %s, model %s (%s, ctx %d, %.1f tok/s), data dir %s",
-            self.identity.peer_id_text, self.endpoint, caps.model, caps.quantisation or "?",
-            caps.context_length, caps.tokens_per_s, self.data.root,
+            "mesh-peer ready: peer %s (%s) at %s, mesh %s, model %s (%s, ctx %d, %.1f tok/s), data dir %s",
+            self.identity.peer_id_text, self.config.name, self.endpoint, self.membership.mesh_id_text, caps.model,
+            caps.quantisation or "?", caps.context_length, caps.tokens_per_s, self.data.root,
         )
         return self.endpoint
+
+    async def _join_or_create_mesh(self) -> MeshMembership:
+        assert self.identity is not None and self._ctx is not None
+        membership = load_membership(self.data)
+        if membership is not None:
+            if self.config.join_token:
+                log.warning("already in mesh %s; ignoring --join-token", membership.mesh_id_text)
+            return membership
+        if self.config.join_token:
+            return await enrol(
+                self.data, self.identity, self.config.join_token, name=self.config.name, ctx=self._ctx,
+                rpc=self.config.rpc,
+            )
+        return create_mesh(self.data, self.identity, name=self.config.name, now=self._clock())
 
     def _write_peer_file(self) -> None:
         assert self.identity is not None
@@ -119,6 +158,9 @@ class Peer:
             "public_key": base64.b64encode(self.identity.public_raw).decode("ascii"),
             "pid": os.getpid(),
             "model": self.backend.capabilities.model,
+            "advertise": self.advertise,
+            "mesh_id": self.membership.mesh_id_text,
+            "name": self.config.name,
             "started": self._clock(),
         }
         tmp = self.data.peer_file.with_suffix(".tmp")

@@ -23,8 +23,13 @@ class PeerProcess:
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-peer.log"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")
+        # Outside a test namespace a peer stays on loopback and off mDNS: tests send no
+        # traffic beyond this machine.
+        defaults = [] if "--rpc-host" in extra else ["--rpc-host", "127.0.0.1"]
+        defaults += [] if "--mdns" in extra else ["--no-mdns"]
+        extra = tuple(e for e in extra if e != "--mdns")
         self.proc = subprocess.Popen(
-            [str(BIN / "mesh-peer"), "--data-dir", str(self.data_dir), "--rpc-port", "0", *extra],
+            [str(BIN / "mesh-peer"), "--data-dir", str(self.data_dir), "--rpc-port", "0", *defaults, *extra],
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )

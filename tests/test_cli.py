@@ -146,8 +146,35 @@ def test_missing_model_file_is_a_clear_error(tmp_path):
 
     r = subprocess.run(
         [str(Path(sys.executable).parent / "mesh-peer"), "--data-dir", str(tmp_path / "d"), "--rpc-port", "0",
-         "--model", str(tmp_path / "nope.gguf")],
+         "--model", str(tmp_path / "nope.gguf"), "--rpc-host", "127.0.0.1", "--no-mdns"],
         capture_output=True, text=True, timeout=60,
     )
     assert r.returncode == 1
     assert str(tmp_path / "nope.gguf") in r.stderr
+
+
+def test_init_invite_join(tmp_path, peer):
+    # `mesh init` refuses a data dir that is already in a mesh (the peer created one)
+    r = run_mesh("init", data_dir=peer.data_dir)
+    assert r.returncode == 1 and "already in a mesh" in r.stderr
+    r = run_mesh("init", "--name", "fresh", data_dir=tmp_path / "fresh")
+    assert r.returncode == 0 and "created mesh" in r.stdout
+    assert (tmp_path / "fresh" / "authority.key").exists()
+
+    r = run_mesh("invite", "--endpoint", peer.info["endpoint"].removeprefix("tcp://"), data_dir=peer.data_dir)
+    assert r.returncode == 0, r.stderr
+    token = r.stdout.strip()
+    assert token.startswith("mesh1-") and "mesh-peer --join-token" in r.stderr
+    r = run_mesh("join", token, "--name", "laptop", data_dir=tmp_path / "joiner")
+    assert r.returncode == 0, r.stderr
+    assert f"joined mesh {peer.info['mesh_id']} as laptop" in r.stdout
+    assert not (tmp_path / "joiner" / "authority.key").exists()
+    r = run_mesh("join", token, data_dir=tmp_path / "again")
+    assert r.returncode == 1 and "used" in r.stderr
+    r = run_mesh("join", "mesh1-garbage", data_dir=tmp_path / "bad")
+    assert r.returncode == 1 and "malformed token" in r.stderr
+
+
+def test_invite_needs_the_authority(tmp_path, peer):
+    r = run_mesh("invite", data_dir=tmp_path / "nothing")
+    assert r.returncode == 3  # no peer running there

@@ -49,6 +49,21 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="show the local peer: identity, model, traffic, refusals")
     add_data_dir(info)
     info.add_argument("--json", action="store_true", help="print JSON")
+
+    init = sub.add_parser("init", help="create a new mesh here (its authority key and this peer's certificate)")
+    add_data_dir(init)
+    init.add_argument("--name", default=None, help="this peer's name (default: the host name)")
+
+    invite = sub.add_parser("invite", help="print a short-lived, single-use join token (run where `mesh init` ran)")
+    add_data_dir(invite)
+    invite.add_argument("--ttl", type=float, default=15.0, metavar="MINUTES", help="token lifetime (default 15)")
+    invite.add_argument("--endpoint", action="append", default=[], metavar="HOST:PORT",
+                        help="address the joiner reaches this peer at (default: the running peer's addresses)")
+
+    join = sub.add_parser("join", help="enrol this device in a mesh with a token from `mesh invite`")
+    add_data_dir(join)
+    join.add_argument("token")
+    join.add_argument("--name", default=None, help="this peer's name (default: the host name)")
     return p
 
 
@@ -107,13 +122,70 @@ def cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from mesh.config import default_name
+    from mesh.identity.keys import Identity
+    from mesh.joining import create_mesh
+    from mesh.paths import resolve_data_dir
+
+    data = resolve_data_dir(args.data_dir).ensure()
+    identity, _ = Identity.load_or_create(data.identity_key)
+    membership = create_mesh(data, identity, name=args.name or default_name())
+    print(f"created mesh {membership.mesh_id_text}")
+    print(f"this device holds its authority key: {data.authority_key} (keep it safe; it signs every member)")
+    print("next: start the peer (mesh-peer), then `mesh invite` to add another device")
+    return EXIT_OK
+
+
+def cmd_invite(args: argparse.Namespace) -> int:
+    import time
+
+    from mesh.client import read_peer_file
+    from mesh.discovery.seeds import parse_seed
+    from mesh.joining import make_invite
+    from mesh.paths import resolve_data_dir
+
+    data = resolve_data_dir(args.data_dir)
+    running = read_peer_file(data)
+    endpoints = [parse_seed(e) for e in args.endpoint] or list(running.advertise or [running.endpoint])
+    token = make_invite(data, running.public_raw, endpoints, ttl_s=args.ttl * 60, now=time.time())
+    print(token.to_text())
+    print(f"valid for {args.ttl:g} minutes, once; it reaches this peer at {', '.join(endpoints)}.", file=sys.stderr)
+    print("on the new device:  mesh-peer --join-token TOKEN   (or: mesh join TOKEN, then mesh-peer)", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_join(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import zmq.asyncio
+
+    from mesh.config import default_name
+    from mesh.identity.keys import Identity
+    from mesh.joining import enrol
+    from mesh.paths import resolve_data_dir
+
+    data = resolve_data_dir(args.data_dir).ensure()
+    identity, _ = Identity.load_or_create(data.identity_key)
+
+    async def go():
+        ctx = zmq.asyncio.Context()
+        try:
+            return await enrol(data, identity, args.token, name=args.name or default_name(), ctx=ctx)
+        finally:
+            ctx.term()
+
+    membership = asyncio.run(go())
+    print(f"joined mesh {membership.mesh_id_text} as {membership.name}; now start the peer: mesh-peer")
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    commands = {"ask": cmd_ask, "info": cmd_info, "init": cmd_init, "invite": cmd_invite, "join": cmd_join}
     try:
-        if args.command == "ask":
-            return cmd_ask(args)
-        if args.command == "info":
-            return cmd_info(args)
+        if args.command in commands:
+            return commands[args.command](args)
     except PeerUnavailable as e:
         return fail(str(e), EXIT_NO_PEER)
     except BackendBusy as e:

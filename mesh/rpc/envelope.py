@@ -177,7 +177,14 @@ def decode(
             f"version {version}; this peer speaks {SUPPORTED_VERSIONS.start}..{SUPPORTED_VERSIONS.stop - 1}",
         )
     key = resolver.key_for(sender)
-    if key is None and credential is not None and credentials is not None:
+    # A credential is checked when the sender's key is unknown, or known only
+    # provisionally (a self-asserted key during enrolment, now presenting a certificate).
+    provisional = getattr(resolver, "is_provisional", None)
+    if (
+        credential is not None
+        and credentials is not None
+        and (key is None or (provisional is not None and provisional(sender)))
+    ):
         if len(credential) > max_credential_bytes:
             raise EnvelopeRejected(RejectReason.BAD_CREDENTIAL, f"credential over {max_credential_bytes} bytes")
         try:
