@@ -9,6 +9,10 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mesh.gossip.config import GossipConfig
 
 
 def default_name() -> str:
@@ -38,6 +42,12 @@ class RpcConfig:
 DEFAULT_RPC_PORT = 7411
 
 
+def _gossip_lan():
+    from mesh.gossip.config import GossipConfig
+
+    return GossipConfig.lan()
+
+
 @dataclass(frozen=True)
 class PeerConfig:
     data_dir: Path
@@ -55,6 +65,7 @@ class PeerConfig:
     seeds: tuple[str, ...] = ()  # "tcp://host:port" of peers to join where mDNS does not reach
     mdns: bool = True  # announce and browse _mesh._tcp.local.
     rpc: RpcConfig = field(default_factory=RpcConfig.lan)
+    gossip: "GossipConfig" = field(default_factory=lambda: _gossip_lan())
 
     def with_(self, **changes) -> "PeerConfig":
         return replace(self, **changes)

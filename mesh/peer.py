@@ -6,7 +6,11 @@ token, or create a single-device mesh) -> backend (loads the model) -> RPC serve
 own, trust file, certificates of this mesh's authority) -> peer file (``peer.json``, so
 the local CLI finds this peer) -> "ready" line.
 
-Shutdown order (``stop``): remove the peer file (no new local callers) -> the RPC server
+Then gossip (SWIM over the RPC server, joining through ``--join`` seeds and remembered
+peers) and mDNS discovery start.
+
+Shutdown order (``stop``): remove the peer file (no new local callers) -> stop mDNS ->
+announce "left" and stop gossip -> the RPC server
 stops taking calls and gives in-flight ones ``shutdown_grace_s`` to finish, then cancels
 them with a ``cancelled`` error to their callers -> the backend stops -> sockets close.
 """
@@ -24,16 +28,20 @@ from typing import Callable
 
 import zmq.asyncio
 
+from mesh import capabilities
 from mesh.config import PeerConfig
+from mesh.discovery.seeds import RememberedPeers
+from mesh.errors import MeshError
 from mesh.identity.credentials import CertificateVerifier, MeshKeys
 from mesh.identity.enrolment import ENROL_METHOD
 from mesh.identity.keys import Identity
 from mesh.identity.membership import MeshMembership
 from mesh.identity.peerkeys import PeerKeys
 from mesh.identity.trust import TrustStore
-from mesh.joining import create_mesh, enrol, load_membership, serve_enrolment
-from mesh.netaddr import advertise_endpoints
 from mesh.inference.backend import Backend
+from mesh.joining import create_mesh, enrol, load_membership, serve_enrolment
+from mesh.membership import Membership
+from mesh.netaddr import advertise_endpoints
 from mesh.paths import DataDir
 from mesh.rpc.codec import FrameCodec
 from mesh.rpc.server import RpcServer
@@ -77,6 +85,9 @@ class Peer:
         self.endpoint: str | None = None
         self._ctx: zmq.asyncio.Context | None = None
         self._stopped = False
+        self.membership: MeshMembership | None = None
+        self.membership_service: Membership | None = None
+        self.discovery = None
 
     @property
     def backend(self) -> Backend:
@@ -111,7 +122,7 @@ class Peer:
         )
         service = PeerService(
             backend=self._backend, peer_id=self.identity.peer_id_text, codec=codec, server=lambda: self.server,
-            clock=self._clock,
+            clock=self._clock, name=self.config.name, mesh=self.membership.mesh_id_text,
         )
         methods = {**service.methods(), ENROL_METHOD: serve_enrolment(self.data, clock=self._clock)}
         self.server = RpcServer(
@@ -126,6 +137,16 @@ class Peer:
         self.endpoint = _reachable(bound)
         port = int(bound.rsplit(":", 1)[1])
         self.advertise = advertise_endpoints(self.config.rpc_host, port, explicit=self.config.advertise)
+        self.membership_service = Membership(
+            identity=self.identity, name=self.config.name, certificate=self.membership.certificate,
+            addresses=self.advertise, verifier=verifier, codec=codec, ctx=self._ctx, cfg=self.config.gossip,
+            meta=lambda: capabilities.snapshot(self.backend),
+            remembered=RememberedPeers.load(self.data.known_peers), clock=self._clock,
+        )
+        self.server.methods.update(self.membership_service.methods())
+        await self.membership_service.start(list(self.config.seeds))
+        if self.config.mdns:
+            await self._start_mdns(port)
         if self.config.write_peer_file:
             self._write_peer_file()
         caps = self._backend.capabilities
@@ -135,6 +156,22 @@ class Peer:
             caps.quantisation or "?", caps.context_length, caps.tokens_per_s, self.data.root,
         )
         return self.endpoint
+
+    async def _start_mdns(self, port: int) -> None:
+        from mesh.discovery.mdns import MdnsDiscovery
+
+        assert self.identity is not None and self.membership_service is not None
+        ips = [a.removeprefix("tcp://").rsplit(":", 1)[0] for a in self.advertise]
+        self.discovery = MdnsDiscovery(
+            peer_id=self.identity.peer_id_text, mesh=self.membership.mesh_id_text, port=port,
+            on_hint=self.membership_service.hint,
+            interfaces=[ip for ip in ips if not ip.startswith("127.")] or None,
+        )
+        try:
+            await self.discovery.start()
+        except MeshError as e:  # mDNS is a convenience: --join still works without it
+            log.warning("mDNS discovery unavailable (%s); reach other peers with --join HOST:PORT", e)
+            self.discovery = None
 
     async def _join_or_create_mesh(self) -> MeshMembership:
         assert self.identity is not None and self._ctx is not None
@@ -182,6 +219,10 @@ class Peer:
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
         if self.config.write_peer_file:
             self._remove_peer_file()
+        if self.discovery is not None:
+            await self.discovery.aclose()
+        if self.membership_service is not None:
+            await self.membership_service.stop()
         if self.server is not None:
             n = self.server.in_flight
             if n:

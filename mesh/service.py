@@ -29,7 +29,11 @@ class PeerService:
         server: Callable[[], RpcServer | None],
         clock: Callable[[], float] = time.time,
         chunk_window_s: float = 0.05,
+        name: str = "",
+        mesh: str = "",
     ) -> None:
+        self.name = name
+        self.mesh = mesh
         self.backend = backend
         self.chunk_window_s = chunk_window_s
         self.peer_id = peer_id
@@ -65,6 +69,8 @@ class PeerService:
         stats = server.stats if server else None
         return {
             "peer": self.peer_id,
+            "name": self.name,
+            "mesh": self.mesh,
             "version": __version__,
             "protocol": PROTOCOL_VERSION,
             "uptime_s": self._clock() - self._started,

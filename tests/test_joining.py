@@ -25,7 +25,7 @@ def run(coro):
 
 
 def peer(tmp_path, name, **kw) -> Peer:
-    config = PeerConfig(data_dir=tmp_path / name, rpc_host="127.0.0.1", rpc_port=0, name=name, **kw)
+    config = PeerConfig(data_dir=tmp_path / name, rpc_host="127.0.0.1", rpc_port=0, name=name, mdns=False, **kw)
     return Peer(config, backend=ScriptedBackend(model=f"model-{name}"))
 
 

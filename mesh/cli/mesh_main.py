@@ -50,6 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_dir(info)
     info.add_argument("--json", action="store_true", help="print JSON")
 
+    peers = sub.add_parser("peers", help="every member of the mesh: state, models, hardware, load")
+    add_data_dir(peers)
+    peers.add_argument("--json", action="store_true", help="print JSON")
+
+    status = sub.add_parser("status", help="this peer's own view of itself and the mesh, in one screen")
+    add_data_dir(status)
+    status.add_argument("--json", action="store_true", help="print JSON")
+
     init = sub.add_parser("init", help="create a new mesh here (its authority key and this peer's certificate)")
     add_data_dir(init)
     init.add_argument("--name", default=None, help="this peer's name (default: the host name)")
@@ -122,6 +130,45 @@ def cmd_info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _members(args: argparse.Namespace) -> tuple[dict, dict, str]:
+    import asyncio
+
+    from mesh.client import Client
+
+    with Client(args.data_dir) as client:
+        async def both():
+            try:
+                rpc = await client._connection()
+                return await rpc.call("members", {}, timeout_s=10), await rpc.call("info", {}, timeout_s=10)
+            finally:
+                await client.aclose()
+
+        members, info = asyncio.run(both())
+        return members, info, client.address.endpoint if client.address else "?"
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    from mesh.cli.render import peers_table
+
+    members, _, _ = _members(args)
+    if args.json:
+        print(json.dumps(members["members"], indent=2, default=str))
+    else:
+        print(peers_table(members["members"]))
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from mesh.cli.render import status_screen
+
+    members, info, endpoint = _members(args)
+    if args.json:
+        print(json.dumps({"info": info, **members}, indent=2, default=str))
+    else:
+        print(status_screen(info, members, endpoint=endpoint))
+    return EXIT_OK
+
+
 def cmd_init(args: argparse.Namespace) -> int:
     from mesh.config import default_name
     from mesh.identity.keys import Identity
@@ -182,7 +229,10 @@ def cmd_join(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    commands = {"ask": cmd_ask, "info": cmd_info, "init": cmd_init, "invite": cmd_invite, "join": cmd_join}
+    commands = {
+        "ask": cmd_ask, "info": cmd_info, "peers": cmd_peers, "status": cmd_status,
+        "init": cmd_init, "invite": cmd_invite, "join": cmd_join,
+    }
     try:
         if args.command in commands:
             return commands[args.command](args)

@@ -97,3 +97,22 @@ def peers_table(members: list[dict]) -> str:
             _ago(m.get("last_heard_s")),
         ])
     return grid(["NAME", "PEER", "ADDRESS", "STATE", "MODELS", "HARDWARE", "LOAD", "LAST HEARD"], rows)
+
+
+def status_screen(info: dict, members: dict, *, endpoint: str) -> str:
+    views = members.get("members", [])
+    me = next((m for m in views if m.get("self")), {})
+    counts: dict[str, int] = {}
+    for m in views:
+        counts[m.get("state", "?")] = counts.get(m.get("state", "?"), 0) + 1
+    stats = members.get("stats", {})
+    head = info_table(info, endpoint=endpoint)
+    rows = [
+        ("name", str(info.get("name") or me.get("name") or "-")),
+        ("mesh", str(info.get("mesh") or "-")),
+        ("incarnation", str(me.get("incarnation", "-"))),
+        ("members", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "just this peer"),
+        ("gossip", f"{sum((stats.get('received') or {}).values())} messages in, "
+                   f"{sum((stats.get('sent') or {}).values())} out, {members.get('rejected_records', 0)} records refused"),
+    ]
+    return head + "\n" + table(rows) + "\n\n" + peers_table(views)

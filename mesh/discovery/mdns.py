@@ -5,11 +5,13 @@ the resolve tasks; every check on what the network says is in ``hints.py``. A se
 found on the LAN becomes a ``Hint`` handed to ``on_hint`` only if its record is well
 formed and of our mesh; the hint is still only an address to try (the handshake admits).
 
-Timings come from zeroconf (RFC 6762): registering probes the name for about 0.75 s
-(s8.1) before announcing, so ``start()`` returns about a second after it is called; a
-browser asks at once and then backs off, and peers that start later are heard from
-their own announcements. On ``aclose()`` the service is withdrawn with goodbye packets
-(TTL 0, s10.1), so other browsers report it gone at once instead of at TTL expiry.
+Timings come from zeroconf (RFC 6762): registering first probes the name (s8.1: a
+random 150..250 ms, then three probes 500 ms apart), so ``start()`` returns about 1.2 s
+after it is called (measured here). Browsing starts before that, so peers already on
+the LAN are usually reported by the time ``start()`` returns; peers that start later are
+heard from their own announcements. A peer id that another host already announces
+fails the probe (``DiscoveryError``). ``aclose()`` withdraws the service with goodbye
+packets (TTL 0, s10.1), so other browsers report it gone at once, not at TTL expiry.
 
 zeroconf and socket errors are mapped here to ``DiscoveryError``.
 """
@@ -26,7 +28,7 @@ from collections.abc import Callable, Sequence
 
 import ifaddr
 import zeroconf
-from zeroconf import DNSQuestionType, IPVersion, ServiceStateChange
+from zeroconf import IPVersion, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from mesh.discovery.hints import (
@@ -44,7 +46,6 @@ from mesh.rpc.envelope import PROTOCOL_VERSION, SUPPORTED_VERSIONS
 log = logging.getLogger(__name__)
 
 MAX_PENDING_RESOLVES = 64  # services being resolved at once; more are shed (OVERLOAD)
-_OWN_NAME_LOOKUP_MS = 600  # ends well before our own probing does (about 1.2 s)
 MAX_KNOWN_NAMES = 1024  # instance name -> peer id, to report removals; oldest evicted
 
 
@@ -128,7 +129,7 @@ class MdnsDiscovery:
         return self._info.parsed_addresses() if self._info else []
 
     async def start(self) -> None:
-        """Open the sockets, announce (after probing the name), start browsing."""
+        """Open the sockets, start browsing, then probe our name and announce it."""
         addresses = self._interfaces if self._interfaces is not None else local_ipv4_addresses()
         if not addresses:
             raise DiscoveryError("no network interface with an IPv4 address to use for mDNS")
@@ -138,10 +139,7 @@ class MdnsDiscovery:
         except (zeroconf.Error, OSError, RuntimeError) as e:  # RuntimeError: "No interfaces to listen on"
             raise DiscoveryError(f"cannot open mDNS sockets on {addresses}: {e}") from e
         try:
-            # Browse first: answers then arrive while our name is being probed, and
-            # zeroconf's probe detects a conflict only from a PTR already in its cache,
-            # which is what the browser's first query brings in.
-            if self._browse:
+            if self._browse:  # first: answers arrive while our own name is being probed
                 self._browser = AsyncServiceBrowser(
                     self._aiozc.zeroconf, SERVICE_TYPE, handlers=[self._on_service_state_change]
                 )
@@ -154,7 +152,10 @@ class MdnsDiscovery:
                     server=f"{self.peer_id}.local.",
                     parsed_addresses=addresses,
                 )
-                await self._register(info)
+                # probes (RFC 6762 s8.1: about 1.2 s here) and raises NonUniqueNameException
+                # if another host answers for our name; then returns, announcing goes on
+                # in zeroconf's own task
+                await self._aiozc.async_register_service(info)
                 self._info = info  # only now is there something to withdraw on close
         except zeroconf.NonUniqueNameException as e:
             await self._close_zeroconf()
@@ -165,30 +166,6 @@ class MdnsDiscovery:
         except (zeroconf.Error, OSError) as e:
             await self._close_zeroconf()
             raise DiscoveryError(f"mDNS announcement failed: {e}") from e
-
-    async def _register(self, info: AsyncServiceInfo) -> None:
-        """Probe our name and announce it (RFC 6762 s8).
-
-        zeroconf's probe notices a conflict only from a PTR record already in its cache,
-        and a responder that multicast its PTR in the last second does not repeat it; so
-        at the same time we ask for our own instance name with a QU question (answered
-        by unicast, not rate limited). An answer that arrives before our probing ends
-        (about 1.2 s: a random 150..250 ms, then three probes 500 ms apart) can only come
-        from another responder: the same peer id already runs somewhere."""
-        assert self._aiozc is not None
-        zc = self._aiozc.zeroconf
-        other = AsyncServiceInfo(SERVICE_TYPE, info.name)
-        lookup = asyncio.ensure_future(other.async_request(zc, _OWN_NAME_LOOKUP_MS, question_type=DNSQuestionType.QU))
-        register = asyncio.ensure_future(self._aiozc.async_register_service(info))
-        try:
-            if await lookup:
-                raise zeroconf.NonUniqueNameException
-            await register  # returns once probing is done; announcing goes on in zeroconf's task
-        finally:
-            for task in (lookup, register):
-                if not task.done():
-                    task.cancel()
-            await asyncio.gather(lookup, register, return_exceptions=True)
 
     async def aclose(self) -> None:
         """Withdraw the announcement (goodbye packets), stop browsing, close sockets."""

@@ -1,1 +1,41 @@
-"""SWIM membership and member-state gossip. Arrives with the mesh issue (see ARCHITECTURE.md)."""
+"""SWIM membership and owner-signed member state, as a pure core the shell drives.
+
+Modules, one noun each:
+
+* ``config``     ``GossipConfig`` with ``lan()`` and ``for_tests()`` presets
+* ``record``     ``MemberRecord``: the owner-signed description of a member, and its codec
+* ``member``     ``Status``, the table entry ``Member``, the read-only ``MemberView``
+* ``merge``      the merge rules (pure functions)
+* ``timing``     SWIM/Lifeguard/memberlist formulas and local health (``Awareness``)
+* ``suspicion``  one Lifeguard suspicion timer
+* ``broadcast``  the transmit-limited news queue, one slot per member
+* ``probe``      the probe in flight, relays, randomized round-robin order
+* ``table``      the bounded member table with tombstones
+* ``messages``   the versioned wire codec of messages and news
+* ``effects``    ``Send``, ``MemberChanged``, ``MemberUpdated``
+* ``swim``       ``Swim``, the state machine
+* ``errors``     ``GossipError`` / ``GossipReason``
+
+``mesh.testing.network`` runs many ``Swim`` instances over a simulated lossy network.
+"""
+
+from mesh.gossip.config import GossipConfig
+from mesh.gossip.effects import Effect, MemberChanged, MemberUpdated, Send
+from mesh.gossip.errors import GossipError, GossipReason
+from mesh.gossip.member import MemberView, Status
+from mesh.gossip.record import MemberRecord
+from mesh.gossip.swim import Swim
+
+__all__ = [
+    "Effect",
+    "GossipConfig",
+    "GossipError",
+    "GossipReason",
+    "MemberChanged",
+    "MemberRecord",
+    "MemberUpdated",
+    "MemberView",
+    "Send",
+    "Status",
+    "Swim",
+]

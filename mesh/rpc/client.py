@@ -33,9 +33,15 @@ _MAX_BUFFERED_REPLIES = 4096  # per call; a server cannot make the client buffer
 
 
 class RpcClient:
-    def __init__(self, *, codec: FrameCodec, endpoint: str, ctx: zmq.asyncio.Context) -> None:
+    def __init__(
+        self, *, codec: FrameCodec, endpoint: str, ctx: zmq.asyncio.Context, datagram: bool = False
+    ) -> None:
         self.codec = codec
         self.endpoint = endpoint
+        # datagram: for casts (gossip). Nothing is queued for a peer that is not connected,
+        # and little for one that is slow, so a message is sent now or lost, never
+        # delivered stale after a reconnect.
+        self.datagram = datagram
         self._ctx = ctx
         self._sock: zmq.asyncio.Socket | None = None
         self._pending: dict[bytes, asyncio.Queue] = {}
@@ -55,6 +61,10 @@ class RpcClient:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, 2 * self.codec.config.max_frame_bytes + 1024)
+        if self.datagram:
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            sock.setsockopt(zmq.SNDHWM, 64)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
         try:
             sock.connect(self.endpoint)
         except zmq.ZMQError as e:

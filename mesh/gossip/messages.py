@@ -1,0 +1,258 @@
+"""The gossip wire: typed messages and news items, with explicit versioned codecs.
+
+A message is one datagram (one-way, may be lost, may arrive late)::
+
+    [version, type, fields, news]
+
+* ``version``: ``PROTOCOL_VERSION``; a receiver accepts ``SUPPORTED_VERSIONS``.
+* ``type``: an index into ``MESSAGE_TYPES``; ``fields`` a map, unknown keys ignored.
+* ``news``: piggybacked dissemination items (SWIM section 4), each
+  ``[kind, ...]`` with ``kind`` an index into ``NEWS_KINDS``. Items of a kind this peer
+  does not know are skipped, so newer peers may add kinds.
+* Trailing array elements after ``news`` are ignored (append-only).
+
+News items are packed once when queued (``pack_news``) and spliced into each message
+that carries them, so the byte budget of a message is exact and cheap to enforce.
+
+``decode`` raises ``GossipError`` for anything it refuses: oversize (checked before
+parsing), bad msgpack, wrong version, unknown type, wrong field types, too many items.
+Records inside are type-checked here and verified later (``verify_record``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from mesh.gossip import wire
+from mesh.gossip.errors import GossipError, GossipReason
+from mesh.gossip.member import STATUS_CODE, STATUS_CODES, Status
+from mesh.gossip.record import MAX_ADDRESS_CHARS, MAX_ADDRESSES, PEER_ID_BYTES, MemberRecord
+
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS = range(1, 2)
+
+# Message types. ONLY APPEND TO THIS LIST: the index is the wire code.
+MESSAGE_TYPES = ("ping", "ack", "ping_req", "nack", "gossip", "sync")
+# News kinds. ONLY APPEND TO THIS LIST.
+NEWS_KINDS = ("alive", "suspect", "dead")
+
+
+# --- news -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Alive:
+    """An owner-signed record: join, meta refresh, refutation, or leave (``record.left``)."""
+
+    record: MemberRecord
+
+
+@dataclass(frozen=True)
+class Suspect:
+    """``sender`` failed to reach ``(peer_id, incarnation)`` directly and indirectly."""
+
+    peer_id: bytes
+    incarnation: int
+    sender: bytes
+
+
+@dataclass(frozen=True)
+class Dead:
+    """``sender`` declared ``(peer_id, incarnation)`` dead when its suspicion timed out."""
+
+    peer_id: bytes
+    incarnation: int
+    sender: bytes
+
+
+News = Union[Alive, Suspect, Dead]
+
+
+def pack_news(item: News) -> bytes:
+    if isinstance(item, Alive):
+        return wire.pack([0, *item.record.to_parts()])
+    kind = 1 if isinstance(item, Suspect) else 2
+    return wire.pack([kind, item.peer_id, item.incarnation, item.sender])
+
+
+def _news(raw: object) -> News | None:
+    if not isinstance(raw, list) or not raw or not isinstance(raw[0], int) or isinstance(raw[0], bool):
+        raise wire.bad("a news item is [kind, ...]")
+    kind = raw[0]
+    if kind == 0:
+        return Alive(MemberRecord.from_parts(raw[1:3]))
+    if kind in (1, 2):
+        if len(raw) < 4:
+            raise wire.bad("suspect/dead is [kind, peer_id, incarnation, sender]")
+        pid = wire.blob(raw[1], "peer id", size=PEER_ID_BYTES)
+        inc = wire.uint(raw[2], "incarnation")
+        sender = wire.blob(raw[3], "sender", size=PEER_ID_BYTES)
+        return Suspect(pid, inc, sender) if kind == 1 else Dead(pid, inc, sender)
+    return None  # a kind from a newer peer: skip it
+
+
+# --- messages ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ping:
+    seq: int
+    target: bytes  # the peer id the sender means to reach (a restarted peer may sit at the address)
+
+
+@dataclass(frozen=True)
+class Ack:
+    seq: int
+
+
+@dataclass(frozen=True)
+class PingReq:
+    """Ask the receiver to ping ``target`` and forward its ack (SWIM section 3.1)."""
+
+    seq: int
+    target: bytes
+    addresses: tuple[str, ...]  # where the requester would reach the target
+    nack: bool  # send a Nack if the target does not answer in time (Lifeguard section 4.1)
+
+
+@dataclass(frozen=True)
+class Nack:
+    seq: int
+
+
+@dataclass(frozen=True)
+class Gossip:
+    """News only (memberlist's gossip timer), between probes."""
+
+
+@dataclass(frozen=True)
+class SyncEntry:
+    status: Status
+    incarnation: int
+    record: MemberRecord
+
+
+@dataclass(frozen=True)
+class DigestEntry:
+    """What the sender holds about one member, without the record (about 28 bytes)."""
+
+    peer_id: bytes
+    status: Status
+    incarnation: int  # the incarnation ``status`` is about
+    record_key: tuple[int, bool, int]  # MemberRecord.key of the record held
+
+
+@dataclass(frozen=True)
+class Sync:
+    """Push-pull anti-entropy with digests (see ``mesh.gossip.sync``).
+
+    A request carries the sender's digest; the answer carries the entries the requester
+    lacks plus the answerer's digest; a third message carries what the answerer lacks.
+    """
+
+    entries: tuple[SyncEntry, ...]  # records (with status) the receiver is believed to lack
+    digest: tuple[DigestEntry, ...] | None  # the sender's whole view; None on the last leg
+    reply: bool  # the receiver should answer with entries and its own digest
+    join: bool  # sent by join(): the answer tells the joiner it is in
+
+
+Body = Union[Ping, Ack, PingReq, Nack, Gossip, Sync]
+_TYPE_CODE = {Ping: 0, Ack: 1, PingReq: 2, Nack: 3, Gossip: 4, Sync: 5}
+
+
+def type_name(body: Body) -> str:
+    return MESSAGE_TYPES[_TYPE_CODE[type(body)]]
+
+
+def _fields(body: Body) -> dict:
+    if isinstance(body, Ping):
+        return {"s": body.seq, "to": body.target}
+    if isinstance(body, (Ack, Nack)):
+        return {"s": body.seq}
+    if isinstance(body, PingReq):
+        return {"s": body.seq, "to": body.target, "addr": list(body.addresses), "nack": body.nack}
+    if isinstance(body, Sync):
+        entries = [[STATUS_CODE[e.status], e.incarnation, *e.record.to_parts()] for e in body.entries]
+        out = {"e": entries, "r": body.reply, "j": body.join}
+        if body.digest is not None:
+            out["d"] = [
+                [d.peer_id, STATUS_CODE[d.status], d.incarnation, d.record_key[0], d.record_key[1], d.record_key[2]]
+                for d in body.digest
+            ]
+        return out
+    return {}
+
+
+def encode(body: Body, news: list[bytes] | tuple[bytes, ...] = ()) -> bytes:
+    """One message; ``news`` are items already packed by ``pack_news``."""
+    head = wire.pack(PROTOCOL_VERSION) + wire.pack(_TYPE_CODE[type(body)]) + wire.pack(_fields(body))
+    return b"\x94" + head + wire.array_header(len(news)) + b"".join(news)
+
+
+def decode(data: bytes, *, max_bytes: int, max_news: int, max_entries: int) -> tuple[Body, list[News]]:
+    doc = wire.unpack(data, max_bytes=max_bytes)
+    if not isinstance(doc, list) or len(doc) < 4:
+        raise GossipError(GossipReason.MALFORMED, "a message is [version, type, fields, news]")
+    version, code, fields, raw_news = doc[0], doc[1], doc[2], doc[3]
+    if not isinstance(version, int) or version not in SUPPORTED_VERSIONS:
+        raise GossipError(GossipReason.BAD_VERSION, f"version {version!r}")
+    if not isinstance(code, int) or isinstance(code, bool) or not 0 <= code < len(MESSAGE_TYPES):
+        raise GossipError(GossipReason.UNKNOWN_TYPE, f"type {code!r}")
+    if not isinstance(fields, dict) or not isinstance(raw_news, list):
+        raise wire.bad("fields must be a map and news a list")
+    if len(raw_news) > max_news:
+        raise wire.bad(f"more than {max_news} news items")
+    news = [n for n in (_news(r) for r in raw_news) if n is not None]
+    return _body(code, fields, max_entries), news
+
+
+def _status(value: object) -> Status:
+    code = wire.uint(value, "status")
+    if code >= len(STATUS_CODES):
+        raise wire.bad(f"unknown status {code}")
+    return STATUS_CODES[code]
+
+
+def _digest_entry(d: object) -> DigestEntry:
+    if not isinstance(d, list) or len(d) < 6 or not isinstance(d[4], bool):
+        raise wire.bad("a digest entry is [peer_id, status, incarnation, record inc, left, version]")
+    key = (wire.uint(d[3], "record incarnation"), d[4], wire.uint(d[5], "version"))
+    return DigestEntry(wire.blob(d[0], "peer id", size=PEER_ID_BYTES), _status(d[1]), wire.uint(d[2], "inc"), key)
+
+
+def _body(code: int, f: dict, max_entries: int) -> Body:
+    name = MESSAGE_TYPES[code]
+    if name == "gossip":
+        return Gossip()
+    if name == "sync":
+        raw = wire.get(f, "e", list)
+        if len(raw) > max_entries:
+            raise wire.bad(f"more than {max_entries} sync entries")
+        entries = []
+        for e in raw:
+            if not isinstance(e, list) or len(e) < 4:
+                raise wire.bad("a sync entry is [status, incarnation, body, signature]")
+            record = MemberRecord.from_parts(e[2:4])
+            entries.append(SyncEntry(_status(e[0]), wire.uint(e[1], "incarnation"), record))
+        digest = None
+        raw_digest = wire.get(f, "d", list, optional=True)
+        if raw_digest is not None:
+            if len(raw_digest) > max_entries:
+                raise wire.bad(f"more than {max_entries} digest entries")
+            digest = tuple(_digest_entry(d) for d in raw_digest)
+        return Sync(tuple(entries), digest, wire.get(f, "r", bool), wire.get(f, "j", bool))
+    seq = wire.uint(f.get("s"), "seq")
+    if name == "ack":
+        return Ack(seq)
+    if name == "nack":
+        return Nack(seq)
+    target = wire.blob(f.get("to"), "target", size=PEER_ID_BYTES)
+    if name == "ping":
+        return Ping(seq, target)
+    addresses = wire.get(f, "addr", list)
+    if len(addresses) > MAX_ADDRESSES or not all(
+        isinstance(a, str) and 0 < len(a) <= MAX_ADDRESS_CHARS for a in addresses
+    ):
+        raise wire.bad("ping-req addresses")
+    return PingReq(seq, target, tuple(addresses), wire.get(f, "nack", bool))

@@ -1,0 +1,226 @@
+"""The thin async shell that runs the pure SWIM core (``mesh.gossip.swim.Swim``) over the
+peer's signed RPC: gossip datagrams travel as one-way ``cast``s named ``gossip``.
+
+It owns: a pool of datagram connections to other members (one DEALER per address), the
+timer loop that calls ``Swim.tick`` when the core asks, the once-a-second refresh of this
+peer's load and capabilities, checking member records (the owner's signature against
+the key in its certificate from this mesh's authority), hints from discovery (mDNS,
+``--join`` seeds, remembered peers) turned into joins, and remembering the addresses of
+members across restarts. Policy stays in the core.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from typing import Any, Callable
+
+import zmq.asyncio
+
+from mesh.discovery.hints import Hint, Source
+from mesh.discovery.seeds import RememberedPeers
+from mesh.errors import MeshError
+from mesh.gossip.config import GossipConfig
+from mesh.gossip.effects import MemberChanged, Send
+from mesh.gossip.record import MemberRecord
+from mesh.gossip.swim import Swim
+from mesh.identity.credentials import CertificateVerifier
+from mesh.identity.keys import Identity, load_public_raw, peer_id_text, verify
+from mesh.rpc.client import RpcClient
+from mesh.rpc.codec import FrameCodec
+from mesh.rpc.server import CallContext, Method, oneway, unary
+from mesh.rpc.tasks import cancel_and_wait
+
+log = logging.getLogger("mesh.membership")
+
+GOSSIP_METHOD = "gossip"
+MAX_POOL = 512  # datagram connections kept; the least recently used is closed past this
+REMEMBER_EVERY_S = 30.0
+
+
+class Membership:
+    def __init__(
+        self,
+        *,
+        identity: Identity,
+        name: str,
+        certificate: bytes,
+        addresses: list[str],
+        verifier: CertificateVerifier,
+        codec: FrameCodec,
+        ctx: zmq.asyncio.Context,
+        cfg: GossipConfig,
+        meta: Callable[[], dict[str, Any]],
+        remembered: RememberedPeers | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.identity = identity
+        self.verifier = verifier
+        self.codec = codec
+        self._ctx = ctx
+        self.cfg = cfg
+        self._meta = meta
+        self._clock = clock
+        self.remembered = remembered
+        now = clock()
+        own = MemberRecord.create(
+            peer_id=identity.peer_id, name=name, addresses=tuple(addresses), meta=meta(),
+            credential=certificate, sign=identity.sign,
+        )
+        self.swim = Swim(
+            own, cfg, now=now, rng=rng or random.Random(), sign=identity.sign, verify_record=self._verify_record
+        )
+        self._pool: dict[str, RpcClient] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._inflight: set[asyncio.Task] = set()  # sends and closes under way
+        self.rejected_records = 0
+
+    # -- seams for the peer -------------------------------------------------------------
+
+    def methods(self) -> dict[str, Method]:
+        return {GOSSIP_METHOD: oneway(self._on_gossip), "members": unary(self._on_members)}
+
+    def hint(self, hint: Hint) -> None:
+        """An address discovery found: join through it unless it is a live member already."""
+        if hint.peer_id and hint.peer_id == self.identity.peer_id_text:
+            return
+        known = {a for m in self.swim.members() if m.status.value in ("alive", "suspect") for a in m.addresses}
+        if hint.address in known:
+            return
+        self._apply(self.swim.join([hint.address], self._clock()))
+
+    async def start(self, seeds: list[str]) -> None:
+        hints = list(self.remembered.hints()) if self.remembered else []
+        addresses = list(dict.fromkeys([*seeds, *(h.address for h in hints)]))
+        if addresses:
+            self._apply(self.swim.join(addresses, self._clock()))
+        self._tasks = [
+            asyncio.create_task(self._tick_loop(), name="gossip-tick"),
+            asyncio.create_task(self._meta_loop(), name="gossip-meta"),
+        ]
+
+    async def stop(self, *, announce_leave: bool = True) -> None:
+        if announce_leave and not self.swim.left:
+            self._apply(self.swim.leave(self._clock()))
+            await asyncio.sleep(0.2)  # let the "left" news leave the sockets
+        for task in self._tasks:
+            await cancel_and_wait(task)
+        self._remember()
+        for client in self._pool.values():
+            await client.close()
+        self._pool.clear()
+
+    def view(self) -> list[dict[str, Any]]:
+        now = self._clock()
+        out = []
+        for m in self.swim.members():
+            out.append({
+                "peer_id": peer_id_text(m.peer_id),
+                "name": m.name,
+                "state": m.status.value,
+                "incarnation": m.incarnation,
+                "addresses": list(m.addresses),
+                "meta": m.meta,
+                "self": m.is_self,
+                "last_heard_s": None if m.last_heard is None else max(0.0, now - m.last_heard),
+                "since_s": max(0.0, now - m.since),
+            })
+        return out
+
+    # -- inbound ------------------------------------------------------------------------
+
+    async def _on_gossip(self, args: dict, ctx: CallContext) -> None:
+        data = args.get("d")
+        if not isinstance(data, bytes):
+            raise MeshError("gossip datagram without bytes")
+        self._apply(self.swim.receive(ctx.sender, data, self._clock()))
+
+    async def _on_members(self, args: dict, ctx: CallContext) -> dict:
+        return {"members": self.view(), "stats": self.swim.stats.snapshot(), "rejected_records": self.rejected_records}
+
+    def _verify_record(self, record: MemberRecord) -> bool:
+        """The owner's signature, by the key its certificate (this mesh's authority) names."""
+        try:
+            cert = self.verifier.verify(record.credential, now=self._clock())
+        except MeshError:
+            self.rejected_records += 1
+            return False
+        if cert.peer_id != record.peer_id:
+            self.rejected_records += 1
+            return False
+        ok = verify(load_public_raw(cert.peer_public), record.signature, record.signed_payload())
+        if not ok:
+            self.rejected_records += 1
+        return ok
+
+    # -- outbound -----------------------------------------------------------------------
+
+    def _apply(self, effects: list) -> None:
+        for fx in effects:
+            if isinstance(fx, Send):
+                self._send(fx)
+            elif isinstance(fx, MemberChanged):
+                log.info(
+                    "member %s (%s): %s -> %s (incarnation %d)", fx.name, peer_id_text(fx.peer_id)[:12],
+                    fx.old.value if fx.old else "new", fx.new.value if fx.new else "gone", fx.incarnation,
+                )
+        self._wake.set()
+
+    def _send(self, fx: Send) -> None:
+        for address in fx.addresses[:1]:
+            self._spawn(self._client(address).cast(GOSSIP_METHOD, {"d": fx.data}))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._inflight.add(task)
+        task.add_done_callback(self._inflight.discard)
+
+    def _client(self, address: str) -> RpcClient:
+        client = self._pool.pop(address, None)
+        if client is None:
+            client = RpcClient(codec=self.codec, endpoint=address, ctx=self._ctx, datagram=True)
+            client.connect()
+            if len(self._pool) >= MAX_POOL:
+                _, oldest = next(iter(self._pool.items()))
+                self._pool.pop(oldest.endpoint, None)
+                self._spawn(oldest.close())
+        self._pool[address] = client  # most recently used last
+        return client
+
+    async def _tick_loop(self) -> None:
+        while True:
+            now = self._clock()
+            self._apply(self.swim.tick(now))
+            self._wake.clear()
+            delay = min(max(self.swim.next_tick_at - self._clock(), 0.005), 0.25)
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+
+    async def _meta_loop(self) -> None:
+        last_remember = self._clock()
+        while True:
+            await asyncio.sleep(self.cfg.probe_interval_s)
+            self._apply(self.swim.update_own_meta(self._meta(), self._clock()))
+            if self._clock() - last_remember >= REMEMBER_EVERY_S:
+                last_remember = self._clock()
+                self._remember()
+
+    def _remember(self) -> None:
+        if self.remembered is None:
+            return
+        now = self._clock()
+        hints = [
+            Hint(address=a, source=Source.GOSSIP, seen_at=now, peer_id=peer_id_text(m.peer_id))
+            for m in self.swim.members() if not m.is_self and m.status.value == "alive" for a in m.addresses[:1]
+        ]
+        try:
+            if self.remembered.merge(hints):
+                self.remembered.save()
+        except (MeshError, OSError) as e:
+            log.warning("could not remember peers: %s", e)

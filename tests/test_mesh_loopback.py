@@ -1,0 +1,85 @@
+"""Several real peers in one process on loopback (scripted backends): they join through
+seeds, gossip their state, see a clean leave, and refuse a peer of another mesh."""
+
+import asyncio
+import time
+
+import pytest
+
+from mesh.config import PeerConfig
+from mesh.gossip.config import GossipConfig
+from mesh.joining import make_invite
+from mesh.paths import DataDir
+from mesh.peer import Peer
+from mesh.testing import ScriptedBackend
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 90))
+
+
+def config(tmp_path, name, **kw) -> PeerConfig:
+    return PeerConfig(data_dir=tmp_path / name, rpc_host="127.0.0.1", rpc_port=0, name=name, mdns=False,
+                      gossip=GossipConfig.for_tests(), **kw)
+
+
+async def wait_for(cond, timeout_s=20.0):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def states(p: Peer) -> dict[str, str]:
+    return {m["name"]: m["state"] for m in p.membership_service.view()}
+
+
+async def start_mesh(tmp_path, n):
+    first = Peer(config(tmp_path, "p0"), backend=ScriptedBackend(model="m0"))
+    await first.start()
+    peers = [first]
+    for i in range(1, n):
+        token = make_invite(DataDir(tmp_path / "p0"), first.identity.public_raw, [first.endpoint], ttl_s=600,
+                            now=time.time()).to_text()
+        p = Peer(config(tmp_path, f"p{i}", join_token=token, seeds=(first.endpoint,)),
+                 backend=ScriptedBackend(model=f"m{i}"))
+        await p.start()
+        peers.append(p)
+    return peers
+
+
+def test_peers_find_each_other_gossip_meta_and_leave(tmp_path):
+    async def main():
+        peers = await start_mesh(tmp_path, 3)
+        try:
+            names = {"p0", "p1", "p2"}
+            await wait_for(lambda: all(states(p) == {n: "alive" for n in names} for p in peers))
+            # capabilities travel in the owner-signed record
+            view = {m["name"]: m for m in peers[0].membership_service.view()}
+            assert view["p2"]["meta"]["models"][0]["name"] == "m2"
+            assert view["p2"]["meta"]["hw"]["cpu_count"] >= 1
+            await peers[2].stop()
+            await wait_for(lambda: all(states(p).get("p2") == "left" for p in peers[:2]))
+        finally:
+            for p in peers:
+                await p.stop()
+    run(main())
+
+
+def test_a_peer_of_another_mesh_is_never_admitted(tmp_path):
+    async def main():
+        peers = await start_mesh(tmp_path, 2)
+        stranger = Peer(config(tmp_path, "x", seeds=(peers[0].endpoint,)), backend=ScriptedBackend())
+        await stranger.start()  # creates its own mesh, then tries to join ours through p0
+        try:
+            await wait_for(lambda: all(states(p) == {"p0": "alive", "p1": "alive"} for p in peers))
+            await asyncio.sleep(1.0)
+            assert "x" not in states(peers[0]) and "x" not in states(peers[1])
+            assert set(states(stranger)) == {"x"}
+            assert peers[0].server.codec.rejections.snapshot()["bad_credential"] >= 1
+        finally:
+            for p in [*peers, stranger]:
+                await p.stop()
+    run(main())
