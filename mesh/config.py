@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from mesh.faults import FaultConfig
     from mesh.gossip.config import GossipConfig
 
 
@@ -64,6 +65,7 @@ class PeerConfig:
     advertise: tuple[str, ...] = ()  # addresses others reach this peer at (default: interface IPs)
     seeds: tuple[str, ...] = ()  # "tcp://host:port" of peers to join where mDNS does not reach
     mdns: bool = True  # announce and browse _mesh._tcp.local.
+    faults: "FaultConfig | None" = None  # testing only: seeded loss/delay under gossip
     rpc: RpcConfig = field(default_factory=RpcConfig.lan)
     gossip: "GossipConfig" = field(default_factory=lambda: _gossip_lan())
 

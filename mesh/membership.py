@@ -22,6 +22,7 @@ import zmq.asyncio
 from mesh.discovery.hints import Hint, Source
 from mesh.discovery.seeds import RememberedPeers
 from mesh.errors import MeshError
+from mesh.faults import FaultInjector
 from mesh.gossip.config import GossipConfig
 from mesh.gossip.effects import MemberChanged, Send
 from mesh.gossip.record import MemberRecord
@@ -56,8 +57,11 @@ class Membership:
         remembered: RememberedPeers | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        faults: FaultInjector | None = None,
     ) -> None:
         self.identity = identity
+        self.faults = faults
+        self.addresses = list(addresses)
         self.verifier = verifier
         self.codec = codec
         self._ctx = ctx
@@ -137,10 +141,18 @@ class Membership:
         data = args.get("d")
         if not isinstance(data, bytes):
             raise MeshError("gossip datagram without bytes")
-        self._apply(self.swim.receive(ctx.sender, data, self._clock()))
+        # where the sender says it listens (signed with its envelope): replies go there
+        reply_to = args.get("a")
+        if not (isinstance(reply_to, str) and reply_to.startswith("tcp://") and len(reply_to) <= 128):
+            reply_to = None
+        self._apply(self.swim.receive(ctx.sender, data, self._clock(), sender_address=reply_to))
 
     async def _on_members(self, args: dict, ctx: CallContext) -> dict:
-        return {"members": self.view(), "stats": self.swim.stats.snapshot(), "rejected_records": self.rejected_records}
+        faults = {"dropped": self.faults.dropped, "passed": self.faults.passed} if self.faults else None
+        return {
+            "members": self.view(), "stats": self.swim.stats.snapshot(), "rejected_records": self.rejected_records,
+            "faults": faults,
+        }
 
     def _verify_record(self, record: MemberRecord) -> bool:
         """The owner's signature, by the key its certificate (this mesh's authority) names."""
@@ -172,7 +184,11 @@ class Membership:
 
     def _send(self, fx: Send) -> None:
         for address in fx.addresses[:1]:
-            self._spawn(self._client(address).cast(GOSSIP_METHOD, {"d": fx.data}))
+            delay = self.faults.decide() if self.faults else 0.0
+            if delay is None:
+                continue  # the fault layer lost it
+            send = self._client(address).cast(GOSSIP_METHOD, {"d": fx.data, "a": self.addresses[0]})
+            self._spawn(send if not delay else _after(delay, send))
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -224,3 +240,8 @@ class Membership:
                 self.remembered.save()
         except (MeshError, OSError) as e:
             log.warning("could not remember peers: %s", e)
+
+
+async def _after(delay_s: float, coro) -> None:
+    await asyncio.sleep(delay_s)
+    await coro

@@ -32,6 +32,7 @@ from mesh import capabilities
 from mesh.config import PeerConfig
 from mesh.discovery.seeds import RememberedPeers
 from mesh.errors import MeshError
+from mesh.faults import FaultInjector
 from mesh.identity.credentials import CertificateVerifier, MeshKeys
 from mesh.identity.enrolment import ENROL_METHOD
 from mesh.identity.keys import Identity
@@ -142,6 +143,7 @@ class Peer:
             addresses=self.advertise, verifier=verifier, codec=codec, ctx=self._ctx, cfg=self.config.gossip,
             meta=lambda: capabilities.snapshot(self.backend),
             remembered=RememberedPeers.load(self.data.known_peers), clock=self._clock,
+            faults=FaultInjector(self.config.faults) if self.config.faults and self.config.faults.active else None,
         )
         self.server.methods.update(self.membership_service.methods())
         await self.membership_service.start(list(self.config.seeds))

@@ -83,3 +83,29 @@ def test_a_peer_of_another_mesh_is_never_admitted(tmp_path):
             for p in [*peers, stranger]:
                 await p.stop()
     run(main())
+
+
+def test_restart_rejoins_through_remembered_addresses_and_lossy_gossip_keeps_everyone(tmp_path):
+    from mesh.faults import FaultConfig
+
+    async def main():
+        peers = await start_mesh(tmp_path, 3)
+        try:
+            await wait_for(lambda: all(len(states(p)) == 3 and set(states(p).values()) == {"alive"} for p in peers))
+            # p2 goes away and comes back with no seed: it finds the mesh through the
+            # addresses it remembered (known_peers.json), and replaces its old entry
+            await peers[2].stop()
+            assert (tmp_path / "p2" / "known_peers.json").exists()
+            again = Peer(config(tmp_path, "p2", faults=FaultConfig(loss=0.05, seed=3)), backend=ScriptedBackend())
+            await again.start()
+            peers[2] = again
+            await wait_for(lambda: all(states(p) == {"p0": "alive", "p1": "alive", "p2": "alive"} for p in peers))
+            # 5% of p2's gossip is lost: nobody is ever declared dead over many periods
+            for _ in range(30):
+                await asyncio.sleep(0.1)
+                assert all(set(states(p).values()) == {"alive"} for p in peers)
+            assert again.membership_service.faults.dropped > 0
+        finally:
+            for p in peers:
+                await p.stop()
+    run(main())

@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="on SIGTERM, how long in-flight requests may finish (default 10)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--version", action="version", version=f"mesh-peer {__version__}")
+    t = p.add_argument_group("testing (fault injection under the gossip transport)")
+    t.add_argument("--fault-loss", type=float, default=0.0, metavar="P", help="drop this fraction of gossip messages")
+    t.add_argument("--fault-delay-ms", type=float, default=0.0, metavar="MS", help="delay every gossip message")
+    t.add_argument("--fault-seed", type=int, default=None, metavar="N", help="seed of the fault RNG")
     return p
 
 
@@ -60,8 +64,14 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         raise MeshError("--threads must be at least 1")
     from mesh.config import default_name
     from mesh.discovery.seeds import parse_seeds
+    from mesh.faults import FaultConfig
 
+    try:
+        faults = FaultConfig(loss=args.fault_loss, delay_s=args.fault_delay_ms / 1000, seed=args.fault_seed)
+    except ValueError as e:
+        raise MeshError(f"--fault-*: {e}") from None
     return PeerConfig(
+        faults=faults,
         name=args.name or default_name(),
         join_token=args.join_token,
         seeds=parse_seeds(args.join, default_port=DEFAULT_RPC_PORT),

@@ -221,6 +221,11 @@ class Swim:
             self._on_news(item, sender, now)
         if sender in self._table:
             self._table.last_heard[sender] = now
+        elif not isinstance(body, m.Sync) and self._table.tombstone(sender) is None and not self._left:
+            # It knows us, we do not know it (its join news missed us): ask for its state.
+            if self._may_correct(sender, now):
+                self.stats.events["introduced"] += 1
+                self._start_sync(sender, now)
         if isinstance(body, m.Ping):
             if body.target != self.peer_id:
                 self.stats.rejected[GossipReason.MISDIRECTED.value] += 1
@@ -562,7 +567,9 @@ class Swim:
         elif sync.digest is not None:
             entries = self._delta(sync.digest)
             if entries:
-                self._send(sender, m.Sync(entries, None, reply=False, join=False), now, fallback=fallback, piggyback=False)
+                self._send(
+                    sender, m.Sync(entries, None, reply=False, join=False), now, fallback=fallback, piggyback=False
+                )
         if not sync.reply and sync.join and self._join_seeds:
             self._join_seeds, self._next_join_at = (), INF  # a seed answered: we are in
 
@@ -622,12 +629,18 @@ class Swim:
         cls = m.Suspect if x.status is Status.SUSPECT else m.Dead
         return cls(x.peer_id, x.incarnation, self.peer_id)
 
-    def _correct(self, pid: bytes, item: m.News, now: float) -> None:
-        """Tell a peer what we hold about it when it sends us something older (at most
-        once per probe interval per peer: a restarted peer learns of its ghost at once)."""
+    def _may_correct(self, pid: bytes, now: float) -> bool:
+        """At most one unsolicited correction or introduction per peer per probe interval."""
         if now < self._corrected.get(pid, -INF) + self.cfg.probe_interval_s:
-            return
+            return False
         self._corrected[pid] = now
+        return True
+
+    def _correct(self, pid: bytes, item: m.News, now: float) -> None:
+        """Tell a peer what we hold about it when it sends us something older (a restarted
+        peer learns of its ghost at once; a peer that missed a refutation gets it)."""
+        if not self._may_correct(pid, now):
+            return
         self.stats.events["corrected"] += 1
         self._send(pid, m.Gossip(), now, extra=m.pack_news(item), piggyback=False)
 
@@ -651,14 +664,17 @@ class Swim:
             news.append(m.pack_news(self._assertion(x)))  # Lifeguard's buddy system: tell it first
         if piggyback and len(self._queue):
             budget = self.cfg.max_piggyback_bytes - sum(map(len, news))
-            limit = retransmit_limit(self.cfg.retransmit_mult, self.n)
+            limit = max(self.cfg.min_transmits, retransmit_limit(self.cfg.retransmit_mult, self.n))
             news += self._queue.take(budget, limit, max_items=self.cfg.max_news_per_message - len(news))
         if isinstance(body, m.Gossip) and not news:
             return
         data = m.encode(body, news)
-        addresses = x.record.addresses if x is not None and x.record.addresses else fallback
-        if not addresses and pid is not None and pid == self._replying_to[0]:
+        if pid is not None and pid == self._replying_to[0] and self._replying_to[1]:
+            # a reply goes where the sender is now: a restarted peer may have a new address
+            # that no record we hold names yet
             addresses = self._replying_to[1]
+        else:
+            addresses = x.record.addresses if x is not None and x.record.addresses else fallback
         kind = m.type_name(body)
         self.stats.sent[kind] += 1
         self.stats.bytes_sent += len(data)
