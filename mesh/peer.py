@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ipaddress
 import json
 import logging
 import os
@@ -163,11 +164,11 @@ class Peer:
         from mesh.discovery.mdns import MdnsDiscovery
 
         assert self.identity is not None and self.membership_service is not None
-        ips = [a.removeprefix("tcp://").rsplit(":", 1)[0] for a in self.advertise]
+        hosts = [a.removeprefix("tcp://").rsplit(":", 1)[0] for a in self.advertise]
+        ipv4 = [h for h in hosts if _is_ipv4(h) and not h.startswith("127.")]  # mDNS here is IPv4 only
         self.discovery = MdnsDiscovery(
             peer_id=self.identity.peer_id_text, mesh=self.membership.mesh_id_text, port=port,
-            on_hint=self.membership_service.hint,
-            interfaces=[ip for ip in ips if not ip.startswith("127.")] or None,
+            on_hint=self.membership_service.hint, interfaces=ipv4 or None,
         )
         try:
             await self.discovery.start()
@@ -243,6 +244,13 @@ class Peer:
             await stop.wait()
         finally:
             await self.stop()
+
+
+def _is_ipv4(host: str) -> bool:
+    try:
+        return isinstance(ipaddress.ip_address(host), ipaddress.IPv4Address)
+    except ValueError:
+        return False
 
 
 def _reachable(bound: str) -> str:

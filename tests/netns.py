@@ -36,7 +36,7 @@ Use::
         lab[1].run(["ping", "-c1", lab[0].ip])
         lab.link_down(lab[2])
 
-or the ``lab`` pytest fixture factory (``netns_lab``) below.
+or the ``netns_lab`` pytest fixture at the end (``make(n) -> Lab``).
 """
 
 from __future__ import annotations
@@ -47,9 +47,13 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Self
+
+import pytest
 
 PREFIX = "mt"  # every name a lab creates starts with this
 SUBNET = "10.77.0"  # /24 used inside the namespaces only
@@ -57,7 +61,7 @@ IFNAME_MAX = 15  # Linux IFNAMSIZ - 1
 _NAME = re.compile(rf"^{PREFIX}(\d+)-(\d+)[bvn]\d*$")
 
 _counter = itertools.count()
-_open_labs: set["Lab"] = set()
+_open_labs: set[Lab] = set()
 _lock = threading.Lock()
 
 
@@ -70,7 +74,7 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def _sh(cmd: list[str], *, check: bool = True, timeout: float = 20) -> subprocess.CompletedProcess:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise NetnsError(f"{' '.join(cmd)} -> {proc.returncode}: {proc.stderr.strip()}")
     return proc
@@ -254,7 +258,7 @@ class Lab:
     def __iter__(self):
         return iter(self.namespaces)
 
-    def __enter__(self) -> "Lab":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -292,8 +296,8 @@ class Lab:
         for ns in self.namespaces:
             try:
                 ns.stop_processes()
-            except Exception:  # noqa: BLE001 - teardown must reach the deletes below
-                pass
+            except Exception as e:  # noqa: BLE001 - teardown must reach the deletes below
+                print(f"netns: stopping processes in {ns.name} failed: {e!r}", file=sys.stderr)
         for ns in self.namespaces:
             _ip("netns", "del", ns.name, check=False)  # takes eth0 and so the veth pair
             _ip("link", "del", ns.veth, check=False)  # in case the namespace never got it
@@ -361,8 +365,9 @@ def available() -> str | None:
 
 
 def netns_lab_fixture():
-    """Body of the ``netns_lab`` pytest fixture: yields ``make(n) -> Lab``; every lab made is
-    closed afterwards, pass or fail, and nothing named for this process may remain."""
+    """Body of a lab fixture: yields ``make(n) -> Lab``; every lab made is closed
+    afterwards, pass or fail, and nothing named for this process may remain. Use the
+    ``netns_lab`` fixture below, or ``yield from netns_lab_fixture()`` in your own."""
     labs: list[Lab] = []
 
     def make(n: int = 0) -> Lab:
@@ -377,3 +382,12 @@ def netns_lab_fixture():
             lab.close()
     namespaces, links = owned_by_this_process()
     assert not namespaces and not links, f"lab teardown left {namespaces + links}"
+
+
+@pytest.fixture
+def netns_lab():
+    """``make(n) -> Lab``, torn down after the test. Fails (never skips) where namespaces
+    cannot be made. In a test module: ``netns_lab = netns.netns_lab``."""
+    why_not = available()
+    assert why_not is None, f"this test needs network namespaces: {why_not}"
+    yield from netns_lab_fixture()

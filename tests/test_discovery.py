@@ -9,11 +9,11 @@ import subprocess
 import sys
 import time
 
+import netns
 import pytest
 import zeroconf
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
-import netns
 from mesh.discovery import (
     SERVICE_TYPE,
     DiscoveryError,
@@ -39,6 +39,8 @@ from mesh.discovery.seeds import KNOWN_PEERS_FILE, MAX_FILE_BYTES
 from mesh.errors import ConfigError
 from mesh.identity.keys import Identity
 
+netns_lab = netns.netns_lab  # the namespace fixture, for the tests below
+
 MESH = "testmesh0001"
 OTHER = "othermesh0002"
 NOW = 1_800_000_000.0
@@ -58,16 +60,16 @@ def record(**over):
     props.update(over.pop("props", {}))
     for k in over.pop("drop", ()):
         props.pop(k, None)
-    args = dict(
-        name=instance_name(A),
-        properties=props,
-        addresses=["10.77.0.9"],
-        port=7411,
-        mesh=MESH,
-        own_peer_id=ME,
-        now=NOW,
-        versions=range(1, 2),
-    )
+    args = {
+        "name": instance_name(A),
+        "properties": props,
+        "addresses": ["10.77.0.9"],
+        "port": 7411,
+        "mesh": MESH,
+        "own_peer_id": ME,
+        "now": NOW,
+        "versions": range(1, 2),
+    }
     args.update(over)
     return args
 
@@ -194,6 +196,8 @@ def test_mdns_refuses_bad_port_and_interface():
         MdnsDiscovery(peer_id=A, mesh=MESH, port=0, on_hint=print)
     with pytest.raises(ConfigError):
         MdnsDiscovery(peer_id=A, mesh=MESH, port=1, on_hint=print, interfaces=["eth0"])
+    with pytest.raises(ConfigError):
+        MdnsDiscovery(peer_id=A, mesh=MESH, port=1, on_hint=print, interfaces=["fd00::1"])
 
 
 # -- seeds -------------------------------------------------------------------------------
@@ -338,7 +342,8 @@ def test_malformed_entries_are_skipped(tmp_path):
     path.write_text(json.dumps({"format": 1, "peers": [good, *bad]}))
     store = RememberedPeers.load(path)
     assert [h.peer_id for h in store.hints()] == [A]
-    path.write_text('{"format": 1, "peers": [{"id": "%s", "address": "tcp://a:1", "seen_at": Infinity}]}' % B)
+    infinite = {"format": 1, "peers": [{"id": B, "address": "tcp://a:1", "seen_at": float("inf")}]}
+    path.write_text(json.dumps(infinite))  # JSON's "Infinity"
     assert len(RememberedPeers.load(path)) == 0
 
 
@@ -359,13 +364,6 @@ def test_unreadable_or_unwritable_is_a_config_error(tmp_path):
 
 
 # -- real mDNS, in a namespace -----------------------------------------------------------
-
-
-@pytest.fixture
-def netns_lab():
-    why_not = netns.available()
-    assert why_not is None, f"these tests need network namespaces: {why_not}"
-    yield from netns.netns_lab_fixture()
 
 
 async def wait_for(predicate, timeout_s: float = 5.0) -> float:
@@ -400,14 +398,18 @@ async def round_trip(ip: str) -> None:
         # hostile and foreign records on the same LAN: counted, never handed on
         raw = AsyncZeroconf(interfaces=[ip])
         try:
-            for name, props, port in [
+            records = [
                 (instance_name(pid("c")), {"id": pid("c"), "mesh": OTHER, "v": "1"}, 7002),
                 (instance_name(pid("d")), {"id": pid("d"), "mesh": MESH, "v": "one"}, 7003),
                 (instance_name(pid("e")), {"id": pid("f"), "mesh": MESH, "v": "1"}, 7004),
                 (f"hello.{SERVICE_TYPE}", {"id": "hello"}, 7005),
-            ]:
-                info = AsyncServiceInfo(SERVICE_TYPE, name, port=port, properties=props, parsed_addresses=[ip])
-                await raw.async_register_service(info)
+            ]
+            await asyncio.gather(*(
+                raw.async_register_service(
+                    AsyncServiceInfo(SERVICE_TYPE, name, port=port, properties=props, parsed_addresses=[ip])
+                )
+                for name, props, port in records
+            ))
             expected = {
                 DropReason.OTHER_MESH: 1,
                 DropReason.BAD_VERSION: 1,

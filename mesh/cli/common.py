@@ -27,7 +27,7 @@ def add_data_dir(parser: argparse.ArgumentParser) -> None:
 def setup_logging(level: str = "info") -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)-5s %(message)s",
+        format="%(asctime)s.%(msecs)03d %(levelname)-5s %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )

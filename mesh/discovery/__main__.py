@@ -61,7 +61,7 @@ async def _run(args: argparse.Namespace) -> int:
         _emit("started", t0, peer_id=peer_id, addresses=disc.addresses)
         try:
             await asyncio.wait_for(stop.wait(), timeout=args.seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
     finally:
         await disc.aclose()

@@ -91,7 +91,7 @@ class DiscoveryStats:
         self.dropped: Counter[DropReason] = Counter()
         self.gone = 0
 
-    def record(self, outcome: "Hint | DropReason") -> None:
+    def record(self, outcome: Hint | DropReason) -> None:
         if isinstance(outcome, DropReason):
             self.dropped[outcome] += 1
         else:

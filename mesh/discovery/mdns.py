@@ -13,18 +13,26 @@ heard from their own announcements. A peer id that another host already announce
 fails the probe (``DiscoveryError``). ``aclose()`` withdraws the service with goodbye
 packets (TTL 0, s10.1), so other browsers report it gone at once, not at TTL expiry.
 
+What mDNS does not tell (measured in tests/test_netns_mdns.py): a peer killed with
+SIGKILL sends no goodbye, and its records stay in other caches for their TTL (75 min
+for PTR/TXT), so ``on_gone`` is not called for it; failure detection is gossip's job.
+If it restarts with the same id, port and address, its records are unchanged, so the
+others get no new ``on_hint`` for it (a restart on another port or address does give
+one); the restarted peer itself sees everyone afresh and reaches out, which is enough
+for it to rejoin.
+
 zeroconf and socket errors are mapped here to ``DiscoveryError``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import Self
 
 import ifaddr
 import zeroconf
@@ -99,9 +107,12 @@ class MdnsDiscovery:
             raise ConfigError(f"mDNS announcement: port out of range: {port}")
         if interfaces is not None:
             try:
-                interfaces = [str(ipaddress.ip_address(i)) for i in interfaces]
+                ips = [ipaddress.ip_address(i) for i in interfaces]
             except ValueError as e:
                 raise ConfigError(f"mDNS interfaces: {e}") from e
+            if any(ip.version != 4 for ip in ips):
+                raise ConfigError(f"mDNS interfaces: IPv4 addresses only for now, got {list(interfaces)}")
+            interfaces = [str(ip) for ip in ips]
         self.peer_id = peer_id
         self.mesh = mesh
         self.port = port
@@ -178,7 +189,7 @@ class MdnsDiscovery:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._close_zeroconf()
 
-    async def __aenter__(self) -> "MdnsDiscovery":
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -197,7 +208,7 @@ class MdnsDiscovery:
                 # goodbyes: TTL-0 records sent so browsers drop us now (RFC 6762 s10.1)
                 sent = await aiozc.async_unregister_service(self._info)
                 await asyncio.wait_for(sent, timeout=2.0)
-        except (zeroconf.Error, OSError, asyncio.TimeoutError) as e:
+        except (TimeoutError, zeroconf.Error, OSError) as e:
             log.warning("mDNS: withdrawing our announcement failed: %s", e)
         finally:
             try:

@@ -41,7 +41,7 @@ def _check_host(host: str, *, text: str) -> str:
         return str(ipaddress.ip_address(host))
     except ValueError:
         pass
-    name = host[:-1] if host.endswith(".") else host
+    name = host.removesuffix(".")
     if not name or len(name) > 253 or not all(_LABEL.fullmatch(label) for label in name.split(".")):
         raise ConfigError(f"--join {text!r}: {host!r} is neither an IP address nor a host name")
     if name.replace(".", "").isdigit():
@@ -62,8 +62,7 @@ def parse_seed(text: str, *, default_port: int | None = None) -> str:
     raw = text.strip()
     if not raw:
         raise ConfigError("--join needs HOST:PORT, got an empty value")
-    if raw.startswith("tcp://"):
-        raw = raw[len("tcp://") :]
+    raw = raw.removeprefix("tcp://")
     if "/" in raw:
         raise ConfigError(f"--join {text!r}: expected HOST:PORT, not a URL with a path")
     if raw.startswith("["):
@@ -121,7 +120,7 @@ class RememberedPeers:
         self._dirty = False
 
     @classmethod
-    def in_data_dir(cls, root: Path, **kwargs) -> "RememberedPeers":
+    def in_data_dir(cls, root: Path, **kwargs) -> RememberedPeers:
         return cls(Path(root) / KNOWN_PEERS_FILE, **kwargs)
 
     def __len__(self) -> int:
@@ -171,7 +170,7 @@ class RememberedPeers:
     # -- disk ----------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, path: Path, *, max_entries: int = MAX_REMEMBERED) -> "RememberedPeers":
+    def load(cls, path: Path, *, max_entries: int = MAX_REMEMBERED) -> RememberedPeers:
         """Read ``path``; a missing file is an empty store, a corrupt one is logged and
         ignored, an unreadable one (permissions, I/O) is a ConfigError."""
         store = cls(path, max_entries=max_entries)
