@@ -9,12 +9,14 @@ Modules, one noun each:
 * ``timing``     SWIM/Lifeguard/memberlist formulas and local health (``Awareness``)
 * ``suspicion``  one Lifeguard suspicion timer
 * ``broadcast``  the transmit-limited news queue, one slot per member
-* ``probe``      the probe in flight, relays, randomized round-robin order
 * ``table``      the bounded member table with tombstones
-* ``messages``   the versioned wire codec of messages and news
+* ``state``      ``MemberState``: the table plus what news about others does to it
+* ``probe``      ``Prober``: probes, ping-req relays, randomized round-robin order
+* ``sync``       push-pull anti-entropy with digests
+* ``messages``   the versioned wire codec of messages and news (``wire``: its helpers)
 * ``effects``    ``Send``, ``MemberChanged``, ``MemberUpdated``
-* ``swim``       ``Swim``, the state machine
-* ``errors``     ``GossipError`` / ``GossipReason``
+* ``swim``       ``Swim``: the state machine the shell drives; own record, refutation, join, leave
+* ``stats``      counters; ``errors``: ``GossipError`` / ``GossipReason``
 
 ``mesh.testing.network`` runs many ``Swim`` instances over a simulated lossy network.
 """

@@ -3,7 +3,8 @@
 * One slot per member: news about a member replaces any queued news about the same
   member (its newer record, a suspicion, a death). Load refreshes about once a second
   therefore cannot pile up: the queue holds at most one item per member, the newest.
-* Each item is sent ``limit`` times (``timing.retransmit_limit``: O(log n)), then dropped.
+* Each item is sent ``limit`` times (``timing.retransmit_limit``: O(log n)), then dropped;
+  meta-only refreshes ``meta_limit`` times (fewer: the next refresh supersedes them).
 * Order: urgent items first (membership changes: join, suspect, dead, refute, leave),
   then meta-only refreshes; within each, the least-sent first, then the newest. Load
   churn can therefore delay other load churn, never a failure or a join.
@@ -62,8 +63,9 @@ class BroadcastQueue:
         if old is not None:
             self._remove_order(key, old)
 
-    def take(self, budget_bytes: int, limit: int, *, max_items: int) -> list[bytes]:
+    def take(self, budget_bytes: int, limit: int, *, max_items: int, meta_limit: int | None = None) -> list[bytes]:
         """Items for one message, within ``budget_bytes``; each counts as one transmission."""
+        meta_limit = limit if meta_limit is None else meta_limit
         picked: list[tuple] = []
         used = skipped = 0
         for entry in self._order:
@@ -87,7 +89,7 @@ class BroadcastQueue:
             out.append(item.data)
             self._remove_order(key, item)
             item.transmits += 1
-            if item.transmits >= limit:
+            if item.transmits >= (limit if item.urgent else meta_limit):
                 del self._items[key]
             else:
                 bisect.insort(self._order, item.order(key))

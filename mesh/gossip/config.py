@@ -29,7 +29,11 @@ class GossipConfig:
     awareness_max: int = 8  # Lifeguard local health: probe interval/timeout scale up to this factor
 
     # Dissemination (SWIM section 4.1; memberlist's gossip timer)
-    retransmit_mult: int = 4  # each member sends a piece of news retransmit_mult * ceil(log10(n+1)) times
+    # Each member sends a piece of news max(min_transmits, retransmit_mult * ceil(log10(n+1)))
+    # times; a given member then misses it with probability about exp(-sends * (1 - loss)).
+    retransmit_mult: int = 5  # memberlist uses 4: at n = 64 that left ~3% of joins missed by someone
+    min_transmits: int = 10  # small meshes: ceil(log10(n+1)) is 1 there
+    meta_retransmit_mult: int = 2  # meta-only refreshes (load): max(3, this * ceil(log10(n+1))) sends each
     gossip_interval_s: float = 0.2  # a gossip round between probes, while there is news to send
     gossip_fanout: int = 3  # members sent to per gossip round
     gossip_to_dead_s: float = 30.0  # a dead member still receives gossip this long (so it can refute)
@@ -63,15 +67,15 @@ class GossipConfig:
             raise ValueError("max_sync_bytes and max_piggyback_bytes must fit in max_message_bytes")
 
     @classmethod
-    def lan(cls) -> "GossipConfig":
+    def lan(cls) -> GossipConfig:
         return cls()
 
     @classmethod
-    def for_tests(cls) -> "GossipConfig":
+    def for_tests(cls) -> GossipConfig:
         """The LAN protocol ten times faster (100 ms periods), for virtual-time tests."""
         return cls.lan().scaled(0.1)
 
-    def scaled(self, factor: float) -> "GossipConfig":
+    def scaled(self, factor: float) -> GossipConfig:
         """The same protocol with every interval and timeout multiplied by ``factor``."""
         f = factor
         return replace(
@@ -88,5 +92,5 @@ class GossipConfig:
             meta_min_interval_s=self.meta_min_interval_s * f,
         )
 
-    def with_(self, **changes) -> "GossipConfig":
+    def with_(self, **changes) -> GossipConfig:
         return replace(self, **changes)

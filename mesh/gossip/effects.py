@@ -16,7 +16,6 @@ Timers are not effects: after every call the shell reads ``Swim.next_tick_at`` a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 from mesh.gossip.member import Status
 
@@ -49,4 +48,4 @@ class MemberUpdated:
     version: int
 
 
-Effect = Union[Send, MemberChanged, MemberUpdated]
+Effect = Send | MemberChanged | MemberUpdated

@@ -61,7 +61,7 @@ class MemberView:
     is_self: bool = False
 
     @classmethod
-    def of(cls, m: Member, *, last_heard: float | None, is_self: bool = False) -> "MemberView":
+    def of(cls, m: Member, *, last_heard: float | None, is_self: bool = False) -> MemberView:
         r = m.record
         return cls(
             peer_id=r.peer_id,

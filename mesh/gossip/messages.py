@@ -22,12 +22,17 @@ Records inside are type-checked here and verified later (``verify_record``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 from mesh.gossip import wire
 from mesh.gossip.errors import GossipError, GossipReason
 from mesh.gossip.member import STATUS_CODE, STATUS_CODES, Status
-from mesh.gossip.record import MAX_ADDRESS_CHARS, MAX_ADDRESSES, PEER_ID_BYTES, MemberRecord
+from mesh.gossip.record import (
+    MAX_ADDRESS_CHARS,
+    MAX_ADDRESSES,
+    PEER_ID_BYTES,
+    MemberRecord,
+    RecordCache,
+)
 
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = range(1, 2)
@@ -66,7 +71,7 @@ class Dead:
     sender: bytes
 
 
-News = Union[Alive, Suspect, Dead]
+News = Alive | Suspect | Dead
 
 
 def pack_news(item: News) -> bytes:
@@ -76,12 +81,12 @@ def pack_news(item: News) -> bytes:
     return wire.pack([kind, item.peer_id, item.incarnation, item.sender])
 
 
-def _news(raw: object) -> News | None:
+def _news(raw: object, parse) -> News | None:
     if not isinstance(raw, list) or not raw or not isinstance(raw[0], int) or isinstance(raw[0], bool):
         raise wire.bad("a news item is [kind, ...]")
     kind = raw[0]
     if kind == 0:
-        return Alive(MemberRecord.from_parts(raw[1:3]))
+        return Alive(parse(raw[1:3]))
     if kind in (1, 2):
         if len(raw) < 4:
             raise wire.bad("suspect/dead is [kind, peer_id, incarnation, sender]")
@@ -157,7 +162,7 @@ class Sync:
     join: bool  # sent by join(): the answer tells the joiner it is in
 
 
-Body = Union[Ping, Ack, PingReq, Nack, Gossip, Sync]
+Body = Ping | Ack | PingReq | Nack | Gossip | Sync
 _TYPE_CODE = {Ping: 0, Ack: 1, PingReq: 2, Nack: 3, Gossip: 4, Sync: 5}
 
 
@@ -190,7 +195,11 @@ def encode(body: Body, news: list[bytes] | tuple[bytes, ...] = ()) -> bytes:
     return b"\x94" + head + wire.array_header(len(news)) + b"".join(news)
 
 
-def decode(data: bytes, *, max_bytes: int, max_news: int, max_entries: int) -> tuple[Body, list[News]]:
+def decode(
+    data: bytes, *, max_bytes: int, max_news: int, max_entries: int, records: RecordCache | None = None
+) -> tuple[Body, list[News]]:
+    """One message and its news. ``records``: a cache of parsed records (optional)."""
+    parse = MemberRecord.from_parts if records is None else records.parse
     doc = wire.unpack(data, max_bytes=max_bytes)
     if not isinstance(doc, list) or len(doc) < 4:
         raise GossipError(GossipReason.MALFORMED, "a message is [version, type, fields, news]")
@@ -203,8 +212,8 @@ def decode(data: bytes, *, max_bytes: int, max_news: int, max_entries: int) -> t
         raise wire.bad("fields must be a map and news a list")
     if len(raw_news) > max_news:
         raise wire.bad(f"more than {max_news} news items")
-    news = [n for n in (_news(r) for r in raw_news) if n is not None]
-    return _body(code, fields, max_entries), news
+    news = [n for n in (_news(r, parse) for r in raw_news) if n is not None]
+    return _body(code, fields, max_entries, parse), news
 
 
 def _status(value: object) -> Status:
@@ -221,7 +230,7 @@ def _digest_entry(d: object) -> DigestEntry:
     return DigestEntry(wire.blob(d[0], "peer id", size=PEER_ID_BYTES), _status(d[1]), wire.uint(d[2], "inc"), key)
 
 
-def _body(code: int, f: dict, max_entries: int) -> Body:
+def _body(code: int, f: dict, max_entries: int, parse) -> Body:
     name = MESSAGE_TYPES[code]
     if name == "gossip":
         return Gossip()
@@ -233,8 +242,8 @@ def _body(code: int, f: dict, max_entries: int) -> Body:
         for e in raw:
             if not isinstance(e, list) or len(e) < 4:
                 raise wire.bad("a sync entry is [status, incarnation, body, signature]")
-            record = MemberRecord.from_parts(e[2:4])
-            entries.append(SyncEntry(_status(e[0]), wire.uint(e[1], "incarnation"), record))
+            status, inc = _status(e[0]), wire.uint(e[1], "incarnation")
+            entries.append(SyncEntry(status, inc, parse(e[2:4])))
         digest = None
         raw_digest = wire.get(f, "d", list, optional=True)
         if raw_digest is not None:

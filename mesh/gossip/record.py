@@ -26,8 +26,9 @@ types the fields; ``from_parts`` raises ``GossipError`` for anything it refuses.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from mesh.gossip import wire
 from mesh.gossip.errors import GossipError, GossipReason
@@ -98,7 +99,7 @@ class MemberRecord:
         credential: bytes = b"",
         left: bool = False,
         sign: Sign,
-    ) -> "MemberRecord":
+    ) -> MemberRecord:
         """Build and sign a record. Raises ``GossipError`` if a field is out of bounds."""
         try:
             body = wire.pack(
@@ -117,27 +118,27 @@ class MemberRecord:
             raise wire.bad(f"record field not msgpack-native: {e}") from None
         return cls.from_parts([body, sign(RECORD_DOMAIN + body)])
 
-    def resigned(self, *, sign: Sign, **changes: Any) -> "MemberRecord":
+    def resigned(self, *, sign: Sign, **changes: Any) -> MemberRecord:
         """A copy with ``changes`` applied, signed again (the owner's own record only)."""
-        fields = dict(
-            peer_id=self.peer_id,
-            incarnation=self.incarnation,
-            version=self.version,
-            name=self.name,
-            addresses=self.addresses,
-            meta=self.meta,
-            credential=self.credential,
-            left=self.left,
-        )
+        fields = {
+            "peer_id": self.peer_id,
+            "incarnation": self.incarnation,
+            "version": self.version,
+            "name": self.name,
+            "addresses": self.addresses,
+            "meta": self.meta,
+            "credential": self.credential,
+            "left": self.left,
+        }
         fields.update(changes)
         return MemberRecord.create(sign=sign, **fields)
 
     @classmethod
-    def from_wire(cls, data: bytes) -> "MemberRecord":
+    def from_wire(cls, data: bytes) -> MemberRecord:
         return cls.from_parts(wire.unpack(data, max_bytes=MAX_RECORD_BYTES + 16))
 
     @classmethod
-    def from_parts(cls, parts: Any) -> "MemberRecord":
+    def from_parts(cls, parts: Any) -> MemberRecord:
         """Type-check ``[body, signature]`` (as carried in messages). Does not verify."""
         if not isinstance(parts, list) or len(parts) < 2:
             raise wire.bad("a record is [body, signature]")
@@ -173,3 +174,30 @@ class MemberRecord:
             signature=signature,
             body=bytes(body),
         )
+
+
+class RecordCache:
+    """Parsed records by their exact bytes, so the same record heard again is not re-parsed.
+
+    Each member hears each piece of news several times (``retransmit_limit``); parsing is
+    pure, so a hit returns the same immutable ``MemberRecord``. Bounded: cleared when it
+    reaches ``max_entries`` (a flood of distinct records costs at most one parse each).
+    Only well-formed records are cached; refusals raise every time.
+    """
+
+    def __init__(self, max_entries: int = 8192) -> None:
+        self.max_entries = max_entries
+        self._records: dict[tuple[bytes, bytes], MemberRecord] = {}
+
+    def parse(self, parts: Any) -> MemberRecord:
+        if isinstance(parts, list) and len(parts) >= 2 and isinstance(parts[0], bytes) and isinstance(parts[1], bytes):
+            key = (parts[0], parts[1])
+            hit = self._records.get(key)
+            if hit is not None:
+                return hit
+            record = MemberRecord.from_parts(parts)
+            if len(self._records) >= self.max_entries:
+                self._records.clear()
+            self._records[key] = record
+            return record
+        return MemberRecord.from_parts(parts)

@@ -3,7 +3,7 @@
 Read by ``mesh status``, ``/metrics`` and the simulator's bench. Keys of ``sent`` and
 ``received`` are message type names; of ``rejected``, ``GossipReason`` values; of
 ``events``: refuted, suspected, confirmed, declared_dead, reclaimed, corrected,
-stale_ack, relay_full, probe_failed.
+introduced, stale_ack, relay_full, probe_failed.
 """
 
 from __future__ import annotations

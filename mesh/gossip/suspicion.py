@@ -12,7 +12,7 @@ from mesh.gossip.timing import remaining_suspicion_s
 
 
 class Suspicion:
-    __slots__ = ("incarnation", "start", "k", "min_s", "max_s", "_confirmers")
+    __slots__ = ("_confirmers", "incarnation", "k", "max_s", "min_s", "start")
 
     def __init__(self, *, incarnation: int, start: float, first_from: bytes, k: int, min_s: float, max_s: float):
         self.incarnation = incarnation

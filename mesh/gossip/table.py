@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 from collections import OrderedDict
-from typing import Iterator
+from collections.abc import Iterator
 
 from mesh.gossip.member import Member, Status
 

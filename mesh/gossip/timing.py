@@ -40,7 +40,7 @@ def remaining_suspicion_s(confirmations: int, k: int, elapsed_s: float, min_s: f
 
 
 def retransmit_limit(mult: int, n: int) -> int:
-    return mult * int(math.ceil(math.log10(n + 1)))
+    return mult * math.ceil(math.log10(n + 1))
 
 
 def sync_interval_s(interval_s: float, n: int) -> float:

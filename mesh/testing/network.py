@@ -11,15 +11,16 @@ The network can, like memberlist's ``MockNetwork`` plus a fault layer:
 * lose each datagram with probability ``loss`` (``set_loss``);
 * delay each by ``latency_s`` plus up to ``jitter_s`` (so datagrams can reorder);
 * split the peers into groups that cannot reach each other (``partition``) and
-  ``heal``;
+  ``heal``; drop exactly the datagrams a rule picks (``drop_where``);
 * ``kill`` a peer (kill -9: it stops ticking; datagrams to it are dropped; its record
   stays wherever it had spread) and ``restart`` it (a fresh ``Swim`` with the same peer
-  id and address at incarnation 0, that joins through a running peer).
+  id and address at incarnation 0, that joins through a running peer);
+* ``pause`` and ``resume`` a peer (SIGSTOP / SIGCONT: a gray failure; datagrams to it
+  wait and are read on resume).
 
-Signing is simulated: each peer has a secret, ``sign`` is keyed BLAKE2b, and
-``verify_record`` checks the record's signature and that its credential is the one the
-simulated authority issued for its peer id. ``forge_record`` builds a record the
-verifier refuses, for tests of forged state.
+Signing is simulated by ``SimAuthority`` (keyed BLAKE2b instead of Ed25519, a fixed
+credential per peer id instead of a certificate); ``forge_record`` builds a record every
+peer's ``verify_record`` refuses, for tests of forged state.
 
 Typical use::
 
@@ -42,7 +43,16 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from mesh.gossip import GossipConfig, MemberChanged, MemberRecord, MemberView, Send, Status, Swim
+from mesh.gossip import (
+    GossipConfig,
+    MemberChanged,
+    MemberRecord,
+    MemberView,
+    Send,
+    Status,
+    Swim,
+)
+from mesh.gossip.record import RecordCache
 
 PORT = 7411
 
@@ -56,15 +66,72 @@ def default_meta(i: int) -> dict:
     }
 
 
+class SimAuthority:
+    """Simulated identities: peer ids, signing secrets, credentials, and the verifier.
+
+    Stands in for the mesh authority and Ed25519: ``sign_for(pid)`` is keyed BLAKE2b with
+    the peer's secret; ``verify_record`` accepts a record only if its credential is the
+    one issued for its peer id and its signature is the owner's. Usable on its own in
+    pure tests of ``Swim`` (``record``, ``forge``).
+    """
+
+    def __init__(self, rng: random.Random, *, credential_bytes: int = 220) -> None:
+        self._rng = rng
+        self._credential_bytes = credential_bytes
+        self._secrets: dict[bytes, bytes] = {}
+        self._credentials: dict[bytes, bytes] = {}
+
+    def new_identity(self) -> bytes:
+        pid = self._rng.randbytes(16)
+        self._secrets[pid] = self._rng.randbytes(32)
+        cred = hashlib.blake2b(pid, key=b"authority", digest_size=32).digest()
+        self._credentials[pid] = (cred * (self._credential_bytes // 32 + 1))[: self._credential_bytes]
+        return pid
+
+    def credential(self, pid: bytes) -> bytes:
+        return self._credentials[pid]
+
+    def sign_for(self, pid: bytes) -> Callable[[bytes], bytes]:
+        secret = self._secrets[pid]
+        return lambda payload: _mac(secret, payload)
+
+    def verify_record(self, record: MemberRecord) -> bool:
+        secret = self._secrets.get(record.peer_id)
+        if secret is None or record.credential != self._credentials[record.peer_id]:
+            return False
+        return record.signature == _mac(secret, record.signed_payload())
+
+    def record(
+        self, pid: bytes, *, name: str = "peer", addresses: tuple[str, ...] = ("tcp://10.0.0.1:7411",), **fields
+    ) -> MemberRecord:
+        """A record of ``pid`` signed by its owner (``fields``: incarnation, version, meta, left)."""
+        return MemberRecord.create(
+            peer_id=pid,
+            name=name,
+            addresses=addresses,
+            credential=self._credentials[pid],
+            sign=self.sign_for(pid),
+            **fields,
+        )
+
+    def forge(self, pid: bytes, **fields) -> MemberRecord:
+        """A record about ``pid`` signed by someone else: ``verify_record`` refuses it."""
+        base = {"incarnation": 99, "name": "forged", "addresses": ("tcp://6.6.6.6:7411",)}
+        base.update(fields)
+        return MemberRecord.create(
+            peer_id=pid, credential=self._credentials[pid], sign=lambda b: _mac(b"attacker", b), **base
+        )
+
+
 @dataclass
 class SimPeer:
     peer_id: bytes
     name: str
     address: str
-    secret: bytes
-    credential: bytes
     swim: Swim
     running: bool = True
+    paused: bool = False  # SIGSTOP: no ticks; datagrams wait in ``backlog`` until resume
+    backlog: list = field(default_factory=list)
     generation: int = 0  # bumped by restart; older tick events are ignored
     scheduled_at: float = float("inf")
     sent: Counter = field(default_factory=Counter)  # bytes sent by message kind, over all lives
@@ -91,12 +158,17 @@ class SimNetwork:
         self.credential_bytes = credential_bytes
         self.record_events = record_events
         self.rng = random.Random(seed)  # the network's own: loss, latency, ids
+        self.authority = SimAuthority(random.Random(seed + 1), credential_bytes=credential_bytes)
+        # One parse cache for all peers: parsing is pure, so sharing it changes no
+        # behaviour, and N peers hearing the same record parse it once.
+        self._records = RecordCache(1 << 16)
         self.peers: dict[bytes, SimPeer] = {}
         self.events: list[tuple[float, bytes, MemberChanged]] = []  # (time, observer, change)
         self.dropped: Counter = Counter()  # datagrams lost, by cause
         self.delivered = 0
         self._by_address: dict[str, bytes] = {}
         self._group: dict[bytes, int] | None = None
+        self._drop_where: Callable[[bytes, bytes, str], bool] | None = None
         self._queue: list[tuple] = []
         self._counter = 0
 
@@ -105,13 +177,10 @@ class SimNetwork:
     def add(self, name: str | None = None, *, meta: dict | None = None, seeds: Iterable[str] = ()) -> bytes:
         """A new running peer; it joins through ``seeds`` (addresses) if any."""
         i = len(self.peers)
-        pid = self.rng.randbytes(16)
+        pid = self.authority.new_identity()
         name = name or f"peer-{i}"
         address = f"tcp://10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}:{PORT}"
-        secret = self.rng.randbytes(32)
-        credential = hashlib.blake2b(pid, key=b"authority", digest_size=32).digest()
-        credential = (credential * (self.credential_bytes // 32 + 1))[: self.credential_bytes]
-        peer = SimPeer(pid, name, address, secret, credential, swim=None)  # type: ignore[arg-type]
+        peer = SimPeer(pid, name, address, swim=None)  # type: ignore[arg-type]
         self.peers[pid] = peer
         self._by_address[address] = pid
         peer.swim = self._new_swim(peer, meta if meta is not None else default_meta(i))
@@ -145,6 +214,20 @@ class SimNetwork:
     def kill(self, pid: bytes) -> None:
         """kill -9: no more ticks, no more datagrams in or out."""
         self.peers[pid].running = False
+
+    def pause(self, pid: bytes) -> None:
+        """SIGSTOP: the peer neither ticks nor reads; datagrams to it queue up (a gray failure)."""
+        self.peers[pid].paused = True
+
+    def resume(self, pid: bytes) -> None:
+        """SIGCONT: the peer reads its queued datagrams, then runs its overdue timers."""
+        peer = self.peers[pid]
+        peer.paused = False
+        backlog, peer.backlog = peer.backlog, []
+        for src, data in backlog:
+            self._perform(peer, peer.swim.receive(src, data, self.now, sender_address=self.peers[src].address))
+        peer.scheduled_at = float("inf")
+        self._schedule(peer)
 
     def restart(self, pid: bytes, *, via: bytes | None = None, meta: dict | None = None) -> None:
         """A fresh process with the same key and address: incarnation 0, empty table."""
@@ -181,26 +264,13 @@ class SimNetwork:
     def heal(self) -> None:
         self._group = None
 
-    # --- signing (the simulated authority) --------------------------------------------
-
-    def verify_record(self, record: MemberRecord) -> bool:
-        peer = self.peers.get(record.peer_id)
-        if peer is None or record.credential != peer.credential:
-            return False
-        return record.signature == _mac(peer.secret, record.signed_payload())
+    def drop_where(self, rule: Callable[[bytes, bytes, str], bool] | None) -> None:
+        """Drop every datagram for which ``rule(src, dst, kind)`` is true (None: stop)."""
+        self._drop_where = rule
 
     def forge_record(self, pid: bytes, **fields) -> MemberRecord:
-        """A record about ``pid`` signed by someone else: ``verify_record`` refuses it."""
-        peer = self.peers[pid]
-        base = {
-            "peer_id": pid,
-            "incarnation": 99,
-            "name": peer.name,
-            "addresses": ("tcp://6.6.6.6:7411",),
-            "credential": peer.credential,
-        }
-        base.update(fields)
-        return MemberRecord.create(sign=lambda b: _mac(b"attacker", b), **base)
+        """A record about ``pid`` signed by someone else: every peer refuses it."""
+        return self.authority.forge(pid, **fields)
 
     # --- running ---------------------------------------------------------------------
 
@@ -255,7 +325,9 @@ class SimNetwork:
                     return False
         return True
 
-    def changes(self, *, target: bytes | None = None, new: Status | None = None) -> list[tuple[float, bytes, MemberChanged]]:
+    def changes(
+        self, *, target: bytes | None = None, new: Status | None = None
+    ) -> list[tuple[float, bytes, MemberChanged]]:
         return [
             e for e in self.events if (target is None or e[2].peer_id == target) and (new is None or e[2].new is new)
         ]
@@ -263,21 +335,15 @@ class SimNetwork:
     # --- the shell's job ---------------------------------------------------------------
 
     def _new_swim(self, peer: SimPeer, meta: dict) -> Swim:
-        own = MemberRecord.create(
-            peer_id=peer.peer_id,
-            name=peer.name,
-            addresses=(peer.address,),
-            meta=meta,
-            credential=peer.credential,
-            sign=lambda b, s=peer.secret: _mac(s, b),
-        )
+        own = self.authority.record(peer.peer_id, name=peer.name, addresses=(peer.address,), meta=meta)
         return Swim(
             own,
             self.cfg,
             now=self.now,
             rng=random.Random(self.rng.getrandbits(64)),
-            sign=lambda b, s=peer.secret: _mac(s, b),
-            verify_record=self.verify_record,
+            sign=self.authority.sign_for(peer.peer_id),
+            verify_record=self.authority.verify_record,
+            record_cache=self._records,
         )
 
     def _push(self, t: float, kind: int, a, b, c=None) -> None:
@@ -294,6 +360,9 @@ class SimNetwork:
         peer = self.peers[pid]
         if not peer.running or generation != peer.generation or self.now != peer.scheduled_at:
             return
+        if peer.paused:
+            peer.scheduled_at = float("inf")  # resume() reschedules
+            return
         peer.scheduled_at = float("inf")
         self._perform(peer, peer.swim.tick(self.now))
         if peer.swim.next_tick_at <= self.now:  # a timer the core did not consume: never spin
@@ -304,6 +373,9 @@ class SimNetwork:
         peer = self.peers[dst]
         if not peer.running:
             self.dropped["dead_receiver"] += 1
+            return
+        if peer.paused:
+            peer.backlog.append((src, data))
             return
         self.delivered += 1
         self._perform(peer, peer.swim.receive(src, data, self.now, sender_address=self.peers[src].address))
@@ -327,6 +399,9 @@ class SimNetwork:
             if group is None or group != self._group.get(dst):
                 self.dropped["partition"] += 1
                 return
+        if self._drop_where is not None and self._drop_where(peer.peer_id, dst, fx.kind):
+            self.dropped["rule"] += 1
+            return
         if self.loss and self.rng.random() < self.loss:
             self.dropped["loss"] += 1
             return
