@@ -222,7 +222,7 @@ def test_sync_delta_caps_meta_only_news_but_not_membership(auth):
 
 def test_presets_and_validation():
     lan, fast = GossipConfig.lan(), GossipConfig.for_tests()
-    assert (lan.probe_interval_s, lan.probe_timeout_s, lan.indirect_checks) == (1.0, 0.5, 3)
+    assert (lan.probe_interval_s, lan.probe_timeout_s, lan.indirect_checks) == (0.7, 0.35, 3)
     assert fast.probe_interval_s == pytest.approx(0.1) and fast.suspicion_mult == lan.suspicion_mult
     assert lan.with_(gossip_fanout=4).gossip_fanout == 4
     with pytest.raises(ValueError):
