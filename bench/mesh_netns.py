@@ -31,7 +31,7 @@ import netns  # noqa: E402
 from meshhosts import Host, wait_until  # noqa: E402
 
 EVENT = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) .*member (\S+) \(\w+\): (\S+) -> (\S+)")
-SERVING = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) .*(joined mesh|ready: )")
+SERVING = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) INFO\s+(joined mesh|ready: )")  # model loaded
 
 
 def say(msg: str) -> None:
