@@ -5,6 +5,7 @@ afterwards, pass or fail (tests/netns.py)."""
 from __future__ import annotations
 
 import json
+import signal
 import time
 
 import pytest
@@ -49,6 +50,17 @@ def test_mdns_discovery_join_seed_failure_restart_partition(lab_factory, tmp_pat
         lab.link_up(lab[1])
         wait_until(lambda: all(h.states() == {n: "alive" for n in names} for h in hosts),
                    "all alive again after the partition heals")
+
+        # a gray failure: h3 stalls (SIGSTOP) and is suspected; resumed, it refutes and
+        # is alive again with a higher incarnation instead of staying dead
+        inc = hosts[0].peers()["h3"]["incarnation"]
+        hosts[3].proc.send_signal(signal.SIGSTOP)
+        try:
+            wait_until(lambda: hosts[0].states().get("h3") in ("suspect", "dead"), "h0 suspects the stalled h3")
+        finally:
+            hosts[3].proc.send_signal(signal.SIGCONT)
+        wait_until(lambda: all(h.states() == {n: "alive" for n in names} for h in hosts), "h3 alive after SIGCONT")
+        assert hosts[0].peers()["h3"]["incarnation"] > inc
     finally:
         for h in hosts:
             h.stop()
