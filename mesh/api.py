@@ -16,6 +16,39 @@ from mesh.inference.backend import FinalStats, GenerationRequest, Message
 MAX_MESSAGES = 256
 
 
+ROUTE_KEYS = ("peer", "model", "session", "local_only", "no_escalate", "threshold")
+
+
+def route_args(**route: Any) -> dict[str, Any]:
+    """The ``route`` map of an ``ask``: pins and policy; None values are left out."""
+    return {k: v for k, v in route.items() if k in ROUTE_KEYS and v is not None}
+
+
+def route_from_args(args: dict[str, Any]) -> dict[str, Any]:
+    """Validate an ``ask``'s ``route`` map into keywords for ``RouteRequest``."""
+    raw = args.get("route") or {}
+    if not isinstance(raw, dict):
+        raise InvalidRequest("route must be a map")
+    out: dict[str, Any] = {}
+    for key, kind in (("peer", str), ("model", str), ("session", str)):
+        v = raw.get(key)
+        if v is not None:
+            if not isinstance(v, str) or not 0 < len(v) <= 128:
+                raise InvalidRequest(f"route.{key} must be a string of 1..128 characters")
+            out[{"peer": "pinned_peer", "model": "pinned_model", "session": "session_id"}[key]] = v
+    for key in ("local_only", "no_escalate"):
+        v = raw.get(key, False)
+        if not isinstance(v, bool):
+            raise InvalidRequest(f"route.{key} must be true or false")
+        out[key] = v
+    if "threshold" in raw:
+        v = raw["threshold"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            raise InvalidRequest("route.threshold must be a number in [0, 1]")
+        out["threshold"] = float(v)
+    return out
+
+
 def ask_args(request: GenerationRequest) -> dict[str, Any]:
     args: dict[str, Any] = {
         "messages": [{"role": m.role, "content": m.content} for m in request.messages],
@@ -77,6 +110,9 @@ class Answer:
     tokens_per_s: float
     time_to_first_token_s: float
     generation_s: float
+    route: dict | None = None  # how the answering peer was chosen (score, runner-up)
+    path: list | None = None  # every rung of the escalation ladder taken
+    escalated: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,8 +146,13 @@ def answer_from_wire(text: str, final: dict[str, Any]) -> Answer:
             raise InvalidRequest(f"peer sent a final without {key!r}")
         return v
 
+    path = final.get("path")
+    route = final.get("route")
     return Answer(
-        text=text,
+        text=final["text"] if isinstance(final.get("text"), str) else text,
+        route=route if isinstance(route, dict) else None,
+        path=path if isinstance(path, list) else None,
+        escalated=final.get("escalated") is True,
         peer=s("peer"),
         model=s("model"),
         confidence=num("confidence"),

@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 import zmq.asyncio
 
-from mesh.api import Answer, answer_from_wire, ask_args
+from mesh.api import Answer, answer_from_wire, ask_args, route_args
 from mesh.config import PeerConfig, RpcConfig
 from mesh.errors import ConfigError, IdentityError, MeshError, PeerUnavailable
 from mesh.identity.keys import Identity, peer_id_from_public
@@ -97,15 +97,26 @@ def _pid_alive(pid: int) -> bool:
 
 
 class AnswerStream:
-    """Async iterator over an answer's text pieces; ``answer`` is set when it ends."""
+    """Async iterator over an answer's text pieces; ``answer`` is set when it ends.
 
-    def __init__(self, client: "Client", request: GenerationRequest, timeout_s: float) -> None:
+    ``steps`` lists the routing steps the peer reported (who, which model, why). When a
+    step says ``restart`` (a retry after a peer failed mid-stream, or an escalation to a
+    stronger model or the cloud), the text streamed so far is being replaced:
+    ``on_step`` is called with it, so a caller can clear what it printed."""
+
+    def __init__(
+        self, client: "Client", request: GenerationRequest, timeout_s: float, route: dict | None = None,
+        on_step: Callable[[dict], None] | None = None,
+    ) -> None:
         self._client = client
         self._request = request
         self._timeout_s = timeout_s
+        self._route = route or {}
+        self._on_step = on_step
         self._rpc: RpcClient | None = None
         self._call = None
         self._parts: list[str] = []
+        self.steps: list[dict] = []
         self.answer: Answer | None = None
 
     def __aiter__(self) -> "AnswerStream":
@@ -114,17 +125,28 @@ class AnswerStream:
     async def __anext__(self) -> str:
         if self._call is None:
             self._rpc = await self._client._connection()
-            self._call = self._rpc.stream("ask", ask_args(self._request), timeout_s=self._timeout_s)
-        try:
-            chunk = await self._call.__anext__()
-        except StopAsyncIteration:
-            self.answer = answer_from_wire("".join(self._parts), self._call.result or {})
-            raise
-        text = chunk.get("t")
-        if not isinstance(text, str):
-            text = ""
-        self._parts.append(text)
-        return text
+            args = ask_args(self._request)
+            if self._route:
+                args["route"] = self._route
+            self._call = self._rpc.stream("ask", args, timeout_s=self._timeout_s)
+        while True:
+            try:
+                chunk = await self._call.__anext__()
+            except StopAsyncIteration:
+                self.answer = answer_from_wire("".join(self._parts), self._call.result or {})
+                raise
+            step = chunk.get("step")
+            if isinstance(step, dict):
+                self.steps.append(step)
+                if step.get("restart"):
+                    self._parts.clear()
+                if self._on_step is not None:
+                    self._on_step(step)
+                continue
+            text = chunk.get("t")
+            if isinstance(text, str) and text:
+                self._parts.append(text)
+                return text
 
     async def aclose(self) -> None:
         """Stop early: the peer is told to cancel generation."""
@@ -236,11 +258,23 @@ class Client:
         top_p: float = 0.95,
         seed: int | None = None,
         timeout_s: float | None = None,
+        peer: str | None = None,
+        model: str | None = None,
+        session: str | None = None,
+        local_only: bool | None = None,
+        no_escalate: bool | None = None,
+        threshold: float | None = None,
+        on_step: Callable[[dict], None] | None = None,
     ) -> AnswerStream:
+        """Stream an answer. Routing: ``peer`` / ``model`` pin a choice, ``session`` keeps
+        a conversation on one peer, ``local_only`` never leaves the mesh, ``no_escalate``
+        takes the first answer, ``threshold`` is the confidence that stops escalation."""
         request = GenerationRequest.from_prompt(
             prompt, system=system, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed
         ).validate()
-        return AnswerStream(self, request, timeout_s or self.timeout_s)
+        route = route_args(peer=peer, model=model, session=session, local_only=local_only,
+                           no_escalate=no_escalate, threshold=threshold)
+        return AnswerStream(self, request, timeout_s or self.timeout_s, route, on_step)
 
     async def aask(self, prompt: str, *, on_text: Callable[[str], None] | None = None, **kw) -> Answer:
         stream = self.astream(prompt, **kw)

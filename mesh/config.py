@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from mesh.faults import FaultConfig
     from mesh.gossip.config import GossipConfig
+    from mesh.routing.config import RoutingConfig
 
 
 def default_name() -> str:
@@ -43,6 +44,12 @@ class RpcConfig:
 DEFAULT_RPC_PORT = 7411
 
 
+def _routing_lan():
+    from mesh.routing.config import RoutingConfig
+
+    return RoutingConfig.lan()
+
+
 def _gossip_lan():
     from mesh.gossip.config import GossipConfig
 
@@ -68,6 +75,7 @@ class PeerConfig:
     faults: "FaultConfig | None" = None  # testing only: seeded loss/delay under gossip
     rpc: RpcConfig = field(default_factory=RpcConfig.lan)
     gossip: "GossipConfig" = field(default_factory=lambda: _gossip_lan())
+    routing: "RoutingConfig" = field(default_factory=lambda: _routing_lan())
 
     def with_(self, **changes) -> "PeerConfig":
         return replace(self, **changes)

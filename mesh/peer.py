@@ -45,6 +45,8 @@ from mesh.joining import create_mesh, enrol, load_membership, serve_enrolment
 from mesh.membership import Membership
 from mesh.netaddr import advertise_endpoints
 from mesh.paths import DataDir
+from mesh.peerpool import PeerPool
+from mesh.router import Router
 from mesh.rpc.codec import FrameCodec
 from mesh.rpc.server import RpcServer
 from mesh.service import PeerService
@@ -75,6 +77,7 @@ class Peer:
         *,
         backend: Backend | None = None,
         backend_factory: Callable[[PeerConfig], Backend] = load_llama_backend,
+        cloud: Backend | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
@@ -90,6 +93,9 @@ class Peer:
         self.membership: MeshMembership | None = None
         self.membership_service: Membership | None = None
         self.discovery = None
+        self.pool: PeerPool | None = None
+        self.router: Router | None = None
+        self._cloud = cloud
 
     @property
     def backend(self) -> Backend:
@@ -147,6 +153,12 @@ class Peer:
             faults=FaultInjector(self.config.faults) if self.config.faults and self.config.faults.active else None,
         )
         self.server.methods.update(self.membership_service.methods())
+        self.pool = PeerPool(codec=codec, ctx=self._ctx)
+        self.router = Router(
+            self_id=self.identity.peer_id_text, backend=self._backend, membership=self.membership_service,
+            pool=self.pool, cloud=self._cloud, cfg=self.config.routing, clock=self._clock,
+        )
+        service.router = self.router
         await self.membership_service.start(list(self.config.seeds))
         if self.config.mdns:
             await self._start_mdns(port)
@@ -231,8 +243,12 @@ class Peer:
             if n:
                 log.info("stopping: waiting up to %gs for %d request(s) in flight", grace, n)
             await self.server.close(grace_s=grace)
+        if self.pool is not None:
+            await self.pool.aclose()
         if self._backend is not None:
             await self._backend.aclose()
+        if self._cloud is not None:
+            await self._cloud.aclose()
         if self._ctx is not None:
             self._ctx.term()
         log.info("mesh-peer stopped")

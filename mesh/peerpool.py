@@ -24,7 +24,7 @@ class PeerPool:
     def client(self, address: str) -> RpcClient:
         client = self._clients.get(address)
         if client is None:
-            client = RpcClient(codec=self.codec, endpoint=address, ctx=self._ctx)
+            client = RpcClient(codec=self.codec, endpoint=address, ctx=self._ctx, watch=True)
             client.connect()
             self._clients[address] = client
             while len(self._clients) > self.max_connections:

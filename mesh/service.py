@@ -11,7 +11,7 @@ import time
 from typing import Any, Callable
 
 from mesh import __version__
-from mesh.api import final_to_wire, request_from_ask_args
+from mesh.api import final_to_wire, request_from_ask_args, route_from_args
 from mesh.inference.backend import Backend, FinalStats, TextChunk
 from mesh.inference.coalesce import coalesce
 from mesh.rpc.codec import FrameCodec
@@ -31,7 +31,9 @@ class PeerService:
         chunk_window_s: float = 0.05,
         name: str = "",
         mesh: str = "",
+        router=None,
     ) -> None:
+        self.router = router
         self.name = name
         self.mesh = mesh
         self.backend = backend
@@ -44,9 +46,34 @@ class PeerService:
         self.answers = 0
 
     def methods(self) -> dict[str, Method]:
-        return {"ask": streaming(self.ask), "info": unary(self.info), "ping": unary(self.ping)}
+        return {
+            "ask": streaming(self.ask), "generate": streaming(self.generate), "info": unary(self.info),
+            "ping": unary(self.ping),
+        }
 
     async def ask(self, args: dict[str, Any], ctx: CallContext):
+        """A prompt entered at this peer: routed through the mesh (see mesh.router)."""
+        from mesh.routing import RouteRequest
+
+        if self.router is None:  # a peer without a mesh view (not started yet): answer here
+            async for ev in self.generate(args, ctx):
+                yield ev
+            return
+        request = request_from_ask_args(args)
+        route = route_from_args(args)
+        if route.get("pinned_peer"):
+            route["pinned_peer"] = self.router.resolve_peer(route["pinned_peer"])
+        events = self.router.ask(request, RouteRequest.for_generation(request, **route))
+        try:
+            async for ev in events:
+                if isinstance(ev, Final):
+                    self.answers += 1
+                yield ev
+        finally:
+            await events.aclose()
+
+    async def generate(self, args: dict[str, Any], ctx: CallContext):
+        """Generate here, with this peer's own backend (what other peers' routers call)."""
         request = request_from_ask_args(args)
         stream = coalesce(self.backend.stream(request), window_s=self.chunk_window_s)
         try:

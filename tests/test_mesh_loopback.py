@@ -23,7 +23,7 @@ def config(tmp_path, name, **kw) -> PeerConfig:
                       gossip=GossipConfig.for_tests(), **kw)
 
 
-async def wait_for(cond, timeout_s=20.0):
+async def wait_for(cond, timeout_s=40.0):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if cond():

@@ -1,9 +1,12 @@
 """The Backend interface: what the peer (and later the Router) calls to generate text.
 
 A backend turns a ``GenerationRequest`` into an async stream of ``TextChunk`` items
-followed by exactly one ``FinalStats``. It never touches the network. Backends:
+followed by exactly one ``FinalStats``. It knows nothing of the mesh. Backends:
 
 - ``mesh.inference.llama.LlamaBackend``: llama.cpp in-process, in a worker thread.
+- ``mesh.inference.openai_backend.OpenAIBackend``: any OpenAI-compatible chat
+  completions endpoint (a cloud provider, or Ollama / vLLM / llama-server as a peer's
+  engine), over HTTP.
 - ``mesh.testing.ScriptedBackend``: the in-memory twin used by fast tests.
 
 Contract (checked by ``tests/test_backend_conformance.py`` against every backend):

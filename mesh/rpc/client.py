@@ -20,6 +20,7 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from mesh.errors import Cancelled, DeadlineExceeded, EnvelopeRejected, PeerUnavailable, RpcError, error_from_wire
 from mesh.rpc.codec import FrameCodec
@@ -34,7 +35,14 @@ _MAX_BUFFERED_REPLIES = 4096  # per call; a server cannot make the client buffer
 
 class RpcClient:
     def __init__(
-        self, *, codec: FrameCodec, endpoint: str, ctx: zmq.asyncio.Context, datagram: bool = False
+        self,
+        *,
+        codec: FrameCodec,
+        endpoint: str,
+        ctx: zmq.asyncio.Context,
+        datagram: bool = False,
+        watch: bool = False,
+        connect_timeout_s: float = 2.0,
     ) -> None:
         self.codec = codec
         self.endpoint = endpoint
@@ -42,6 +50,14 @@ class RpcClient:
         # and little for one that is slow, so a message is sent now or lost, never
         # delivered stale after a reconnect.
         self.datagram = datagram
+        # watch: for calls between peers. The connection is monitored: a call to a peer
+        # that cannot be reached fails within connect_timeout_s, and a peer that dies or
+        # drops off the network (kill -9: the kernel closes its socket; a pulled cable:
+        # ZeroMQ heartbeats time out) fails its calls at once instead of at their deadline.
+        self.watch = watch
+        self.connect_timeout_s = connect_timeout_s
+        self._connected = asyncio.Event()
+        self._monitor_task: asyncio.Task | None = None
         self._ctx = ctx
         self._sock: zmq.asyncio.Socket | None = None
         self._pending: dict[bytes, asyncio.Queue] = {}
@@ -65,6 +81,13 @@ class RpcClient:
             sock.setsockopt(zmq.IMMEDIATE, 1)
             sock.setsockopt(zmq.SNDHWM, 64)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        if self.watch:
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+            sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+            sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+            monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+            self._monitor_task = asyncio.create_task(self._monitor_loop(monitor), name="rpc-client-monitor")
         try:
             sock.connect(self.endpoint)
         except zmq.ZMQError as e:
@@ -73,10 +96,25 @@ class RpcClient:
         self._sock = sock
         self._recv_task = asyncio.create_task(self._recv_loop(), name="rpc-client-recv")
 
+    async def _monitor_loop(self, monitor) -> None:
+        try:
+            while True:
+                event = parse_monitor_message(await monitor.recv_multipart())["event"]
+                if event == zmq.EVENT_CONNECTED:
+                    self._connected.set()
+                elif event == zmq.EVENT_DISCONNECTED:
+                    self._connected.clear()
+                    self._fail_all(PeerUnavailable(f"lost the connection to the peer at {self.endpoint}"))
+        finally:
+            monitor.close(0)
+
     async def close(self) -> None:
         for call_id in list(self._pending):
             await self._send_cancel(call_id)
         self._fail_all(Cancelled("client closed"))
+        if self._monitor_task is not None and self._sock is not None:
+            self._sock.disable_monitor()
+        await cancel_and_wait(self._monitor_task)
         await cancel_and_wait(self._recv_task)
         self._recv_task = None
         if self._sock is not None:
@@ -125,6 +163,11 @@ class RpcClient:
     async def _start(self, method: str, args: dict[str, Any], timeout_s: float) -> tuple[bytes, asyncio.Queue]:
         if self._sock is None:
             raise RpcError("client is not connected")
+        if self.watch and not self._connected.is_set():
+            try:
+                await asyncio.wait_for(self._connected.wait(), self.connect_timeout_s)
+            except TimeoutError:
+                raise PeerUnavailable(f"cannot reach the peer at {self.endpoint}") from None
         call_id = new_id()
         queue: asyncio.Queue = asyncio.Queue()
         self._pending[call_id] = queue

@@ -63,6 +63,7 @@ class ScriptedBackend:
         confidence: float = 0.9,
         min_token_prob: float | None = None,
         model: str = "scripted",
+        parameters: int = 0,
         parallel: int = 1,
         queue_limit: int = 8,
         context_length: int = 2048,
@@ -90,7 +91,7 @@ class ScriptedBackend:
         self._sleep = sleep
         self._caps = Capabilities(
             model=model,
-            parameters=0,
+            parameters=parameters,
             quantisation="",
             context_length=context_length,
             tokens_per_s=tokens_per_s,
