@@ -277,6 +277,7 @@ class Client:
         return AnswerStream(self, request, timeout_s or self.timeout_s, route, on_step)
 
     async def aask(self, prompt: str, *, on_text: Callable[[str], None] | None = None, **kw) -> Answer:
+        """The whole answer. Takes ``astream``'s keywords (routing pins and policy included)."""
         stream = self.astream(prompt, **kw)
         try:
             async for text in stream:

@@ -73,6 +73,12 @@ class PeerConfig:
     seeds: tuple[str, ...] = ()  # "tcp://host:port" of peers to join where mDNS does not reach
     mdns: bool = True  # announce and browse _mesh._tcp.local.
     faults: "FaultConfig | None" = None  # testing only: seeded loss/delay under gossip
+    threshold: float = 0.7  # confidence below which a prompt entered here escalates
+    cloud_url: str | None = None  # OpenAI-compatible API root for the last rung (key: MESH_CLOUD_API_KEY)
+    cloud_model: str | None = None
+    engine_url: str | None = None  # serve through this OpenAI-compatible engine instead of llama.cpp
+    engine_model: str | None = None
+    engine_context: int = 8192  # the engine model's context length, in tokens
     rpc: RpcConfig = field(default_factory=RpcConfig.lan)
     gossip: "GossipConfig" = field(default_factory=lambda: _gossip_lan())
     routing: "RoutingConfig" = field(default_factory=lambda: _routing_lan())

@@ -55,7 +55,15 @@ log = logging.getLogger("mesh.peer")
 
 
 def load_llama_backend(config: PeerConfig) -> Backend:
-    """The default engine: llama.cpp in-process on ``config.model_path`` (or the default model)."""
+    """The default engine: llama.cpp in-process on ``config.model_path`` (or the default
+    model); or, with ``engine_url``, an OpenAI-compatible engine this device runs."""
+    if config.engine_url:
+        from mesh.inference.openai_backend import OpenAIBackend
+
+        return OpenAIBackend(
+            config.engine_url, config.engine_model or "", context_length=config.engine_context,
+            queue_limit=config.queue_limit,
+        )
     from mesh.inference.llama import LlamaBackend
     from mesh.inference.models import default_model_path
 
@@ -96,6 +104,13 @@ class Peer:
         self.pool: PeerPool | None = None
         self.router: Router | None = None
         self._cloud = cloud
+        if cloud is None and config.cloud_url and config.cloud_model:
+            from mesh.inference.openai_backend import OpenAIBackend
+
+            # the key is read from the environment only, and never logged or gossiped
+            self._cloud = OpenAIBackend(
+                config.cloud_url, config.cloud_model, api_key=os.environ.get("MESH_CLOUD_API_KEY") or None
+            )
 
     @property
     def backend(self) -> Backend:
@@ -131,6 +146,7 @@ class Peer:
         service = PeerService(
             backend=self._backend, peer_id=self.identity.peer_id_text, codec=codec, server=lambda: self.server,
             clock=self._clock, name=self.config.name, mesh=self.membership.mesh_id_text,
+            threshold=self.config.threshold,
         )
         methods = {**service.methods(), ENROL_METHOD: serve_enrolment(self.data, clock=self._clock)}
         self.server = RpcServer(

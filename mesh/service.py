@@ -32,8 +32,10 @@ class PeerService:
         name: str = "",
         mesh: str = "",
         router=None,
+        threshold: float = 0.7,
     ) -> None:
         self.router = router
+        self.threshold = threshold
         self.name = name
         self.mesh = mesh
         self.backend = backend
@@ -60,7 +62,7 @@ class PeerService:
                 yield ev
             return
         request = request_from_ask_args(args)
-        route = route_from_args(args)
+        route = {"threshold": self.threshold, **route_from_args(args)}
         if route.get("pinned_peer"):
             route["pinned_peer"] = self.router.resolve_peer(route["pinned_peer"])
         events = self.router.ask(request, RouteRequest.for_generation(request, **route))

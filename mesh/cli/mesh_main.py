@@ -44,7 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS", help="give up after (default 300)")
     ask.add_argument("--json", action="store_true", help="print one JSON object instead of streaming")
     ask.add_argument("--embedded", action="store_true", help="run a peer in this process for this prompt")
-    ask.add_argument("--model", metavar="PATH", help="with --embedded: the GGUF model to load")
+    ask.add_argument("--model", metavar="NAME|PATH",
+                     help="pin a model by name (with --embedded: the GGUF file to load)")
+    ask.add_argument("--peer", metavar="ID|NAME", help="pin the peer that answers (an id prefix or a member name)")
+    ask.add_argument("--session", metavar="ID", help="keep a conversation on one peer (its prompt cache is reused)")
+    ask.add_argument("--local-only", action="store_true", help="never leave the mesh: no cloud, even to escalate")
+    ask.add_argument("--no-escalate", action="store_true", help="take the first answer as it is")
+    ask.add_argument("--threshold", type=float, default=None, metavar="C",
+                     help="confidence below which the answer escalates (default: the peer's, 0.7)")
 
     info = sub.add_parser("info", help="show the local peer: identity, model, traffic, refusals")
     add_data_dir(info)
@@ -89,8 +96,6 @@ def cmd_ask(args: argparse.Namespace) -> int:
     prompt = _read_prompt(args)
     if not prompt or not prompt.strip():
         return fail('give a prompt: mesh ask "PROMPT" (or pipe it on stdin)', EXIT_USAGE)
-    if args.model and not args.embedded:
-        return fail("--model applies to --embedded; a running peer chose its model with `mesh-peer --model`", EXIT_USAGE)
     if args.embedded:
         setup_logging("warning")
         print("mesh: starting an in-process peer (loading the model)...", file=sys.stderr, flush=True)
@@ -99,6 +104,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
         client = Client(args.data_dir, timeout_s=args.timeout)
     with client:
         stream_out = None if args.json else (lambda t: (sys.stdout.write(t), sys.stdout.flush()))
+        on_step = None if args.json else _print_step
         answer = client.ask(
             prompt,
             system=args.system,
@@ -107,6 +113,13 @@ def cmd_ask(args: argparse.Namespace) -> int:
             top_p=args.top_p,
             seed=args.seed,
             on_text=stream_out,
+            on_step=on_step,
+            peer=args.peer,
+            model=None if args.embedded else args.model,
+            session=args.session,
+            local_only=args.local_only or None,
+            no_escalate=args.no_escalate or None,
+            threshold=args.threshold,
         )
     if args.json:
         print(json.dumps(answer.to_dict(), ensure_ascii=False))
@@ -115,6 +128,16 @@ def cmd_ask(args: argparse.Namespace) -> int:
         sys.stdout.flush()
         print(answer_footer(answer), file=sys.stderr)
     return EXIT_OK
+
+
+def _print_step(step: dict) -> None:
+    from mesh.cli.render import step_line
+
+    line = step_line(step)
+    if line:
+        if step.get("restart"):
+            sys.stdout.write("\n")
+        print(line, file=sys.stderr, flush=True)
 
 
 def cmd_info(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -44,6 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests that may wait for the model before callers are told 'busy' (default 8)")
     p.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
                    help="on SIGTERM, how long in-flight requests may finish (default 10)")
+    p.add_argument("--threshold", type=float, default=0.7, metavar="C",
+                   help="confidence below which an answer escalates, for prompts entered here (default 0.7)")
+    p.add_argument("--cloud-url", metavar="URL", default=os.environ.get("MESH_CLOUD_URL"),
+                   help="OpenAI-compatible API root used when the mesh is not confident (env MESH_CLOUD_URL); "
+                        "the key comes from MESH_CLOUD_API_KEY only, never a flag")
+    p.add_argument("--cloud-model", metavar="NAME", default=os.environ.get("MESH_CLOUD_MODEL"),
+                   help="model to ask there (env MESH_CLOUD_MODEL)")
+    p.add_argument("--engine-url", metavar="URL",
+                   help="serve through an OpenAI-compatible engine this device runs (Ollama, vLLM, llama-server) "
+                        "instead of llama.cpp in-process")
+    p.add_argument("--engine-model", metavar="NAME", help="the engine's model name (with --engine-url)")
+    p.add_argument("--engine-context", type=int, default=8192, metavar="TOKENS",
+                   help="the engine model's context length (default 8192)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--version", action="version", version=f"mesh-peer {__version__}")
     t = p.add_argument_group("testing (fault injection under the gossip transport)")
@@ -62,6 +76,12 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         raise MeshError("--queue cannot be negative")
     if args.threads is not None and args.threads < 1:
         raise MeshError("--threads must be at least 1")
+    if not 0 <= args.threshold <= 1:
+        raise MeshError("--threshold must be in [0, 1]")
+    if bool(args.cloud_url) != bool(args.cloud_model):
+        raise MeshError("the cloud needs both --cloud-url and --cloud-model (or MESH_CLOUD_URL and MESH_CLOUD_MODEL)")
+    if bool(args.engine_url) != bool(args.engine_model):
+        raise MeshError("--engine-url needs --engine-model (the name the engine knows the model by)")
     from mesh.config import default_name
     from mesh.discovery.seeds import parse_seeds
     from mesh.faults import FaultConfig
@@ -72,6 +92,12 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         raise MeshError(f"--fault-*: {e}") from None
     return PeerConfig(
         faults=faults,
+        threshold=args.threshold,
+        cloud_url=args.cloud_url,
+        cloud_model=args.cloud_model,
+        engine_url=args.engine_url,
+        engine_model=args.engine_model,
+        engine_context=args.engine_context,
         name=args.name or default_name(),
         join_token=args.join_token,
         seeds=parse_seeds(args.join, default_port=DEFAULT_RPC_PORT),

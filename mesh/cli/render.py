@@ -9,13 +9,52 @@ def short_id(peer_id: str) -> str:
     return peer_id[:12]
 
 
+def step_line(step: dict) -> str:
+    """One line for a routing step while an answer streams (to stderr)."""
+    if step.get("no_route"):
+        return f"-- step {step.get('n', 0) + 1}: {step.get('reason')}: no route ({step['no_route']})"
+    if step.get("kind") == "cloud":
+        return f"-- step {step.get('n', 0) + 1}: {step.get('reason')} -> cloud model {step.get('model')}"
+    if step.get("n", 0) == 0 and step.get("attempt", 0) == 0:
+        return ""  # the first choice is told in the footer
+    what = "retrying on" if step.get("attempt") else f"step {step.get('n', 0) + 1}: {step.get('reason')} ->"
+    return f"-- {what} {step.get('name') or short_id(str(step.get('peer')))} ({step.get('model')})"
+
+
+def _why(a: Answer) -> str:
+    r = a.route or {}
+    if not r:
+        return ""
+    why = f" · chosen: {r.get('choice')}"
+    if r.get("score_s") is not None:
+        why += f", expected {r['score_s']:.2f} s"
+    ru = r.get("runner_up")
+    if isinstance(ru, dict):
+        score = f" {ru['score_s']:.2f} s" if ru.get("score_s") is not None else ""
+        why += f"; runner-up {ru.get('name') or short_id(str(ru.get('peer')))}{score}"
+    return why
+
+
+def _path(a: Answer) -> str:
+    if not a.path or len(a.path) < 2:
+        return ""
+    steps = []
+    for p in a.path:
+        who = p.get("model") or "no route"
+        conf = f" {p['confidence']:.2f}" if isinstance(p.get("confidence"), (int, float)) else ""
+        steps.append(f"{who}{conf}")
+    return "\n-- escalated: " + " -> ".join(steps)
+
+
 def answer_footer(a: Answer) -> str:
+    name = (a.route or {}).get("name")
+    who = f"{name} ({short_id(a.peer)})" if name else ("the cloud" if a.peer == "cloud" else f"peer {short_id(a.peer)}")
     return (
-        f"-- answered by peer {short_id(a.peer)} with {a.model} · confidence {a.confidence:.2f}"
+        f"-- answered by {who} with {a.model} · confidence {a.confidence:.2f}"
         f" (least likely token {a.min_token_prob:.2f}) · {a.prompt_tokens} prompt + {a.completion_tokens}"
         f" completion tokens · {a.tokens_per_s:.1f} tok/s · first token {a.time_to_first_token_s * 1000:.0f} ms"
-        f" · {a.finish_reason}"
-    )
+        f" · {a.finish_reason}{_why(a)}"
+    ) + _path(a)
 
 
 def table(rows: list[tuple[str, str]]) -> str:
