@@ -52,7 +52,8 @@ class PeerProcess:
         raise TimeoutError(f"mesh-peer not ready in {timeout_s}s:\n{self.log()}")
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def signal(self, sig: int = signal.SIGTERM) -> None:
