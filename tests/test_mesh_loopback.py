@@ -2,34 +2,12 @@
 seeds, gossip their state, see a clean leave, and refuse a peer of another mesh."""
 
 import asyncio
-import time
 
-import pytest
+import loopmesh
+from loopmesh import config, run, wait_for
 
-from mesh.config import PeerConfig
-from mesh.gossip.config import GossipConfig
-from mesh.joining import make_invite
-from mesh.paths import DataDir
 from mesh.peer import Peer
 from mesh.testing import ScriptedBackend
-
-
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 90))
-
-
-def config(tmp_path, name, **kw) -> PeerConfig:
-    return PeerConfig(data_dir=tmp_path / name, rpc_host="127.0.0.1", rpc_port=0, name=name, mdns=False,
-                      gossip=GossipConfig.for_tests(), **kw)
-
-
-async def wait_for(cond, timeout_s=40.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached in time")
 
 
 def states(p: Peer) -> dict[str, str]:
@@ -37,17 +15,7 @@ def states(p: Peer) -> dict[str, str]:
 
 
 async def start_mesh(tmp_path, n):
-    first = Peer(config(tmp_path, "p0"), backend=ScriptedBackend(model="m0"))
-    await first.start()
-    peers = [first]
-    for i in range(1, n):
-        token = make_invite(DataDir(tmp_path / "p0"), first.identity.public_raw, [first.endpoint], ttl_s=600,
-                            now=time.time()).to_text()
-        p = Peer(config(tmp_path, f"p{i}", join_token=token, seeds=(first.endpoint,)),
-                 backend=ScriptedBackend(model=f"m{i}"))
-        await p.start()
-        peers.append(p)
-    return peers
+    return await loopmesh.start_mesh(tmp_path, [ScriptedBackend(model=f"m{i}") for i in range(n)])
 
 
 def test_peers_find_each_other_gossip_meta_and_leave(tmp_path):

@@ -3,46 +3,17 @@ load spreading, sticky sessions, escalation to a stronger model and to the cloud
 local-only, and a peer failing mid-stream."""
 
 import asyncio
-import time
 from collections import Counter
 
+from loopmesh import run, start_mesh, wait_for
+
 from mesh.client import Client
-from mesh.config import PeerConfig
-from mesh.gossip.config import GossipConfig
-from mesh.joining import make_invite
-from mesh.paths import DataDir
 from mesh.peer import Peer
 from mesh.testing import ScriptedBackend
 
 
-def run(coro):
-    return asyncio.run(asyncio.wait_for(coro, 120))
-
-
-def config(tmp_path, name, **kw) -> PeerConfig:
-    return PeerConfig(data_dir=tmp_path / name, rpc_host="127.0.0.1", rpc_port=0, name=name, mdns=False,
-                      gossip=GossipConfig.for_tests(), **kw)
-
-
-async def wait_for(cond, timeout_s=40.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached in time")
-
-
 async def mesh_of(tmp_path, backends: list, *, cloud=None) -> list[Peer]:
-    first = Peer(config(tmp_path, "p0"), backend=backends[0], cloud=cloud)
-    await first.start()
-    peers = [first]
-    for i, b in enumerate(backends[1:], 1):
-        token = make_invite(DataDir(tmp_path / "p0"), first.identity.public_raw, [first.endpoint], ttl_s=600,
-                            now=time.time()).to_text()
-        p = Peer(config(tmp_path, f"p{i}", join_token=token, seeds=(first.endpoint,)), backend=b)
-        await p.start()
-        peers.append(p)
+    peers = await start_mesh(tmp_path, backends, cloud=cloud)
     n = len(peers)
     await wait_for(lambda: all(
         sum(1 for m in p.membership_service.view() if m["state"] == "alive" and m["meta"].get("models")) == n

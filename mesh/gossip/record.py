@@ -32,6 +32,7 @@ from typing import Any
 
 from mesh.gossip import wire
 from mesh.gossip.errors import GossipError, GossipReason
+from mesh.wirelimits import depth_exceeds
 
 RECORD_DOMAIN = b"mesh/member/v1\0"
 PEER_ID_BYTES = 16
@@ -160,7 +161,7 @@ class MemberRecord:
             if not isinstance(a, str) or not 0 < len(a) <= MAX_ADDRESS_CHARS or "://" not in a:
                 raise wire.bad("an address is a 'scheme://host:port' string")
         meta = wire.get(doc, "meta", dict)
-        if wire.depth_exceeds(meta, MAX_META_DEPTH):
+        if depth_exceeds(meta, MAX_META_DEPTH):
             raise wire.bad(f"meta nested deeper than {MAX_META_DEPTH}")
         return cls(
             peer_id=peer_id,

@@ -79,21 +79,6 @@ def blob(value: Any, what: str, *, size: int | None = None, max_size: int | None
     return value
 
 
-def depth_exceeds(value: Any, limit: int) -> bool:
-    stack = [(value, 1)]
-    while stack:
-        v, d = stack.pop()
-        if isinstance(v, dict):
-            if d > limit:
-                return True
-            stack.extend((x, d + 1) for x in v.values())
-        elif isinstance(v, list):
-            if d > limit:
-                return True
-            stack.extend((x, d + 1) for x in v)
-    return False
-
-
 def array_header(n: int) -> bytes:
     """The msgpack header of an array of ``n`` elements, for splicing pre-packed items."""
     if n < 16:

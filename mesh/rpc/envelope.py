@@ -42,6 +42,7 @@ from mesh.errors import EnvelopeRejected, MeshError
 from mesh.identity.keys import PEER_ID_BYTES, Identity, verify
 from mesh.identity.trust import KeyResolver
 from mesh.rpc.replay import NonceCache
+from mesh.wirelimits import depth_exceeds
 
 MAGIC = b"MESH"
 PROTOCOL_VERSION = 1
@@ -128,21 +129,6 @@ def _unpack_limited(payload: bytes, max_bytes: int) -> Any:
         max_map_len=max_bytes // 2,
         max_ext_len=0,
     )
-
-
-def depth_exceeds(value: Any, limit: int) -> bool:
-    stack = [(value, 1)]
-    while stack:
-        v, d = stack.pop()
-        if isinstance(v, dict):
-            if d > limit:
-                return True
-            stack.extend((x, d + 1) for x in v.values())
-        elif isinstance(v, list):
-            if d > limit:
-                return True
-            stack.extend((x, d + 1) for x in v)
-    return False
 
 
 def decode(
