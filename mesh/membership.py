@@ -118,6 +118,10 @@ class Membership:
             await client.close()
         self._pool.clear()
 
+    def rtts(self) -> dict[str, float]:
+        """Measured round trips to members (seconds), by peer id text."""
+        return {peer_id_text(pid): rtt for pid, rtt in self.swim.rtts.items()}
+
     def view(self) -> list[dict[str, Any]]:
         now = self._clock()
         out = []

@@ -90,7 +90,7 @@ class Router:
 
     def _candidates(self) -> tuple[list[Candidate], dict[str, list[str]]]:
         view = self.membership.view()
-        cands = candidates_from_members(view, rtts={}, self_id=self.self_id)
+        cands = candidates_from_members(view, rtts=self.membership.rtts(), self_id=self.self_id)
         addresses = {m["peer_id"]: list(m.get("addresses") or []) for m in view}
         return list(cands), addresses
 
@@ -273,4 +273,5 @@ def _route_info(decision, c: Candidate, why: str, n: int, attempt: int, restart:
 
 def _attempt_wire(a: Attempt, final: dict | None) -> dict:
     return {"peer": a.peer_id or ("cloud" if a.cloud else None), "model": a.model, "confidence": a.confidence,
-            "reason": a.reason, "cloud": a.cloud, "answered": final is not None}
+            "reason": a.reason, "cloud": a.cloud, "answered": final is not None,
+            "text": final.get("text") if final else None}

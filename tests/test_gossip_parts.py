@@ -229,3 +229,15 @@ def test_presets_and_validation():
         GossipConfig(probe_timeout_s=2.0)
     with pytest.raises(ValueError):
         GossipConfig(max_sync_bytes=10, max_message_bytes=5)
+
+
+def test_direct_probe_acks_measure_round_trips():
+    from mesh.testing.network import SimNetwork
+
+    # one-way latency 10 ms (+ up to 1 ms jitter): a direct probe's round trip is ~20 ms
+    net = SimNetwork(seed=3, latency_s=0.010, jitter_s=0.001)
+    ids = net.start(4)
+    assert net.run_until(net.converged, timeout_s=5.0)
+    net.run(3.0)
+    rtts = [rtt for p in ids for rtt in net.peers[p].swim.rtts.values()]
+    assert len(rtts) >= 4 and all(0.018 <= r <= 0.03 for r in rtts), rtts

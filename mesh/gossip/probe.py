@@ -36,6 +36,11 @@ class Probe:
     indirect_sent: bool = False
     expected_nacks: int = 0
     nacks: int = 0
+    sent_at: float = 0.0  # when the direct ping left: its ack measures the round trip
+
+
+RTT_EWMA_ALPHA = 0.3  # weight of the newest round trip in Prober.rtts
+MAX_RTTS = 4096  # round trips remembered (members come and go; the table is bounded)
 
 
 @dataclass(slots=True)
@@ -99,6 +104,7 @@ class Prober:
         self._probe: Probe | None = None
         self._relays: dict[int, Relay] = {}
         self._seq = rng.randrange(1 << 32)
+        self.rtts: dict[bytes, float] = {}  # peer id -> smoothed round trip of direct probes, seconds
 
     @property
     def next_deadline(self) -> float:
@@ -135,7 +141,7 @@ class Prober:
             seq = self._next_seq()
             timeout = self.awareness.scale(self.cfg.probe_timeout_s)
             inc = table.get(target).incarnation
-            self._probe = Probe(target, inc, seq, timeout_at=now + timeout, period_end=now + interval)
+            self._probe = Probe(target, inc, seq, timeout_at=now + timeout, period_end=now + interval, sent_at=now)
             self._send(target, Ping(seq, target), now)
 
     def _ask_others(self, p: Probe, now: float) -> None:
@@ -166,6 +172,7 @@ class Prober:
         if p is not None and seq == p.seq:
             if not p.indirect_sent:
                 self.awareness.apply(-1)
+                self._record_rtt(p.target, now - p.sent_at)
             self._probe = None
             return
         r = self._relays.pop(seq, None)
@@ -173,6 +180,13 @@ class Prober:
             self._send(r.requester, Ack(r.requester_seq), now)
         else:
             self._stats.events["stale_ack"] += 1
+
+    def _record_rtt(self, peer_id: bytes, sample: float) -> None:
+        """Round trip of a direct probe (what routing adds to a remote peer's expected time)."""
+        old = self.rtts.pop(peer_id, None)
+        self.rtts[peer_id] = sample if old is None else RTT_EWMA_ALPHA * sample + (1 - RTT_EWMA_ALPHA) * old
+        while len(self.rtts) > MAX_RTTS:
+            self.rtts.pop(next(iter(self.rtts)))
 
     def on_nack(self, seq: int) -> None:
         if self._probe is not None and seq == self._probe.seq:

@@ -144,6 +144,11 @@ class Swim:
             t = min(t, self._meta_published_at + self.cfg.meta_min_interval_s)
         return t
 
+    @property
+    def rtts(self) -> dict[bytes, float]:
+        """Smoothed round trip (seconds) of direct probes, per member probed so far."""
+        return dict(self._prober.rtts)
+
     def members(self) -> list[MemberView]:
         """Every member in the table, this peer first, then by peer id."""
         views = [MemberView.of(self._self_member(), last_heard=None, is_self=True)]
