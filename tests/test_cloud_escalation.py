@@ -71,3 +71,17 @@ def test_the_api_key_is_never_logged(tmp_path, cloud):
         assert secret not in p.log() and secret not in info and secret not in peers
     finally:
         del os.environ["MESH_CLOUD_API_KEY"]
+
+
+def test_a_peer_serves_through_an_existing_engine(tmp_path, cloud):
+    # the "engine" here is the same OpenAI-compatible server (Ollama, vLLM, llama-server in life)
+    p = PeerProcess(tmp_path / "engine", "--engine-url", cloud.base_url, "--engine-model", "engine-model",
+                    "--engine-context", "512")
+    try:
+        p.wait_ready()
+        a = ask(p, "--no-escalate")
+        assert a["model"] == "engine-model" and a["peer"] == p.info["peer_id"] and a["text"].strip()
+        peers = json.loads(run_mesh("peers", "--json", data_dir=p.data_dir).stdout)
+        assert peers[0]["meta"]["models"][0]["name"] == "engine-model"
+    finally:
+        p.stop()
