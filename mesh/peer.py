@@ -186,6 +186,9 @@ class Peer:
             self.identity.peer_id_text, self.config.name, self.endpoint, self.membership.mesh_id_text, caps.model,
             caps.quantisation or "?", caps.context_length, caps.tokens_per_s, self.data.root,
         )
+        if self._cloud is not None:
+            cloud = self._cloud.capabilities
+            log.info("cloud escalation: %s at %s", cloud.model, cloud.extra.get("endpoint", "?"))
         return self.endpoint
 
     async def _start_mdns(self, port: int) -> None:
