@@ -54,7 +54,7 @@ from mesh.service import PeerService
 log = logging.getLogger("mesh.peer")
 
 
-def load_llama_backend(config: PeerConfig) -> Backend:
+def load_backend(config: PeerConfig) -> Backend:
     """The default engine: llama.cpp in-process on ``config.model_path`` (or the default
     model); or, with ``engine_url``, an OpenAI-compatible engine this device runs."""
     if config.engine_url:
@@ -84,7 +84,7 @@ class Peer:
         config: PeerConfig,
         *,
         backend: Backend | None = None,
-        backend_factory: Callable[[PeerConfig], Backend] = load_llama_backend,
+        backend_factory: Callable[[PeerConfig], Backend] = load_backend,
         cloud: Backend | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
