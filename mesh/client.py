@@ -185,7 +185,7 @@ class Client:
         client = cls(data_dir, timeout_s=timeout_s)
         config = PeerConfig(
             data_dir=client.data.root, rpc_host="127.0.0.1", rpc_port=0, model_path=Path(model) if model else None,
-            n_ctx=n_ctx, write_peer_file=False, shutdown_grace_s=1.0, mdns=False,
+            n_ctx=n_ctx, write_peer_file=False, shutdown_grace_s=1.0, mdns=False, jobs=False,
         )
         client._embedded = _EmbeddedPeer(config, backend_factory)
         client.address = client._embedded.start()

@@ -74,6 +74,7 @@ class PeerConfig:
     mdns: bool = True  # announce and browse _mesh._tcp.local.
     faults: "FaultConfig | None" = None  # testing only: seeded loss/delay under gossip
     threshold: float = 0.7  # confidence below which a prompt entered here escalates
+    jobs: bool = True  # keep a durable job store (jobs.db) and run its jobs
     cloud_url: str | None = None  # OpenAI-compatible API root for the last rung (key: MESH_CLOUD_API_KEY)
     cloud_model: str | None = None
     engine_url: str | None = None  # serve through this OpenAI-compatible engine instead of llama.cpp

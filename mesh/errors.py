@@ -15,6 +15,7 @@ subclasses::
     ├── InvalidRequest         a request that cannot be served as asked (bad field, empty prompt)
     ├── EnvelopeRejected       a frame refused by envelope checks (carries a RejectReason)
     ├── PeerUnavailable        no running peer to talk to (with what to do next)
+    ├── NoAnswer               nothing in the mesh (or the cloud) could answer this prompt now
     └── RpcError               a call failed; ``code`` says how
         ├── DeadlineExceeded   the call's deadline passed (either side)
         ├── Cancelled          the call was cancelled (by the caller or a shutting-down peer)
@@ -67,6 +68,10 @@ class PeerUnavailable(MeshError):
     pass
 
 
+class NoAnswer(MeshError):
+    code = "no_answer"
+
+
 class EnvelopeRejected(MeshError):
     """A frame failed envelope checks. ``reason`` is a ``mesh.rpc.envelope.RejectReason``."""
 
@@ -104,6 +109,7 @@ def error_from_wire(code: str, message: str) -> MeshError:
         GenerationError.code: GenerationError,
         InvalidRequest.code: InvalidRequest,
         TokenError.code: TokenError,
+        NoAnswer.code: NoAnswer,
         CertificateError.code: CertificateError,
     }
     if code in simple:

@@ -50,6 +50,10 @@ class DataDir:
         return self.root / "invites.json"
 
     @property
+    def jobs_db(self) -> Path:  # durable jobs (SQLite, WAL)
+        return self.root / "jobs.db"
+
+    @property
     def known_peers(self) -> Path:  # addresses learned by gossip, remembered across restarts
         return self.root / "known_peers.json"
 

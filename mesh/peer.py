@@ -9,7 +9,8 @@ the local CLI finds this peer) -> "ready" line.
 Then gossip (SWIM over the RPC server, joining through ``--join`` seeds and remembered
 peers) and mDNS discovery start.
 
-Shutdown order (``stop``): remove the peer file (no new local callers) -> stop mDNS ->
+Shutdown order (``stop``): remove the peer file (no new local callers) -> stop the job
+runner (a job in flight goes back to the queue) -> stop mDNS ->
 announce "left" and stop gossip -> the RPC server
 stops taking calls and gives in-flight ones ``shutdown_grace_s`` to finish, then cancels
 them with a ``cancelled`` error to their callers -> the backend stops -> sockets close.
@@ -41,6 +42,8 @@ from mesh.identity.membership import MeshMembership
 from mesh.identity.peerkeys import PeerKeys
 from mesh.identity.trust import TrustStore
 from mesh.inference.backend import Backend
+from mesh.jobrunner import JobRunner
+from mesh.jobs import JobStore
 from mesh.joining import create_mesh, enrol, load_membership, serve_enrolment
 from mesh.membership import Membership
 from mesh.netaddr import advertise_endpoints
@@ -103,6 +106,8 @@ class Peer:
         self.discovery = None
         self.pool: PeerPool | None = None
         self.router: Router | None = None
+        self.jobs: JobStore | None = None
+        self.job_runner: JobRunner | None = None
         self._cloud = cloud
         if cloud is None and config.cloud_url and config.cloud_model:
             from mesh.inference.openai_backend import OpenAIBackend
@@ -175,6 +180,14 @@ class Peer:
             pool=self.pool, cloud=self._cloud, cfg=self.config.routing, clock=self._clock,
         )
         service.router = self.router
+        if self.config.jobs:
+            self.jobs = JobStore(self.data.jobs_db, local_peer=self.identity.peer_id_text, clock=self._clock)
+            self.job_runner = JobRunner(
+                store=self.jobs, router=self.router, self_id=self.identity.peer_id_text,
+                threshold=self.config.threshold, clock=self._clock,
+            )
+            service.jobs, service.on_submit = self.jobs, self.job_runner.wake
+            self.job_runner.start()
         await self.membership_service.start(list(self.config.seeds))
         if self.config.mdns:
             await self._start_mdns(port)
@@ -253,6 +266,8 @@ class Peer:
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
         if self.config.write_peer_file:
             self._remove_peer_file()
+        if self.job_runner is not None:
+            await self.job_runner.stop()
         if self.discovery is not None:
             await self.discovery.aclose()
         if self.membership_service is not None:
@@ -268,6 +283,8 @@ class Peer:
             await self._backend.aclose()
         if self._cloud is not None:
             await self._cloud.aclose()
+        if self.jobs is not None:
+            self.jobs.close()
         if self._ctx is not None:
             self._ctx.term()
         log.info("mesh-peer stopped")

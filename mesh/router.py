@@ -29,7 +29,7 @@ from dataclasses import replace
 from typing import Any, AsyncIterator, Callable
 
 from mesh.api import ask_args, final_to_wire
-from mesh.errors import BackendBusy, InvalidRequest, MeshError, PeerUnavailable, RpcError
+from mesh.errors import BackendBusy, InvalidRequest, MeshError, NoAnswer, PeerUnavailable, RpcError
 from mesh.inference.backend import Backend, FinalStats, GenerationRequest, TextChunk
 from mesh.membership import Membership
 from mesh.peerpool import PeerPool
@@ -52,10 +52,6 @@ from mesh.rpc.server import Final
 log = logging.getLogger("mesh.router")
 
 GENERATE_METHOD = "generate"
-
-
-class NoAnswer(MeshError):
-    code = "no_answer"
 
 
 class Router:

@@ -11,7 +11,8 @@ import time
 from typing import Any, Callable
 
 from mesh import __version__
-from mesh.api import final_to_wire, request_from_ask_args, route_from_args
+from mesh.api import final_to_wire, request_from_ask_args, route_args, route_from_args
+from mesh.errors import InvalidRequest
 from mesh.inference.backend import Backend, FinalStats, TextChunk
 from mesh.inference.coalesce import coalesce
 from mesh.rpc.codec import FrameCodec
@@ -33,8 +34,12 @@ class PeerService:
         mesh: str = "",
         router=None,
         threshold: float = 0.7,
+        jobs=None,
+        on_submit: Callable[[], None] | None = None,
     ) -> None:
         self.router = router
+        self.jobs = jobs
+        self.on_submit = on_submit
         self.threshold = threshold
         self.name = name
         self.mesh = mesh
@@ -50,8 +55,46 @@ class PeerService:
     def methods(self) -> dict[str, Method]:
         return {
             "ask": streaming(self.ask), "generate": streaming(self.generate), "info": unary(self.info),
-            "ping": unary(self.ping),
+            "ping": unary(self.ping), "job.submit": unary(self.job_submit), "job.list": unary(self.job_list),
+            "job.get": unary(self.job_get), "job.cancel": unary(self.job_cancel),
         }
+
+    # -- durable jobs (mesh.jobs); the store lives on this peer, the runner routes them
+
+    def _jobs(self):
+        if self.jobs is None:
+            raise InvalidRequest("this peer keeps no job store")
+        return self.jobs
+
+    async def job_submit(self, args: dict[str, Any], ctx: CallContext) -> dict:
+        key = args.get("key")
+        if key is not None and not isinstance(key, str):
+            raise InvalidRequest("key must be a string")
+        ask = args.get("ask")
+        if not isinstance(ask, dict):
+            raise InvalidRequest("ask must be a map of ask args")
+        route = route_args(**(ask.get("route") or {})) if isinstance(ask.get("route"), dict) else {}
+        request = {k: v for k, v in ask.items() if k != "route"}
+        route_from_args({"route": route})  # validate before storing
+        job = self._jobs().submit(request, owner=self.peer_id, route=route, idempotency_key=key)
+        if self.on_submit is not None:
+            self.on_submit()
+        return {"job": _job_wire(job)}
+
+    async def job_list(self, args: dict[str, Any], ctx: CallContext) -> dict:
+        limit = args.get("limit", 100)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise InvalidRequest("limit must be 1..1000")
+        store = self._jobs()
+        return {"jobs": [_job_wire(j) for j in store.list(limit=limit)], "counts": store.counts()}
+
+    async def job_get(self, args: dict[str, Any], ctx: CallContext) -> dict:
+        return {"job": _job_wire(self._jobs().get(_job_id(args)))}
+
+    async def job_cancel(self, args: dict[str, Any], ctx: CallContext) -> dict:
+        store = self._jobs()
+        job_id = _job_id(args)
+        return {"cancelled": store.cancel(job_id), "job": _job_wire(store.get(job_id))}
 
     async def ask(self, args: dict[str, Any], ctx: CallContext):
         """A prompt entered at this peer: routed through the mesh (see mesh.router)."""
@@ -124,3 +167,18 @@ class PeerService:
                 "replay_cache": len(self.codec.replay),
             },
         }
+
+
+def _job_id(args: dict[str, Any]) -> str:
+    job_id = args.get("id")
+    if not isinstance(job_id, str) or not 0 < len(job_id) <= 64:
+        raise InvalidRequest("id must be a job id")
+    return job_id
+
+
+def _job_wire(job) -> dict[str, Any]:
+    d = job.to_dict()
+    d.pop("request", None)  # the caller has it; keep listings small
+    d["prompt"] = next((m.get("content", "") for m in reversed(job.request.get("messages", []))
+                        if isinstance(m, dict) and m.get("role") == "user"), "")[:200]
+    return d

@@ -24,7 +24,7 @@ from mesh.cli.common import (
     setup_logging,
 )
 from mesh.cli.render import answer_footer, info_table
-from mesh.errors import BackendBusy, InvalidRequest, MeshError, PeerUnavailable
+from mesh.errors import BackendBusy, InvalidRequest, MeshError, NoAnswer, PeerUnavailable
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,10 +52,40 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--no-escalate", action="store_true", help="take the first answer as it is")
     ask.add_argument("--threshold", type=float, default=None, metavar="C",
                      help="confidence below which the answer escalates (default: the peer's, 0.7)")
+    ask.add_argument("--queue", action="store_true",
+                     help="if nothing can answer now, queue the prompt as a durable job instead of failing")
 
     info = sub.add_parser("info", help="show the local peer: identity, model, traffic, refusals")
     add_data_dir(info)
     info.add_argument("--json", action="store_true", help="print JSON")
+
+    submit = sub.add_parser("submit", help="queue a prompt durably; prints its job id at once")
+    add_data_dir(submit)
+    submit.add_argument("prompt", nargs="?", help="the prompt (read from stdin when omitted)")
+    submit.add_argument("--system", help="system prompt")
+    submit.add_argument("--max-tokens", type=int, default=256, metavar="N")
+    submit.add_argument("--temperature", type=float, default=0.7, metavar="T")
+    submit.add_argument("--model", metavar="NAME", help="pin a model by name")
+    submit.add_argument("--local-only", action="store_true", help="never leave the mesh")
+    submit.add_argument("--key", metavar="KEY", help="idempotency key: submitting it again returns the same job")
+    submit.add_argument("--json", action="store_true", help="print the job as JSON")
+
+    jobs = sub.add_parser("jobs", help="this peer's jobs: state, where each ran, attempts, age")
+    add_data_dir(jobs)
+    jobs.add_argument("--json", action="store_true")
+    jobs.add_argument("--limit", type=int, default=50)
+
+    result = sub.add_parser("result", help="print a job's answer")
+    add_data_dir(result)
+    result.add_argument("id")
+    result.add_argument("--wait", action="store_true", help="block until the job has finished")
+    result.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS", help="with --wait")
+    result.add_argument("--json", action="store_true")
+
+    cancel = sub.add_parser("cancel", help="cancel a queued job")
+    add_data_dir(cancel)
+    cancel.add_argument("id")
+    cancel.add_argument("--json", action="store_true")
 
     peers = sub.add_parser("peers", help="every member of the mesh: state, models, hardware, load")
     add_data_dir(peers)
@@ -103,30 +133,133 @@ def cmd_ask(args: argparse.Namespace) -> int:
     else:
         client = Client(args.data_dir, timeout_s=args.timeout)
     with client:
-        stream_out = None if args.json else (lambda t: (sys.stdout.write(t), sys.stdout.flush()))
-        on_step = None if args.json else _print_step
-        answer = client.ask(
-            prompt,
-            system=args.system,
-            max_tokens=args.max_tokens,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            seed=args.seed,
-            on_text=stream_out,
-            on_step=on_step,
-            peer=args.peer,
-            model=None if args.embedded else args.model,
-            session=args.session,
-            local_only=args.local_only or None,
-            no_escalate=args.no_escalate or None,
-            threshold=args.threshold,
-        )
+        if args.queue and not args.embedded:
+            try:
+                return _ask(args, client, prompt)
+            except (NoAnswer, BackendBusy) as e:
+                job = _submit(args, prompt)
+                print(f"mesh: nothing can answer now ({e}); queued as job {job['id']}: "
+                      f"`mesh result {job['id']} --wait`", file=sys.stderr)
+                if args.json:
+                    print(json.dumps({"queued": job}, default=str))
+                return EXIT_OK
+        return _ask(args, client, prompt)
+
+
+def _ask(args: argparse.Namespace, client, prompt: str) -> int:
+    stream_out = None if args.json else (lambda t: (sys.stdout.write(t), sys.stdout.flush()))
+    on_step = None if args.json else _print_step
+    answer = client.ask(
+        prompt,
+        system=args.system,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+        on_text=stream_out,
+        on_step=on_step,
+        peer=args.peer,
+        model=None if args.embedded else args.model,
+        session=args.session,
+        local_only=args.local_only or None,
+        no_escalate=args.no_escalate or None,
+        threshold=args.threshold,
+    )
     if args.json:
         print(json.dumps(answer.to_dict(), ensure_ascii=False))
     else:
         sys.stdout.write("\n")
         sys.stdout.flush()
         print(answer_footer(answer), file=sys.stderr)
+    return EXIT_OK
+
+
+def _call(args: argparse.Namespace, method: str, params: dict, timeout_s: float = 30.0) -> dict:
+    import asyncio
+
+    from mesh.client import Client
+
+    with Client(args.data_dir) as client:
+        async def once():
+            try:
+                return await (await client._connection()).call(method, params, timeout_s=timeout_s)
+            finally:
+                await client.aclose()
+
+        return asyncio.run(once())
+
+
+def _submit(args: argparse.Namespace, prompt: str) -> dict:
+    import uuid
+
+    from mesh.api import ask_args, route_args
+    from mesh.inference.backend import GenerationRequest
+
+    request = GenerationRequest.from_prompt(
+        prompt, system=args.system, max_tokens=args.max_tokens, temperature=args.temperature
+    ).validate()
+    ask = ask_args(request)
+    ask["route"] = route_args(model=getattr(args, "model", None), local_only=getattr(args, "local_only", None) or None)
+    key = getattr(args, "key", None) or uuid.uuid4().hex  # the same key on a retried submit: one job
+    return _call(args, "job.submit", {"ask": ask, "key": key})["job"]
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    prompt = _read_prompt(args)
+    if not prompt or not prompt.strip():
+        return fail('give a prompt: mesh submit "PROMPT" (or pipe it on stdin)', EXIT_USAGE)
+    job = _submit(args, prompt)
+    if args.json:
+        print(json.dumps(job, default=str))
+    else:
+        print(job["id"])
+        print(f"queued; see it with `mesh result {job['id']} --wait`", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from mesh.cli.render import jobs_table
+
+    doc = _call(args, "job.list", {"limit": args.limit})
+    print(json.dumps(doc, indent=2, default=str) if args.json else jobs_table(doc["jobs"], doc["counts"]))
+    return EXIT_OK
+
+
+def cmd_result(args: argparse.Namespace) -> int:
+    import time
+
+    deadline = time.monotonic() + args.timeout
+    while True:
+        job = _call(args, "job.get", {"id": args.id})["job"]
+        if job["state"] in ("done", "failed", "cancelled") or not args.wait:
+            break
+        if time.monotonic() > deadline:
+            return fail(f"job {args.id} still {job['state']} after {args.timeout:g}s")
+        if sys.stderr.isatty():
+            print(f"\rjob {args.id}: {job['state']}, attempt {job['attempts']} ...", end="", file=sys.stderr, flush=True)
+        time.sleep(0.5)
+    if args.json:
+        print(json.dumps(job, default=str))
+        return EXIT_OK if job["state"] == "done" else EXIT_ERROR
+    if job["state"] == "done":
+        print(job["result_text"])
+        stats = job.get("stats") or {}
+        print(f"-- job {job['id']} answered by {str(stats.get('peer', '?'))[:12]} with {stats.get('model')}"
+              f" · confidence {stats.get('confidence', 0):.2f} · attempts {job['attempts']}", file=sys.stderr)
+        return EXIT_OK
+    if job["state"] in ("failed", "cancelled"):
+        return fail(f"job {job['id']} {job['state']}: {job.get('error') or ''}")
+    return fail(f"job {job['id']} is {job['state']}; add --wait to wait for it", EXIT_BUSY)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    doc = _call(args, "job.cancel", {"id": args.id})
+    if args.json:
+        print(json.dumps(doc, default=str))
+    elif doc["cancelled"]:
+        print(f"cancelled job {args.id}")
+    else:
+        return fail(f"job {args.id} is {doc['job']['state']}; only queued jobs can be cancelled")
     return EXIT_OK
 
 
@@ -255,12 +388,16 @@ def main(argv: list[str] | None = None) -> int:
     commands = {
         "ask": cmd_ask, "info": cmd_info, "peers": cmd_peers, "status": cmd_status,
         "init": cmd_init, "invite": cmd_invite, "join": cmd_join,
+        "submit": cmd_submit, "jobs": cmd_jobs, "result": cmd_result, "cancel": cmd_cancel,
     }
     try:
         if args.command in commands:
             return commands[args.command](args)
     except PeerUnavailable as e:
         return fail(str(e), EXIT_NO_PEER)
+    except NoAnswer as e:
+        return fail(f"{e}. Add --queue to keep the prompt as a durable job (`mesh submit`) until something can answer",
+                    EXIT_ERROR)
     except BackendBusy as e:
         return fail(f"{e} (the peer is at capacity; try again shortly)", EXIT_BUSY)
     except InvalidRequest as e:

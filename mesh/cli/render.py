@@ -155,3 +155,19 @@ def status_screen(info: dict, members: dict, *, endpoint: str) -> str:
                    f"{sum((stats.get('sent') or {}).values())} out, {members.get('rejected_records', 0)} records refused"),
     ]
     return head + "\n" + table(rows) + "\n\n" + peers_table(views)
+
+
+def jobs_table(jobs: list[dict], counts: dict) -> str:
+    import time
+
+    now = time.time()
+    rows = []
+    for j in jobs:
+        stats = j.get("stats") or {}
+        rows.append([
+            str(j.get("id")), str(j.get("state")), short_id(str(j.get("ran_on") or stats.get("peer") or "-")),
+            str(j.get("attempts")), _ago(now - float(j.get("created_at") or now)),
+            (j.get("prompt") or "").replace("\n", " ")[:40],
+        ])
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if n) or "no jobs"
+    return grid(["JOB", "STATE", "RAN ON", "ATTEMPTS", "AGE", "PROMPT"], rows) + f"\n{summary}"

@@ -1,0 +1,120 @@
+"""Runs this peer's durable jobs (``mesh.jobs.JobStore``) through the Router.
+
+A loop claims the oldest due job (a lease, renewed while it runs), routes it like any
+prompt (this peer, another member, or the cloud, with escalation), and stores the
+result once. When nothing can answer now (every peer busy, no fit model, the cloud
+unreachable) the job goes back to the queue with back-off and is tried again later:
+nothing is lost. A job whose request cannot be served at all fails at once.
+
+A peer killed mid-job leaves a lease that expires; the job is then claimed again (at
+least once), and completion is fenced by the lease so only one result is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable
+
+from mesh.errors import InvalidRequest, MeshError
+from mesh.jobs import JobStore
+from mesh.router import Router
+from mesh.routing import RouteRequest
+from mesh.rpc.server import Final
+from mesh.rpc.tasks import cancel_and_wait
+
+log = logging.getLogger("mesh.jobs")
+
+LEASE_S = 60.0  # a job's lease; renewed every third of it while generating
+IDLE_POLL_S = 1.0  # how often an idle runner looks for due jobs (a submit wakes it at once)
+PRUNE_EVERY_S = 600.0
+KEEP_RESULTS_S = 7 * 24 * 3600.0  # finished jobs are kept this long ...
+MAX_STORE_BYTES = 256 << 20  # ... and within this disk budget
+
+
+class JobRunner:
+    def __init__(
+        self, *, store: JobStore, router: Router, self_id: str, threshold: float = 0.7,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.router = router
+        self.self_id = self_id
+        self.threshold = threshold
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        # Jobs this peer was running when it died (kill -9, power loss): requeue them now
+        # instead of waiting for their leases to expire.
+        for job in self.store.list(states=["running"], limit=1000):
+            if job.lease_holder == self.self_id:
+                self.store.fail(job.id, worker=self.self_id, error="the peer restarted", retry=True, now=self._clock())
+                log.info("job %s requeued: this peer restarted while running it", job.id)
+        self._task = asyncio.create_task(self._loop(), name="job-runner")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        await cancel_and_wait(self._task)
+
+    async def _loop(self) -> None:
+        last_prune = 0.0
+        while True:
+            now = self._clock()
+            if now - last_prune >= PRUNE_EVERY_S:
+                last_prune = now
+                removed = self.store.prune(keep_s=KEEP_RESULTS_S, max_bytes=MAX_STORE_BYTES, now=now)
+                if removed:
+                    log.info("pruned %d finished jobs", removed)
+            job = self.store.claim(worker=self.self_id, lease_s=LEASE_S, now=now)
+            if job is None:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), timeout=IDLE_POLL_S)
+                except TimeoutError:
+                    pass
+                continue
+            await self._run(job)
+
+    async def _run(self, job) -> None:
+        renewer = asyncio.create_task(self._renew(job.id))
+        try:
+            gen = job.generation_request()
+            route = RouteRequest.for_generation(gen, **_route_kwargs(job.route, self.threshold))
+            final = None
+            async for ev in self.router.ask(gen, route):
+                if isinstance(ev, Final):
+                    final = ev.data
+            if final is None:
+                raise MeshError("the router ended without an answer")
+            text = final.get("text", "")
+            stats = {k: v for k, v in final.items() if k != "text"}
+            if self.store.complete(job.id, worker=self.self_id, result_text=text, stats=stats, now=self._clock()):
+                log.info("job %s done on %s", job.id, final.get("peer"))
+        except asyncio.CancelledError:  # the peer is stopping: the job goes back to the queue
+            self.store.fail(job.id, worker=self.self_id, error="the peer stopped", retry=True, now=self._clock())
+            raise
+        except InvalidRequest as e:
+            self.store.fail(job.id, worker=self.self_id, error=str(e), retry=False, now=self._clock())
+        except MeshError as e:  # nothing can answer now: back to the queue, with back-off
+            log.info("job %s waits: %s", job.id, e)
+            self.store.fail(job.id, worker=self.self_id, error=str(e), retry=True, now=self._clock())
+        finally:
+            await cancel_and_wait(renewer)
+
+    async def _renew(self, job_id: str) -> None:
+        while True:
+            await asyncio.sleep(LEASE_S / 3)
+            if not self.store.renew(job_id, worker=self.self_id, lease_s=LEASE_S, now=self._clock()):
+                log.warning("lost the lease on job %s", job_id)
+                return
+
+
+def _route_kwargs(route: dict, threshold: float) -> dict:
+    from mesh.api import route_from_args
+
+    return {"threshold": threshold, **route_from_args({"route": route})}
