@@ -17,7 +17,7 @@ import logging
 import time
 from typing import Callable
 
-from mesh.errors import InvalidRequest, MeshError
+from mesh.errors import BackendBusy, InvalidRequest, MeshError, NoAnswer
 from mesh.jobs import JobStore
 from mesh.router import Router
 from mesh.routing import RouteRequest
@@ -29,6 +29,8 @@ log = logging.getLogger("mesh.jobs")
 LEASE_S = 60.0  # a job's lease; renewed every third of it while generating
 IDLE_POLL_S = 1.0  # how often an idle runner looks for due jobs (a submit wakes it at once)
 PRUNE_EVERY_S = 600.0
+WAIT_BASE_S = 1.0  # a job nothing can answer waits this long, doubling ...
+WAIT_MAX_S = 30.0  # ... up to this, for as long as it takes
 KEEP_RESULTS_S = 7 * 24 * 3600.0  # finished jobs are kept this long ...
 MAX_STORE_BYTES = 256 << 20  # ... and within this disk budget
 
@@ -45,6 +47,7 @@ class JobRunner:
         self._clock = clock
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._waits: dict[str, int] = {}  # job id -> times nothing could answer it (its back-off)
 
     def start(self) -> None:
         # Jobs this peer was running when it died (kill -9, power loss): requeue them now
@@ -95,13 +98,21 @@ class JobRunner:
             stats = {k: v for k, v in final.items() if k != "text"}
             if self.store.complete(job.id, worker=self.self_id, result_text=text, stats=stats, now=self._clock()):
                 log.info("job %s done on %s", job.id, final.get("peer"))
+            self._waits.pop(job.id, None)
         except asyncio.CancelledError:  # the peer is stopping: the job goes back to the queue
             self.store.fail(job.id, worker=self.self_id, error="the peer stopped", retry=True, now=self._clock())
             raise
         except InvalidRequest as e:
             self.store.fail(job.id, worker=self.self_id, error=str(e), retry=False, now=self._clock())
-        except MeshError as e:  # nothing can answer now: back to the queue, with back-off
-            log.info("job %s waits: %s", job.id, e)
+        except (NoAnswer, BackendBusy) as e:  # nothing can answer now: wait, without spending an attempt
+            if len(self._waits) > 10_000:  # bounded: a forgotten entry only resets that job's back-off
+                self._waits.clear()
+            self._waits[job.id] = waits = self._waits.get(job.id, 0) + 1
+            delay = min(WAIT_MAX_S, WAIT_BASE_S * 2 ** min(waits - 1, 10))
+            log.info("job %s waits %.0f s: %s", job.id, delay, e)
+            self.store.defer(job.id, worker=self.self_id, reason=str(e), delay_s=delay, now=self._clock())
+        except MeshError as e:  # this attempt failed: retried (attempts are bounded)
+            log.info("job %s attempt failed: %s", job.id, e)
             self.store.fail(job.id, worker=self.self_id, error=str(e), retry=True, now=self._clock())
         finally:
             await cancel_and_wait(renewer)

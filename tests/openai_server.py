@@ -36,7 +36,9 @@ _RUNNING_ON = re.compile(rb"Uvicorn running on http://127\.0\.0\.1:(\d+)")
 
 
 class LlamaServer:
-    def __init__(self, *, n_ctx: int = 512, n_threads: int = 2, model_path: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self, *, n_ctx: int = 512, n_threads: int = 2, model_path: str | os.PathLike | None = None, port: int = 0
+    ) -> None:
         self.n_ctx = n_ctx
         self.model = MODEL_ALIAS
         self._args = [
@@ -44,7 +46,7 @@ class LlamaServer:
             "--model", str(model_path or default_model_path()),
             "--model_alias", MODEL_ALIAS,
             "--host", "127.0.0.1",
-            "--port", "0",
+            "--port", str(port),
             "--n_ctx", str(n_ctx),
             "--n_threads", str(n_threads),
             "--interrupt_requests", "False",
@@ -52,7 +54,7 @@ class LlamaServer:
         self._log_file = tempfile.NamedTemporaryFile(prefix="llama-server-", suffix=".log", delete=False)
         self.log_path = Path(self._log_file.name)
         self.proc: subprocess.Popen | None = None
-        self.port = 0
+        self.port = port  # 0: the kernel picks one, read from the server's log
 
     @property
     def base_url(self) -> str:

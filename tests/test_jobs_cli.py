@@ -71,3 +71,32 @@ def test_nothing_can_answer_so_ask_queue_keeps_the_prompt(tmp_path):
         assert r.returncode == 0 or "only queued" in r.stderr
     finally:
         p.stop()
+
+
+def test_cloud_down_and_no_local_fit_jobs_wait_then_complete_when_it_returns(tmp_path):
+    import socket
+
+    from openai_server import LlamaServer
+
+    with socket.socket() as s:  # a port for the cloud, which is down at first
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # the peer's own model cannot hold these answers (--ctx 128, which llama.cpp makes 256): only the cloud can
+    p = PeerProcess(tmp_path / "a", "--ctx", "128", "--cloud-url", f"http://127.0.0.1:{port}/v1",
+                    "--cloud-model", "cloud")
+    try:
+        p.wait_ready()
+        ids = [json.loads(run_mesh("submit", "--max-tokens", "400", "--json", f"Question {i}?",
+                                   data_dir=p.data_dir).stdout)["id"] for i in range(3)]
+        time.sleep(4)  # several tries against a cloud that is down
+        for job_id in ids:
+            job = json.loads(run_mesh("result", job_id, "--json", data_dir=p.data_dir).stdout)
+            assert job["state"] in ("queued", "running"), job  # waiting: not failed, not lost
+        with LlamaServer(port=port, n_ctx=512):
+            for job_id in ids:
+                r = run_mesh("result", job_id, "--wait", "--json", "--timeout", "120", data_dir=p.data_dir,
+                             timeout=150)
+                done = json.loads(r.stdout)
+                assert done["state"] == "done" and done["stats"]["peer"] == "cloud", done
+    finally:
+        p.stop()

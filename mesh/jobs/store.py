@@ -21,6 +21,7 @@ Contract:
 from __future__ import annotations
 
 import json
+import math
 import os
 import sqlite3
 import time
@@ -314,6 +315,25 @@ class JobStore:
                 "UPDATE jobs SET state = ?, available_at = ?, error = ?, lease_holder = NULL,"
                 " lease_expires_at = NULL, delivered = ?, updated_at = ? WHERE seq = ?",
                 (d.state.value, d.available_at, clip_error(d.error, self.limits), self._delivered(row), now, row["seq"]),
+            )
+            return True
+
+    def defer(self, job_id: str, *, worker: str, reason: str, delay_s: float, now: float | None = None) -> bool:
+        """Nothing could answer this job now (every peer busy, no fit model, the cloud
+        down): back to the queue after ``delay_s`` without spending an attempt, since the
+        job itself did not fail. False if ``worker`` does not hold it."""
+        now = self._now(now)
+        if isinstance(delay_s, bool) or not isinstance(delay_s, (int, float)) or not 0 <= delay_s < math.inf:
+            raise ValueError(f"delay_s must be a non-negative number of seconds, got {delay_s!r}")
+        with self._tx() as c:
+            row = self._row(c, job_id)
+            if row["state"] != _R or row["lease_holder"] != worker:
+                return False
+            self._check(row, JobState.QUEUED)
+            c.execute(
+                "UPDATE jobs SET state = ?, attempts = MAX(attempts - 1, 0), available_at = ?, error = ?,"
+                " lease_holder = NULL, lease_expires_at = NULL, updated_at = ? WHERE seq = ?",
+                (JobState.QUEUED.value, now + delay_s, clip_error(reason, self.limits), now, row["seq"]),
             )
             return True
 
