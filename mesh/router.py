@@ -170,7 +170,11 @@ class Router:
         candidate, attempt_no, restart = decision.chosen, 0, n > 0
         while candidate is not None:
             info = _route_info(decision, candidate, why, n, attempt_no, restart)
-            yield {"step": info}
+            # A caller learns who answers before the text starts, except when it is this
+            # peer at the first try: then the final's "route" says so and no extra frame
+            # (one more signed message) delays the first token.
+            if n or attempt_no or candidate.peer_id != self.self_id:
+                yield {"step": info}
             if not self.breakers.on_attempt(candidate.peer_id, now=self._clock()):
                 candidate, _ = retry_plan(decision, attempt_no + 1, cfg=self.cfg, rng=self._rng)
                 attempt_no += 1
