@@ -174,7 +174,7 @@ def test_event_loop_stays_responsive_while_generating(backend):
 
 @pytest.mark.model
 def test_prompt_too_long_for_the_context(backend):
-    with pytest.raises(InvalidRequest, match="context of 2048 tokens; shorten the prompt"):
+    with pytest.raises(InvalidRequest, match=r"context \(2048 tokens\); shorten the prompt"):
         asyncio.run(run(backend, GenerationRequest.from_prompt("hello " * 3000, max_tokens=8)))
     with pytest.raises(InvalidRequest, match="lower max_tokens to at most"):
         asyncio.run(run(backend, GenerationRequest.from_prompt("hello " * 1500, max_tokens=1000)))

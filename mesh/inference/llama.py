@@ -42,10 +42,28 @@ from typing import AsyncIterator, Callable
 
 import llama_cpp
 
-from mesh.errors import BackendBusy, Cancelled, ConfigError, GenerationError, InvalidRequest, ModelError
-from mesh.inference.backend import Capabilities, FinalStats, GenerationRequest, Load, TextChunk
-from mesh.inference.engine import ChatPrompter, default_threads, generate_once, load_llama
+from mesh.errors import (
+    BackendBusy,
+    Cancelled,
+    ConfigError,
+    GenerationError,
+    ModelError,
+)
+from mesh.inference.backend import (
+    Capabilities,
+    FinalStats,
+    GenerationRequest,
+    Load,
+    TextChunk,
+)
+from mesh.inference.engine import (
+    ChatPrompter,
+    default_threads,
+    generate_once,
+    load_llama,
+)
 from mesh.inference.models import check_model_file, default_model_path, model_info
+from mesh.inference.slots import check_fits
 
 log = logging.getLogger(__name__)
 
@@ -251,14 +269,7 @@ class LlamaBackend:
             return _Job(request, self._clock())
 
     def _check_fits(self, prompt_tokens: int, max_tokens: int) -> None:
-        n_ctx = self._caps.context_length
-        if prompt_tokens + max_tokens > n_ctx:
-            room = n_ctx - prompt_tokens
-            hint = f"lower max_tokens to at most {room}" if room > 0 else "shorten the prompt"
-            raise InvalidRequest(
-                f"prompt is {prompt_tokens} tokens and max_tokens is {max_tokens}: together more than "
-                f"this model's context of {n_ctx} tokens; {hint}"
-            )
+        check_fits(prompt_tokens, max_tokens, self._caps.context_length)
 
     def _enqueue(self, job: _Job) -> None:
         with self._lock:

@@ -65,7 +65,6 @@ server may echo it back in part, e.g. OpenAI's "Incorrect API key provided: sk-a
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import ipaddress
 import logging
@@ -76,9 +75,22 @@ from typing import AsyncIterator, Callable, Mapping
 
 import httpx
 
-from mesh.errors import BackendBusy, Cancelled, ConfigError, GenerationError, InvalidRequest
+from mesh.errors import (
+    BackendBusy,
+    Cancelled,
+    ConfigError,
+    GenerationError,
+    InvalidRequest,
+)
 from mesh.inference import openai_wire as wire
-from mesh.inference.backend import Capabilities, FinalStats, GenerationRequest, Load, TextChunk
+from mesh.inference.backend import (
+    Capabilities,
+    FinalStats,
+    GenerationRequest,
+    Load,
+    TextChunk,
+)
+from mesh.inference.slots import SlotQueue, check_fits
 from mesh.inference.sse import SSEDecoder, SSEError
 
 log = logging.getLogger(__name__)
@@ -206,8 +218,7 @@ class OpenAIBackend:
             queue_limit=queue_limit,
             extra=extra,
         )
-        self._running = 0
-        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        self._slots = SlotQueue(parallel=max_concurrency, queue_limit=queue_limit)
         self._active: set[_Slot] = set()
         self._started = 0
         self._closed = False
@@ -284,10 +295,7 @@ class OpenAIBackend:
         """Refuse new work, fail waiting requests and stop running ones with ``Cancelled``,
         close the client the backend owns. Idempotent."""
         self._closed = True
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_exception(Cancelled("the backend closed before this request started"))
+        self._slots.close()
         for slot in list(self._active):
             slot.closed_by_backend = True
             if slot.response is not None:
@@ -303,11 +311,11 @@ class OpenAIBackend:
 
     @property
     def running(self) -> int:
-        return self._running
+        return self._slots.running
 
     @property
     def waiting(self) -> int:
-        return sum(1 for f in self._waiters if not f.done())
+        return self._slots.waiting
 
     @property
     def started_count(self) -> int:
@@ -317,54 +325,18 @@ class OpenAIBackend:
     # -- admission (same discipline as ScriptedBackend: FIFO hand-over of slots)
 
     def _check_fits(self, prompt_tokens: int, max_tokens: int) -> None:
-        n_ctx = self._caps.context_length
-        if prompt_tokens + max_tokens > n_ctx:
-            room = n_ctx - prompt_tokens
-            hint = f"lower max_tokens to at most {room}" if room > 0 else "shorten the prompt"
-            raise InvalidRequest(
-                f"prompt is about {prompt_tokens} tokens and max_tokens is {max_tokens}: together more than "
-                f"the context of {n_ctx} tokens declared for {self._model} at {self._url}; {hint}"
-            )
+        check_fits(prompt_tokens, max_tokens, self._caps.context_length, about="about ",
+                   where=f"the context declared for {self._model} at {self._url}")
 
     async def _acquire(self) -> _Slot:
-        if self._closed:
-            raise Cancelled("the backend is closed")
-        if self._running < self._parallel and not self.waiting:
-            self._running += 1
-            return self._activate()
-        if self.waiting >= self._queue_limit:
-            raise BackendBusy(
-                f"backend busy: {self._running} requests to {self._url} running and {self.waiting} waiting "
-                f"(queue limit {self._queue_limit}); try again later or ask another peer"
-            )
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            await fut  # _release hands its slot over: _running already counts us
-        except BaseException:
-            if fut in self._waiters:
-                self._waiters.remove(fut)  # cancelled while waiting: never sent
-            elif fut.done() and not fut.cancelled() and fut.exception() is None:
-                self._hand_over()  # the slot arrived as we were cancelled: pass it on
-            raise
-        return self._activate()
-
-    def _activate(self) -> _Slot:
+        await self._slots.acquire(what=lambda: f"requests to {self._url} ")
         slot = _Slot()
         self._active.add(slot)
         return slot
 
     def _release(self, slot: _Slot) -> None:
         self._active.discard(slot)
-        self._hand_over()
-
-    def _hand_over(self) -> None:
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
-        self._running -= 1
+        self._slots.release()
 
     # -- HTTP
 

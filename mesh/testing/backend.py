@@ -32,13 +32,19 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import collections
 import re
 import time
 from typing import AsyncIterator, Awaitable, Callable, Sequence
 
-from mesh.errors import BackendBusy, Cancelled, GenerationError, InvalidRequest
-from mesh.inference.backend import Capabilities, FinalStats, GenerationRequest, Load, TextChunk
+from mesh.errors import Cancelled, GenerationError
+from mesh.inference.backend import (
+    Capabilities,
+    FinalStats,
+    GenerationRequest,
+    Load,
+    TextChunk,
+)
+from mesh.inference.slots import SlotQueue, check_fits
 
 DEFAULT_SCRIPT = ("Hello", "!", " This", " is", " a", " scripted", " answer", " from", " the", " test", " backend", ".")
 _WORDS = re.compile(r"\s*\S+")
@@ -99,8 +105,7 @@ class ScriptedBackend:
             queue_limit=queue_limit,
             extra={"engine": "scripted"},
         )
-        self._running = 0
-        self._waiters: collections.deque[asyncio.Future] = collections.deque()
+        self._slots = SlotQueue(parallel=parallel, queue_limit=queue_limit)
         self._closed = False
         self.requests: list[GenerationRequest] = []
 
@@ -114,11 +119,7 @@ class ScriptedBackend:
         request.validate()
         started_at = self._clock()
         prompt_tokens = sum(len(m.content.split()) for m in request.messages)
-        if prompt_tokens + request.max_tokens > self._caps.context_length:
-            raise InvalidRequest(
-                f"prompt is {prompt_tokens} tokens and max_tokens is {request.max_tokens}: together more "
-                f"than this model's context of {self._caps.context_length} tokens"
-            )
+        check_fits(prompt_tokens, request.max_tokens, self._caps.context_length)
         await self._acquire()
         try:
             self.requests.append(request)
@@ -152,10 +153,7 @@ class ScriptedBackend:
 
     async def aclose(self) -> None:
         self._closed = True
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_exception(Cancelled("the backend closed before this request started"))
+        self._slots.close()
 
     # -- load
 
@@ -164,11 +162,11 @@ class ScriptedBackend:
 
     @property
     def running(self) -> int:
-        return self._running
+        return self._slots.running
 
     @property
     def waiting(self) -> int:
-        return sum(1 for f in self._waiters if not f.done())
+        return self._slots.waiting
 
     @property
     def started_count(self) -> int:
@@ -183,31 +181,7 @@ class ScriptedBackend:
         return tuple(split_tokens(out)) if isinstance(out, str) else tuple(out)
 
     async def _acquire(self) -> None:
-        if self._closed:
-            raise Cancelled("the backend is closed")
-        if self._running < self._caps.parallel and not self.waiting:
-            self._running += 1
-            return
-        if self.waiting >= self._caps.queue_limit:
-            raise BackendBusy(
-                f"backend busy: {self._running} running and {self.waiting} waiting "
-                f"(queue limit {self._caps.queue_limit}); try again later or ask another peer"
-            )
-        fut = asyncio.get_running_loop().create_future()
-        self._waiters.append(fut)
-        try:
-            await fut  # _release hands its slot over: _running already counts us
-        except BaseException:
-            if fut in self._waiters:
-                self._waiters.remove(fut)  # cancelled while waiting: never runs
-            elif fut.done() and not fut.cancelled() and fut.exception() is None:
-                self._release()  # the slot arrived as we were cancelled: pass it on
-            raise
+        await self._slots.acquire()
 
     def _release(self) -> None:
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                fut.set_result(None)
-                return
-        self._running -= 1
+        self._slots.release()
