@@ -156,6 +156,7 @@ class PeerService:
                 "queue_limit": caps.queue_limit,
             },
             "answers": self.answers,
+            "jobs": self.jobs.counts() if self.jobs is not None else None,
             "rpc": {
                 "in_flight": server.in_flight if server else 0,
                 "calls_started": stats.calls_started if stats else 0,

@@ -100,3 +100,17 @@ def test_cloud_down_and_no_local_fit_jobs_wait_then_complete_when_it_returns(tmp
                 assert done["state"] == "done" and done["stats"]["peer"] == "cloud", done
     finally:
         p.stop()
+
+
+def test_status_shows_jobs(tmp_path):
+    p = PeerProcess(tmp_path / "s")
+    try:
+        p.wait_ready()
+        job = json.loads(run_mesh("submit", "--max-tokens", "4", "--json", "Hi", data_dir=p.data_dir).stdout)
+        run_mesh("result", job["id"], "--wait", data_dir=p.data_dir, timeout=120)
+        r = run_mesh("status", data_dir=p.data_dir)
+        assert r.returncode == 0 and "jobs" in r.stdout and "1 done" in r.stdout, r.stdout
+        doc = json.loads(run_mesh("status", "--json", data_dir=p.data_dir).stdout)
+        assert doc["info"]["jobs"]["done"] == 1
+    finally:
+        p.stop()

@@ -151,6 +151,7 @@ def status_screen(info: dict, members: dict, *, endpoint: str) -> str:
         ("mesh", str(info.get("mesh") or "-")),
         ("incarnation", str(me.get("incarnation", "-"))),
         ("members", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "just this peer"),
+        ("jobs", ", ".join(f"{n} {s}" for s, n in sorted((info.get("jobs") or {}).items()) if n) or "none"),
         ("gossip", f"{sum((stats.get('received') or {}).values())} messages in, "
                    f"{sum((stats.get('sent') or {}).values())} out, {members.get('rejected_records', 0)} records refused"),
     ]
