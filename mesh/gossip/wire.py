@@ -11,6 +11,7 @@ from typing import Any
 import msgpack
 
 from mesh.gossip.errors import GossipError, GossipReason
+from mesh.wirelimits import UNPACK_ERRORS, unpack_bounded
 
 
 def bad(detail: str) -> GossipError:
@@ -29,20 +30,9 @@ def unpack(data: bytes, *, max_bytes: int) -> Any:
         raise GossipError(GossipReason.OVERSIZE, f"{len(data)} bytes > {max_bytes}")
     if not data:
         raise GossipError(GossipReason.MALFORMED, "empty")
-    n = len(data)
     try:
-        return msgpack.unpackb(
-            data,
-            raw=False,
-            use_list=True,
-            strict_map_key=True,
-            max_str_len=n,
-            max_bin_len=n,
-            max_array_len=n,  # every element takes at least one byte
-            max_map_len=n // 2,
-            max_ext_len=0,
-        )
-    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
+        return unpack_bounded(data)
+    except UNPACK_ERRORS as e:
         raise GossipError(GossipReason.MALFORMED, f"bad msgpack: {type(e).__name__}") from None
 
 

@@ -42,7 +42,7 @@ from mesh.errors import EnvelopeRejected, MeshError
 from mesh.identity.keys import PEER_ID_BYTES, Identity, verify
 from mesh.identity.trust import KeyResolver
 from mesh.rpc.replay import NonceCache
-from mesh.wirelimits import depth_exceeds
+from mesh.wirelimits import UNPACK_ERRORS, depth_exceeds, unpack_bounded
 
 MAGIC = b"MESH"
 PROTOCOL_VERSION = 1
@@ -114,23 +114,6 @@ def encode(identity: Identity, kind: str, body: dict[str, Any], *, now_ms: int, 
     return head + signature + payload
 
 
-def _unpack_limited(payload: bytes, max_bytes: int) -> Any:
-    # Explicit limits: no container or string may claim more than the frame could hold,
-    # so a 5-byte header cannot make the unpacker reserve gigabytes. (The payload itself
-    # is already bounded by max_frame_bytes.)
-    return msgpack.unpackb(
-        payload,
-        raw=False,
-        use_list=True,
-        strict_map_key=True,
-        max_str_len=max_bytes,
-        max_bin_len=max_bytes,
-        max_array_len=max_bytes,  # every element takes at least one byte
-        max_map_len=max_bytes // 2,
-        max_ext_len=0,
-    )
-
-
 def decode(
     frame: bytes,
     *,
@@ -187,8 +170,8 @@ def decode(
         raise EnvelopeRejected(RejectReason.BAD_SIGNATURE)
 
     try:
-        doc = _unpack_limited(payload, max_frame_bytes)
-    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
+        doc = unpack_bounded(payload)  # payload is already within max_frame_bytes
+    except UNPACK_ERRORS as e:
         raise EnvelopeRejected(RejectReason.MALFORMED, f"bad msgpack: {type(e).__name__}") from None
     if not isinstance(doc, dict):
         raise EnvelopeRejected(RejectReason.BAD_FIELD, "payload is not a map")
