@@ -42,6 +42,7 @@ class RpcConfig:
 
 
 DEFAULT_RPC_PORT = 7411
+DEFAULT_HTTP_PORT = 7412
 
 
 def _routing_lan():
@@ -75,6 +76,8 @@ class PeerConfig:
     faults: "FaultConfig | None" = None  # testing only: seeded loss/delay under gossip
     threshold: float = 0.7  # confidence below which a prompt entered here escalates
     jobs: bool = True  # keep a durable job store (jobs.db) and run its jobs
+    http_host: str = "127.0.0.1"  # interface the HTTP API (OpenAI API, metrics, dashboard) binds
+    http_port: int | None = None  # None: no HTTP server (mesh-peer's default is 7412); 0 picks a free port
     cloud_url: str | None = None  # OpenAI-compatible API root for the last rung (key: MESH_CLOUD_API_KEY)
     cloud_model: str | None = None
     engine_url: str | None = None  # serve through this OpenAI-compatible engine instead of llama.cpp

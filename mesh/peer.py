@@ -9,7 +9,11 @@ the local CLI finds this peer) -> "ready" line.
 Then gossip (SWIM over the RPC server, joining through ``--join`` seeds and remembered
 peers) and mDNS discovery start.
 
-Shutdown order (``stop``): remove the peer file (no new local callers) -> stop the job
+With ``config.http_port`` set, the HTTP server (mesh.http) starts last, before the peer
+file is written.
+
+Shutdown order (``stop``): remove the peer file (no new local callers) -> stop the HTTP
+server -> stop the job
 runner (a job in flight goes back to the queue) -> stop mDNS ->
 announce "left" and stop gossip -> the RPC server
 stops taking calls and gives in-flight ones ``shutdown_grace_s`` to finish, then cancels
@@ -108,6 +112,8 @@ class Peer:
         self.router: Router | None = None
         self.jobs: JobStore | None = None
         self.job_runner: JobRunner | None = None
+        self.http = None  # mesh.http.HttpServer when config.http_port is set
+        self.http_url: str | None = None
         self._cloud = cloud
         if cloud is None and config.cloud_url and config.cloud_model:
             from mesh.inference.openai_backend import OpenAIBackend
@@ -191,6 +197,12 @@ class Peer:
         await self.membership_service.start(list(self.config.seeds))
         if self.config.mdns:
             await self._start_mdns(port)
+        if self.config.http_port is not None:
+            from mesh.http import HttpServer
+
+            self.http = HttpServer(self, host=self.config.http_host, port=self.config.http_port)
+            self.http_url = await self.http.start()
+            log.info("HTTP API, metrics and dashboard at %s", self.http_url)
         if self.config.write_peer_file:
             self._write_peer_file()
         caps = self._backend.capabilities
@@ -246,6 +258,7 @@ class Peer:
             "mesh_id": self.membership.mesh_id_text,
             "name": self.config.name,
             "started": self._clock(),
+            "http": self.http_url,
         }
         tmp = self.data.peer_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
@@ -266,6 +279,8 @@ class Peer:
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
         if self.config.write_peer_file:
             self._remove_peer_file()
+        if self.http is not None:
+            await self.http.stop()
         if self.job_runner is not None:
             await self.job_runner.stop()
         if self.discovery is not None:

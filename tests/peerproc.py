@@ -27,6 +27,7 @@ class PeerProcess:
         # traffic beyond this machine.
         defaults = [] if "--rpc-host" in extra else ["--rpc-host", "127.0.0.1"]
         defaults += [] if "--mdns" in extra else ["--no-mdns"]
+        defaults += [] if ("--http-port" in extra or "--no-http" in extra) else ["--http-port", "0"]
         extra = tuple(e for e in extra if e != "--mdns")
         self.proc = subprocess.Popen(
             [str(BIN / "mesh-peer"), "--data-dir", str(self.data_dir), "--rpc-port", "0", *defaults, *extra],

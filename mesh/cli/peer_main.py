@@ -17,7 +17,7 @@ from pathlib import Path
 
 from mesh import __version__
 from mesh.cli.common import EXIT_ERROR, EXIT_OK, add_data_dir, fail, setup_logging
-from mesh.config import DEFAULT_RPC_PORT, PeerConfig
+from mesh.config import DEFAULT_HTTP_PORT, DEFAULT_RPC_PORT, PeerConfig
 from mesh.errors import MeshError
 from mesh.paths import resolve_data_dir
 
@@ -39,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="interface to listen on (default 0.0.0.0: only this mesh's members and the local CLI are served)")
     p.add_argument("--rpc-port", type=int, default=DEFAULT_RPC_PORT,
                    help=f"RPC port (default {DEFAULT_RPC_PORT}; 0 picks a free port)")
+    p.add_argument("--http-host", default="127.0.0.1",
+                   help="interface the HTTP API (OpenAI API, /metrics, dashboard) listens on (default 127.0.0.1)")
+    p.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT,
+                   help=f"HTTP port (default {DEFAULT_HTTP_PORT}; 0 picks a free port)")
+    p.add_argument("--no-http", action="store_true", help="serve no HTTP API, metrics or dashboard")
     p.add_argument("--ctx", type=int, default=2048, metavar="TOKENS", help="context window (default 2048)")
     p.add_argument("--threads", type=int, default=None, help="generation threads (default: one per core)")
     p.add_argument("--queue", type=int, default=8, metavar="N",
@@ -70,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> PeerConfig:
     if not 0 <= args.rpc_port <= 65535:
         raise MeshError(f"--rpc-port must be 0..65535, got {args.rpc_port}")
+    if not 0 <= args.http_port <= 65535:
+        raise MeshError(f"--http-port must be 0..65535, got {args.http_port}")
     if args.ctx < 128:
         raise MeshError(f"--ctx must be at least 128 tokens, got {args.ctx}")
     if args.queue < 0:
@@ -106,6 +113,8 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         data_dir=resolve_data_dir(args.data_dir).root,
         rpc_host=args.rpc_host,
         rpc_port=args.rpc_port,
+        http_host=args.http_host,
+        http_port=None if args.no_http else args.http_port,
         model_path=Path(args.model).expanduser() if args.model else None,
         n_ctx=args.ctx,
         n_threads=args.threads,
