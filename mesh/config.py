@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from mesh.faults import FaultConfig
+    from mesh.jobsync import JobSyncConfig
     from mesh.gossip.config import GossipConfig
     from mesh.routing.config import RoutingConfig
 
@@ -51,6 +52,12 @@ def _routing_lan():
     return RoutingConfig.lan()
 
 
+def _jobsync_default():
+    from mesh.jobsync import JobSyncConfig
+
+    return JobSyncConfig()
+
+
 def _gossip_lan():
     from mesh.gossip.config import GossipConfig
 
@@ -76,6 +83,10 @@ class PeerConfig:
     faults: "FaultConfig | None" = None  # testing only: seeded loss/delay under gossip
     threshold: float = 0.7  # confidence below which a prompt entered here escalates
     jobs: bool = True  # keep a durable job store (jobs.db) and run its jobs
+    jobs_keep_s: float = 7 * 24 * 3600.0  # finished jobs are kept this long ...
+    jobs_max_bytes: int = 256 << 20  # ... and within this disk budget (jobs.db)
+    jobs_max_open: int = 10_000  # jobs submitted here that may wait or run at once; more: busy
+    jobsync: "JobSyncConfig" = field(default_factory=lambda: _jobsync_default())
     http_host: str = "127.0.0.1"  # interface the HTTP API (OpenAI API, metrics, dashboard) binds
     http_port: int | None = None  # None: no HTTP server (mesh-peer's default is 7412); 0 picks a free port
     cloud_url: str | None = None  # OpenAI-compatible API root for the last rung (key: MESH_CLOUD_API_KEY)

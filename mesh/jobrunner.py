@@ -38,8 +38,14 @@ MAX_STORE_BYTES = 256 << 20  # ... and within this disk budget
 class JobRunner:
     def __init__(
         self, *, store: JobStore, router: Router, self_id: str, threshold: float = 0.7,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, sync=None, keep_s: float = KEEP_RESULTS_S,
+        max_bytes: int = MAX_STORE_BYTES,
     ) -> None:
+        """``sync`` (a ``mesh.jobsync.JobSync``): hand this peer's jobs to the peer the
+        router would choose; without it every job is routed from here."""
+        self.sync = sync
+        self.keep_s = keep_s
+        self.max_bytes = max_bytes
         self.store = store
         self.router = router
         self.self_id = self_id
@@ -70,7 +76,7 @@ class JobRunner:
             now = self._clock()
             if now - last_prune >= PRUNE_EVERY_S:
                 last_prune = now
-                removed = self.store.prune(keep_s=KEEP_RESULTS_S, max_bytes=MAX_STORE_BYTES, now=now)
+                removed = self.store.prune(keep_s=self.keep_s, max_bytes=self.max_bytes, now=now)
                 if removed:
                     log.info("pruned %d finished jobs", removed)
             job = self.store.claim(worker=self.self_id, lease_s=LEASE_S, now=now)
@@ -84,10 +90,21 @@ class JobRunner:
             await self._run(job)
 
     async def _run(self, job) -> None:
-        renewer = asyncio.create_task(self._renew(job.id))
         try:
             gen = job.generation_request()
             route = RouteRequest.for_generation(gen, **_route_kwargs(job.route, self.threshold))
+        except InvalidRequest as e:
+            self.store.fail(job.id, worker=self.self_id, error=str(e), retry=False, now=self._clock())
+            return
+        if self.sync is not None and job.owner == self.self_id:
+            # Another peer would serve it: hand it over, so it runs there from a durable
+            # queue and its result comes back even if this peer goes offline meanwhile.
+            target = self.router.plan_first(route)
+            if target not in (None, "cloud", self.self_id) and await self.sync.hand_over(job, target):
+                self._waits.pop(job.id, None)
+                return
+        renewer = asyncio.create_task(self._renew(job.id))
+        try:
             final = None
             async for ev in self.router.ask(gen, route):
                 if isinstance(ev, Final):

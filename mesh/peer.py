@@ -13,8 +13,8 @@ With ``config.http_port`` set, the HTTP server (mesh.http) starts last, before t
 file is written.
 
 Shutdown order (``stop``): remove the peer file (no new local callers) -> stop the HTTP
-server -> stop the job
-runner (a job in flight goes back to the queue) -> stop mDNS ->
+server -> stop the job runner (a job in flight goes back to the queue) and the job sync
+(handovers and deliveries) -> stop mDNS ->
 announce "left" and stop gossip -> the RPC server
 stops taking calls and gives in-flight ones ``shutdown_grace_s`` to finish, then cancels
 them with a ``cancelled`` error to their callers -> the backend stops -> sockets close.
@@ -48,6 +48,7 @@ from mesh.identity.trust import TrustStore
 from mesh.inference.backend import Backend
 from mesh.jobrunner import JobRunner
 from mesh.jobs import JobStore
+from mesh.jobsync import JobSync
 from mesh.joining import create_mesh, enrol, load_membership, serve_enrolment
 from mesh.membership import Membership
 from mesh.netaddr import advertise_endpoints
@@ -112,6 +113,7 @@ class Peer:
         self.router: Router | None = None
         self.jobs: JobStore | None = None
         self.job_runner: JobRunner | None = None
+        self.job_sync: JobSync | None = None
         self.http = None  # mesh.http.HttpServer when config.http_port is set
         self.http_url: str | None = None
         self._cloud = cloud
@@ -188,12 +190,22 @@ class Peer:
         service.router = self.router
         if self.config.jobs:
             self.jobs = JobStore(self.data.jobs_db, local_peer=self.identity.peer_id_text, clock=self._clock)
+            self.job_sync = JobSync(
+                store=self.jobs, membership=self.membership_service, pool=self.pool,
+                self_id=self.identity.peer_id_text, reservations=self.router.reservations,
+                cfg=self.config.jobsync, clock=self._clock,
+            )
             self.job_runner = JobRunner(
                 store=self.jobs, router=self.router, self_id=self.identity.peer_id_text,
-                threshold=self.config.threshold, clock=self._clock,
+                threshold=self.config.threshold, clock=self._clock, sync=self.job_sync,
+                keep_s=self.config.jobs_keep_s, max_bytes=self.config.jobs_max_bytes,
             )
-            service.jobs, service.on_submit = self.jobs, self.job_runner.wake
+            self.job_sync.on_new_job = self.job_runner.wake
+            self.server.methods.update(self.job_sync.methods())
+            service.jobs, service.on_submit, service.job_sync = self.jobs, self.job_runner.wake, self.job_sync
+            service.max_open_jobs = self.config.jobs_max_open
             self.job_runner.start()
+            self.job_sync.start()
         await self.membership_service.start(list(self.config.seeds))
         if self.config.mdns:
             await self._start_mdns(port)
@@ -283,6 +295,8 @@ class Peer:
             await self.http.stop()
         if self.job_runner is not None:
             await self.job_runner.stop()
+        if self.job_sync is not None:
+            await self.job_sync.stop()
         if self.discovery is not None:
             await self.discovery.aclose()
         if self.membership_service is not None:

@@ -100,6 +100,22 @@ class Router:
             )
         return hits.pop()
 
+    def plan_first(self, route: RouteRequest) -> str | None:
+        """Where the first rung of ``route`` would go now: a member's peer id, "cloud",
+        or None when nothing fits. Used to hand a durable job to the peer that would
+        serve it; the choice is not reserved (the caller reserves what it hands over)."""
+        step = next_step([], None, route, [], cfg=self.cfg)
+        if step.kind is StepKind.CLOUD:
+            return "cloud"
+        if step.kind is not StepKind.ROUTE or step.request is None:
+            return None
+        candidates, _ = self._candidates()
+        decision = choose_route(
+            step.request, candidates, reservations=self.reservations, affinity=self.affinity,
+            breakers=self.breakers, now=self._clock(), rng=self._rng, cfg=self.cfg,
+        )
+        return decision.chosen.peer_id if decision.ok else None
+
     # -- one prompt ---------------------------------------------------------------------
 
     async def ask(self, gen: GenerationRequest, route: RouteRequest) -> AsyncIterator[Any]:

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from mesh import __version__
 from mesh.api import final_to_wire, request_from_ask_args, route_args, route_from_args
-from mesh.errors import InvalidRequest
+from mesh.errors import BackendBusy, InvalidRequest
 from mesh.inference.backend import Backend, FinalStats, TextChunk
 from mesh.inference.coalesce import coalesce
 from mesh.rpc.codec import FrameCodec
@@ -40,6 +40,8 @@ class PeerService:
         self.router = router
         self.jobs = jobs
         self.on_submit = on_submit
+        self.job_sync = None  # mesh.jobsync.JobSync: what waits to sync, for info
+        self.max_open_jobs = 10_000
         self.threshold = threshold
         self.name = name
         self.mesh = mesh
@@ -76,7 +78,13 @@ class PeerService:
         route = route_args(**(ask.get("route") or {})) if isinstance(ask.get("route"), dict) else {}
         request = {k: v for k, v in ask.items() if k != "route"}
         route_from_args({"route": route})  # validate before storing
-        job = self._jobs().submit(request, owner=self.peer_id, route=route, idempotency_key=key)
+        store = self._jobs()
+        if store.open_jobs(self.peer_id) >= self.max_open_jobs:
+            raise BackendBusy(
+                f"{self.max_open_jobs} jobs submitted here are still waiting or running; "
+                "try again when some have finished (see `mesh jobs`)"
+            )
+        job = store.submit(request, owner=self.peer_id, route=route, idempotency_key=key)
         if self.on_submit is not None:
             self.on_submit()
         return {"job": _job_wire(job)}
@@ -157,6 +165,7 @@ class PeerService:
             },
             "answers": self.answers,
             "jobs": self.jobs.counts() if self.jobs is not None else None,
+            "sync": self.job_sync.pending() if self.job_sync is not None else None,
             "rpc": {
                 "in_flight": server.in_flight if server else 0,
                 "calls_started": stats.calls_started if stats else 0,

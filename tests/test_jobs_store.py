@@ -327,10 +327,10 @@ def test_prune_by_age_never_touches_live_jobs(store, clock):
     store.claim(worker="W", lease_s=1e6)
     clock.advance(100)
     # finished 103, 102 and 101 s ago: keeping 102.5 s drops only the oldest
-    assert store.prune(keep_s=102.5, max_bytes=10**9) == 1
+    assert store.prune(keep_s=102.5, max_bytes=10**9, hold_s=0) == 1
     assert {j.id for j in store.list()} == {*done[1:], queued.id, running.id}
     clock.advance(10**6)
-    assert store.prune(keep_s=1, max_bytes=0) == 2  # everything finished goes, even over budget
+    assert store.prune(keep_s=1, max_bytes=0, hold_s=0) == 2  # everything finished goes, even over budget
     assert {j.id for j in store.list()} == {queued.id, running.id}
 
 
@@ -338,8 +338,60 @@ def test_prune_by_bytes_oldest_first(store, clock):
     ids = _finish(store, 5, clock, text="x" * 10_000)
     store.submit(ask("live"), owner="A")
     # five rows of ~10 KB each plus one small live row; a 25 KB budget keeps the two newest
-    assert store.prune(keep_s=10**9, max_bytes=25_000) == 3
+    assert store.prune(keep_s=10**9, max_bytes=25_000, hold_s=0) == 3
     left = [j.id for j in store.list(states=["done"])]
     assert sorted(left) == sorted(ids[3:])
-    assert store.prune(keep_s=10**9, max_bytes=25_000) == 0
+    assert store.prune(keep_s=10**9, max_bytes=25_000, hold_s=0) == 0
     assert len(store.list(states=["queued"])) == 1
+
+
+def test_hand_over_moves_the_lease_and_lists_the_job(db, clock):
+    with JobStore(db, clock=clock, local_peer="ME") as s:
+        job = s.submit(ask("far"), owner="ME")
+        assert s.claim(worker="ME", lease_s=5).id == job.id
+        assert s.hand_over(job.id, worker="OTHER", to="B", lease_s=100) is False  # not the holder
+        assert s.hand_over(job.id, worker="ME", to="B", lease_s=100) is True
+        j = s.get(job.id)
+        assert (j.state, j.lease_holder, j.ran_on) == (JobState.RUNNING, "B", "B")
+        assert [h.id for h in s.handed_over()] == [job.id]
+        assert s.counts()["handed_over"] == 1
+        assert s.claim(worker="ME", lease_s=5) is None  # B's lease holds
+        assert s.renew(job.id, worker="B", lease_s=100)  # the owner renews on B's behalf
+        # B died: requeued with B as the failing worker, then claimable again
+        assert s.fail(job.id, worker="B", error="B is dead", retry=True)
+        assert s.handed_over() == []
+        clock.advance(10**4)
+        assert s.claim(worker="ME", lease_s=5).id == job.id
+
+
+def test_import_failure_is_first_outcome_wins(db, clock):
+    with JobStore(db, clock=clock, local_peer="ME") as s:
+        job = s.submit(ask(), owner="ME")
+        s.claim(worker="ME", lease_s=5)
+        s.hand_over(job.id, worker="ME", to="B", lease_s=100)
+        assert s.import_failure(job.id, error="B gave up", ran_on="B") is True
+        assert s.import_result(job.id, result_text="late", stats=STATS, ran_on="C") is False
+        j = s.get(job.id)
+        assert (j.state, j.error, j.delivered) == (JobState.FAILED, "B gave up", True)
+
+
+def test_outcomes_held_for_an_owner_survive_pruning_until_hold_s(db, clock):
+    with JobStore(db, clock=clock, local_peer="ME") as s:
+        theirs = s.adopt("from-a", ask("a"), owner="A")
+        s.claim(worker="ME", lease_s=5)
+        s.complete(theirs.id, worker="ME", result_text="for A", stats=STATS)
+        assert s.undelivered_owners() == ["A"]
+        clock.advance(1000)
+        assert s.prune(keep_s=1, max_bytes=0, hold_s=5000) == 0  # A has not got it yet
+        assert s.open_jobs("A") == 0
+        clock.advance(5000)
+        assert s.prune(keep_s=1, max_bytes=0, hold_s=5000) == 1  # held long enough
+        assert s.undelivered_owners() == []
+
+
+def test_open_jobs_counts_queued_and_running_per_owner(store):
+    for i in range(3):
+        store.adopt(f"j{i}", ask(f"p{i}"), owner="A")
+    store.submit(ask("b"), owner="B")
+    store.claim(worker="W", lease_s=5)
+    assert (store.open_jobs("A"), store.open_jobs("B"), store.open_jobs("C")) == (3, 1, 0)

@@ -385,6 +385,10 @@ class JobStore:
             out["undelivered"] = self._conn.execute(
                 "SELECT count(*) FROM jobs WHERE delivered = 0 AND state IN (?, ?)", _OUTCOMES
             ).fetchone()[0]
+            out["handed_over"] = self._conn.execute(
+                "SELECT count(*) FROM jobs WHERE owner = ? AND state = ? AND lease_holder IS NOT NULL"
+                " AND lease_holder != owner", (self.local_peer or "", _R)
+            ).fetchone()[0]
         return out
 
     # -- results back to the owner ----------------------------------------------
@@ -432,26 +436,93 @@ class JobStore:
             )
             return True
 
+    def import_failure(self, job_id: str, *, error: str, ran_on: str, now: float | None = None) -> bool:
+        """Store that the peer a job was handed to gave up on it (at the owner). Like
+        ``import_result``: the first outcome wins, a later one changes nothing."""
+        check_name(ran_on, "ran_on", self.limits)
+        now = self._now(now)
+        with self._tx() as c:
+            row = self._row(c, job_id)
+            if JobState(row["state"]) in TERMINAL:
+                return False
+            self._check(row, JobState.FAILED)
+            c.execute(
+                "UPDATE jobs SET state = ?, error = ?, ran_on = ?, lease_holder = NULL, lease_expires_at = NULL,"
+                " delivered = 1, updated_at = ? WHERE seq = ?",
+                (JobState.FAILED.value, clip_error(error, self.limits), ran_on, now, row["seq"]),
+            )
+            return True
+
+    # -- handover (the owner's side) ----------------------------------------------
+
+    def hand_over(self, job_id: str, *, worker: str, to: str, lease_s: float, now: float | None = None) -> bool:
+        """``worker`` (holding the job) handed it to peer ``to``, which accepted it: ``to``
+        now holds the lease (renewed by the owner while ``to`` is alive, see ``renew``)
+        and is recorded as where it runs. False if ``worker`` no longer holds it."""
+        check_name(to, "peer id", self.limits)
+        lease_s = check_lease_s(lease_s)
+        now = self._now(now)
+        with self._tx() as c:
+            cur = c.execute(
+                "UPDATE jobs SET lease_holder = ?, lease_expires_at = ?, ran_on = ?, updated_at = ?"
+                " WHERE id = ? AND state = ? AND lease_holder = ?",
+                (to, now + lease_s, to, now, job_id, _R, worker),
+            )
+            return cur.rowcount == 1
+
+    def handed_over(self, *, limit: int = 1000) -> list[Job]:
+        """This peer's own jobs running on other peers (handed over), oldest first."""
+        if self.local_peer is None:
+            return []
+        with self._errors():
+            rows = self._conn.execute(
+                "SELECT * FROM jobs WHERE owner = ? AND state = ? AND lease_holder IS NOT NULL AND lease_holder != ?"
+                " ORDER BY seq LIMIT ?",
+                (self.local_peer, _R, self.local_peer, max(0, int(limit))),
+            )
+            return [_row_to_job(r) for r in rows]
+
+    def undelivered_owners(self) -> list[str]:
+        """Owners (other peers) that have outcomes waiting here to be delivered."""
+        with self._errors():
+            rows = self._conn.execute(
+                "SELECT DISTINCT owner FROM jobs WHERE delivered = 0 AND state IN (?, ?)", _OUTCOMES
+            )
+            return [r[0] for r in rows]
+
+    def open_jobs(self, owner: str) -> int:
+        """Queued and running jobs of ``owner`` in this store (for per-owner caps)."""
+        with self._errors():
+            return self._conn.execute(
+                "SELECT count(*) FROM jobs WHERE owner = ? AND state IN (?, ?)", (owner, _Q, _R)
+            ).fetchone()[0]
+
     # -- retention ----------------------------------------------------------------
 
-    def prune(self, *, keep_s: float, max_bytes: int, now: float | None = None) -> int:
+    def prune(
+        self, *, keep_s: float, max_bytes: int, now: float | None = None, hold_s: float = 30 * 24 * 3600.0
+    ) -> int:
         """Delete finished jobs (done, failed, cancelled) last changed more than ``keep_s``
         ago, then more finished jobs, oldest first, until all jobs fit in ``max_bytes``
         (as counted by ``schema.ROW_BYTES_SQL``). Queued and running jobs are never
-        deleted, even over budget. Returns the number deleted."""
+        deleted, even over budget; nor are outcomes not yet delivered to their owner
+        (another peer), until ``hold_s`` has passed. Returns the number deleted."""
         now = self._now(now)
         finished = tuple(s.value for s in TERMINAL)
         marks = ", ".join("?" * len(finished))
+        kept = "(delivered = 0 AND state IN (?, ?) AND updated_at > ?)"  # held for an owner
         with self._tx() as c:
             n = c.execute(
-                f"DELETE FROM jobs WHERE state IN ({marks}) AND updated_at <= ?", (*finished, now - keep_s)
+                f"DELETE FROM jobs WHERE state IN ({marks}) AND updated_at <= ? AND NOT {kept}",
+                (*finished, now - keep_s, *_OUTCOMES, now - hold_s),
             ).rowcount
             total = c.execute(f"SELECT coalesce(sum({ROW_BYTES_SQL}), 0) FROM jobs").fetchone()[0]
             if total > max_bytes:
                 doomed = []
                 for seq, size in c.execute(
-                    f"SELECT seq, {ROW_BYTES_SQL} FROM jobs WHERE state IN ({marks}) ORDER BY updated_at, seq",
-                    finished,
+                    f"SELECT seq, {ROW_BYTES_SQL} FROM jobs WHERE state IN ({marks}) AND NOT {kept}"
+                    " ORDER BY updated_at, seq",
+                    (*finished, *_OUTCOMES, now - hold_s),
                 ):
                     if total <= max_bytes:
                         break
