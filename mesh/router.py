@@ -100,6 +100,27 @@ class Router:
             )
         return hits.pop()
 
+    def known_models(self) -> dict[str, int]:
+        """Every model this peer knows of in the mesh (any member it has heard of, also
+        ones offline now, this peer's own and the cloud's) -> its largest context length.
+        Used to refuse a durable job nobody could ever serve."""
+        out: dict[str, int] = {}
+
+        def add(name, ctx) -> None:
+            if isinstance(name, str) and name and isinstance(ctx, int) and not isinstance(ctx, bool) and ctx > 0:
+                out[name] = max(out.get(name, 0), ctx)
+
+        for m in self.membership.view():
+            models = (m.get("meta") or {}).get("models") if isinstance(m.get("meta"), dict) else None
+            for entry in models if isinstance(models, list) else []:
+                if isinstance(entry, dict):
+                    add(entry.get("name"), entry.get("context_length"))
+        for backend in (self.backend, self.cloud):
+            if backend is not None:
+                caps = backend.capabilities
+                add(caps.model, caps.context_length)
+        return out
+
     def plan_first(self, route: RouteRequest) -> str | None:
         """Where the first rung of ``route`` would go now: a member's peer id, "cloud",
         or None when nothing fits. Used to hand a durable job to the peer that would

@@ -78,6 +78,8 @@ class PeerService:
         route = route_args(**(ask.get("route") or {})) if isinstance(ask.get("route"), dict) else {}
         request = {k: v for k, v in ask.items() if k != "route"}
         route_from_args({"route": route})  # validate before storing
+        if self.router is not None:
+            _check_servable(request, route, self.router.known_models())
         store = self._jobs()
         if store.open_jobs(self.peer_id) >= self.max_open_jobs:
             raise BackendBusy(
@@ -177,6 +179,26 @@ class PeerService:
                 "replay_cache": len(self.codec.replay),
             },
         }
+
+
+def _check_servable(request: dict, route: dict, known: dict[str, int]) -> None:
+    """Refuse at submit a job no model in the mesh could ever serve (rather than queue it
+    to fail later): a pinned model nobody has offered, or more tokens than any context."""
+    if not known:
+        return
+    model = route.get("model")
+    if model is not None and model not in known:
+        raise InvalidRequest(
+            f"no peer in this mesh has offered model {model!r} (known: {', '.join(sorted(known))}); "
+            "see `mesh peers`"
+        )
+    limit = known[model] if model is not None else max(known.values())
+    max_tokens = request.get("max_tokens")
+    if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens >= limit:
+        raise InvalidRequest(
+            f"max_tokens {max_tokens} does not fit the context of {model or 'any model in the mesh'} "
+            f"({limit} tokens, prompt included)"
+        )
 
 
 def _job_id(args: dict[str, Any]) -> str:

@@ -32,6 +32,10 @@ def test_submit_returns_at_once_then_the_result_arrives(tmp_path):
         # bad input is refused at submit, not queued to fail later
         r = run_mesh("submit", "--max-tokens", "0", "Hi", data_dir=p.data_dir)
         assert r.returncode == 2 and "max_tokens" in r.stderr
+        r = run_mesh("submit", "--model", "no-such-model", "Hi", data_dir=p.data_dir)
+        assert r.returncode == 2 and "no-such-model" in r.stderr and "SmolLM2" in r.stderr
+        r = run_mesh("submit", "--max-tokens", "4000", "Hi", data_dir=p.data_dir)
+        assert r.returncode == 2 and "context" in r.stderr
     finally:
         p.stop()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import netns
-from meshhosts import Host, build_mesh, wait_until
+from meshhosts import Host, wait_until
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.netns, pytest.mark.model]
 

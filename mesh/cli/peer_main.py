@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine-model", metavar="NAME", help="the engine's model name (with --engine-url)")
     p.add_argument("--engine-context", type=int, default=8192, metavar="TOKENS",
                    help="the engine model's context length (default 8192)")
+    p.add_argument("--jobs-keep-days", type=float, default=7.0, metavar="DAYS",
+                   help="keep finished jobs this long (default 7); results not yet delivered to the "
+                        "peer that asked are held 30 days")
+    p.add_argument("--jobs-max-mb", type=float, default=256.0, metavar="MB",
+                   help="disk budget of the job store; the oldest finished jobs go first (default 256)")
+    p.add_argument("--jobs-max-open", type=int, default=10_000, metavar="N",
+                   help="jobs submitted here that may wait or run at once; more are refused as busy (default 10000)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--version", action="version", version=f"mesh-peer {__version__}")
     t = p.add_argument_group("testing (fault injection under the gossip transport)")
@@ -79,6 +86,8 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         raise MeshError(f"--http-port must be 0..65535, got {args.http_port}")
     if args.ctx < 128:
         raise MeshError(f"--ctx must be at least 128 tokens, got {args.ctx}")
+    if not 0 < args.jobs_keep_days <= 3650 or not 1 <= args.jobs_max_mb <= 1 << 20 or args.jobs_max_open < 1:
+        raise MeshError("--jobs-keep-days must be in (0, 3650], --jobs-max-mb in [1, 1048576], --jobs-max-open >= 1")
     if args.queue < 0:
         raise MeshError("--queue cannot be negative")
     if args.threads is not None and args.threads < 1:
@@ -120,6 +129,9 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         n_threads=args.threads,
         queue_limit=args.queue,
         shutdown_grace_s=args.grace,
+        jobs_keep_s=args.jobs_keep_days * 86400,
+        jobs_max_bytes=int(args.jobs_max_mb * (1 << 20)),
+        jobs_max_open=args.jobs_max_open,
     )
 
 

@@ -152,10 +152,21 @@ def status_screen(info: dict, members: dict, *, endpoint: str) -> str:
         ("incarnation", str(me.get("incarnation", "-"))),
         ("members", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "just this peer"),
         ("jobs", ", ".join(f"{n} {s}" for s, n in sorted((info.get("jobs") or {}).items()) if n) or "none"),
+        ("waiting to sync", _sync(info.get("sync"))),
         ("gossip", f"{sum((stats.get('received') or {}).values())} messages in, "
                    f"{sum((stats.get('sent') or {}).values())} out, {members.get('rejected_records', 0)} records refused"),
     ]
     return head + "\n" + table(rows) + "\n\n" + peers_table(views)
+
+
+def _sync(sync: dict | None) -> str:
+    if not sync:
+        return "-"
+    held, handed = sync.get("outcomes_held", 0), sync.get("handed_over", 0)
+    if not held and not handed:
+        return "nothing"
+    return (f"{held} result(s) held for peers that are offline or not yet reached, "
+            f"{handed} job(s) of this peer running elsewhere")
 
 
 def jobs_table(jobs: list[dict], counts: dict) -> str:
