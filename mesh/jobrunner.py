@@ -113,7 +113,9 @@ class JobRunner:
                 raise MeshError("the router ended without an answer")
             text = final.get("text", "")
             stats = {k: v for k, v in final.items() if k != "text"}
-            if self.store.complete(job.id, worker=self.self_id, result_text=text, stats=stats, now=self._clock()):
+            ran_on = final.get("peer") if isinstance(final.get("peer"), str) and final.get("peer") else None
+            if self.store.complete(job.id, worker=self.self_id, result_text=text, stats=stats, now=self._clock(),
+                                   ran_on=ran_on):
                 log.info("job %s done on %s", job.id, final.get("peer"))
             self._waits.pop(job.id, None)
         except asyncio.CancelledError:  # the peer is stopping: the job goes back to the queue

@@ -63,6 +63,7 @@ class JobSyncConfig:
     handover_lease_s: float = 120.0  # lease of a handed-over job, renewed while its executor lives
     recheck_s: float = 30.0  # ask the executor about a handed-over job this often
     call_timeout_s: float = 5.0
+    probe_timeout_s: float = 2.0  # an executor the view calls dead must answer within this, or its job is requeued
     retry_base_s: float = 1.0  # an owner that did not take its outcomes is retried after this ...
     retry_max_s: float = 30.0  # ... doubling up to this
     max_open_per_owner: int = 1000  # jobs one other peer may have queued or running here
@@ -92,7 +93,8 @@ class JobSync:
         self._reserved: dict[str, str] = {}  # handed-over job id -> executor counted in reservations
         self._rechecked: dict[str, float] = {}  # handed-over job id -> last time the executor was asked
         self._owner_retry: dict[str, tuple[float, float]] = {}  # owner -> (next try at, current delay)
-        self._tasks: set[asyncio.Task] = set()  # rechecks in flight
+        self._tasks: set[asyncio.Task] = set()  # rechecks and probes in flight
+        self._probing: set[str] = set()  # handed-over jobs whose executor is being asked before a requeue
         self._started = clock()
         self.counts: Counter[str] = Counter()  # handed, adopted, delivered, imported, requeued, refused:*
 
@@ -210,13 +212,37 @@ class JobSync:
                 continue
             if state is None and now - max(self._started, job.updated_at) < self.cfg.absent_grace_s:
                 continue  # not (yet) in the view, e.g. just after this peer restarted: wait
-            if self.store.fail(job.id, worker=holder, error=f"peer {holder[:12]} it ran on is {state or 'gone'}",
-                               retry=True, now=now):
+            if job.id not in self._probing and now - self._rechecked.get(job.id, 0.0) >= self.cfg.tick_s * 3:
+                # The view says dead or gone, but views lag (this peer may itself be coming
+                # back from a partition): ask the executor itself before running the job again.
+                self._probing.add(job.id)
+                self._spawn(self._probe_then_requeue(job, holder, state or "gone"))
+
+    async def _probe_then_requeue(self, job, holder: str, state: str) -> None:
+        try:
+            address = self._address(holder)
+            if address is not None:
+                try:
+                    reply = await self.pool.client(address).call(
+                        HANDOVER_METHOD, handover_to_wire(job), timeout_s=self.cfg.probe_timeout_s
+                    )
+                except (MeshError, OSError):
+                    self.pool.drop(address)
+                else:  # it answers: still on it (or done: the reply carries the outcome)
+                    self._rechecked[job.id] = self._clock()
+                    if not self._import_reply(job.id, holder, reply):
+                        self.store.renew(job.id, worker=holder, lease_s=self.cfg.handover_lease_s, now=self._clock())
+                    return
+            if self.store.fail(job.id, worker=holder, error=f"peer {holder[:12]} it ran on is {state}", retry=True,
+                               now=self._clock()):
                 self.counts["requeued"] += 1
-                log.info("job %s requeued: peer %s it was handed to is %s", job.id, holder[:12], state or "gone")
+                log.info("job %s requeued: peer %s it was handed to is %s and does not answer", job.id, holder[:12],
+                         state)
                 self._release(job.id)
                 if self.on_new_job is not None:
                     self.on_new_job()
+        finally:
+            self._probing.discard(job.id)
 
     async def _recheck(self, job, holder: str) -> None:
         address = self._address(holder)

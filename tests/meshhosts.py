@@ -27,6 +27,7 @@ class Host:
 
     def start(self, *extra: str) -> None:
         self.launched_at = time.time()
+        offset = self.log.stat().st_size if self.log.exists() else 0  # a restart appends to the log
         self._logf = open(self.log, "ab")
         self.proc = self.ns.popen(
             [str(BIN / "mesh-peer"), "--data-dir", str(self.data), "--rpc-port", PORT, "--name", self.name,
@@ -37,7 +38,7 @@ class Host:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"{self.name} exited {self.proc.returncode}:\n{self.log.read_text()}")
-            if "mesh-peer ready" in self.log.read_text(errors="replace"):
+            if "mesh-peer ready" in self.log.read_text(errors="replace")[offset:]:
                 return
             time.sleep(0.1)
         raise AssertionError(f"{self.name} not ready:\n{self.log.read_text()}")

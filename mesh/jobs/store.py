@@ -274,7 +274,8 @@ class JobStore:
             return cur.rowcount == 1
 
     def complete(
-        self, job_id: str, *, worker: str, result_text: str, stats: dict[str, Any], now: float | None = None
+        self, job_id: str, *, worker: str, result_text: str, stats: dict[str, Any], now: float | None = None,
+        ran_on: str | None = None,
     ) -> bool:
         """Store the result of ``worker``'s attempt. True if stored by this call.
 
@@ -282,7 +283,10 @@ class JobStore:
         it (a lease that expired but was not taken over still counts). A second
         completion, a worker whose lease was taken over, or a cancelled job: False, and
         the stored job is unchanged. ``InvalidResult`` if the result cannot be stored.
+        ``ran_on``: the peer that generated it, when the worker routed it elsewhere.
         """
+        if ran_on is not None:
+            check_name(ran_on, "ran_on", self.limits)
         result_text, stats_text = encode_result(result_text, stats, self.limits)
         now = self._now(now)
         with self._tx() as c:
@@ -293,7 +297,7 @@ class JobStore:
             c.execute(
                 "UPDATE jobs SET state = ?, result_text = ?, stats = ?, ran_on = ?, lease_holder = NULL,"
                 " lease_expires_at = NULL, delivered = ?, updated_at = ? WHERE seq = ?",
-                (JobState.DONE.value, result_text, stats_text, worker, self._delivered(row), now, row["seq"]),
+                (JobState.DONE.value, result_text, stats_text, ran_on or worker, self._delivered(row), now, row["seq"]),
             )
             return True
 
