@@ -33,6 +33,8 @@ import binascii
 import json
 import os
 import threading
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -41,7 +43,7 @@ import zmq.asyncio
 
 from mesh.api import Answer, answer_from_wire, ask_args, route_args
 from mesh.config import PeerConfig, RpcConfig
-from mesh.errors import ConfigError, IdentityError, MeshError, PeerUnavailable
+from mesh.errors import ConfigError, DeadlineExceeded, IdentityError, MeshError, PeerUnavailable
 from mesh.identity.keys import Identity, peer_id_from_public
 from mesh.identity.trust import StaticKeys
 from mesh.inference.backend import GenerationRequest
@@ -295,6 +297,74 @@ class Client:
         async def once() -> Answer:
             try:
                 return await self.aask(prompt, on_text=on_text, **kw)
+            finally:
+                await self.aclose()
+
+        return asyncio.run(once())
+
+    # -- durable jobs (mesh.jobs) -------------------------------------------------------
+
+    async def asubmit(
+        self,
+        prompt: str,
+        *,
+        key: str | None = None,
+        system: str | None = None,
+        max_tokens: int = 256,
+        temperature: float = 0.7,
+        top_p: float = 0.95,
+        seed: int | None = None,
+        model: str | None = None,
+        local_only: bool | None = None,
+        timeout_s: float = 30.0,
+    ) -> dict:
+        """Queue ``prompt`` as a durable job at the peer; returns the job (a dict with
+        ``id`` and ``state``) once it is on disk there. ``key`` is the idempotency key:
+        submitting again with the same key (say, after a timeout) returns the same job;
+        one is made up when omitted. Bad input is refused here (``InvalidRequest``)."""
+        request = GenerationRequest.from_prompt(
+            prompt, system=system, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed
+        ).validate()
+        ask = ask_args(request)
+        ask["route"] = route_args(model=model, local_only=local_only or None)
+        args = {"ask": ask, "key": key or uuid.uuid4().hex}
+        return (await (await self._connection()).call("job.submit", args, timeout_s=timeout_s))["job"]
+
+    def submit(self, prompt: str, **kw) -> dict:
+        """Blocking ``asubmit``."""
+        _no_running_loop("submit", "asubmit")
+        return self._once(self.asubmit(prompt, **kw))
+
+    async def ajob(self, job_id: str, *, timeout_s: float = 10.0) -> dict:
+        """One job (state, attempts, where it ran, ``result_text`` once done)."""
+        return (await (await self._connection()).call("job.get", {"id": job_id}, timeout_s=timeout_s))["job"]
+
+    def job(self, job_id: str, *, timeout_s: float = 10.0) -> dict:
+        _no_running_loop("job", "ajob")
+        return self._once(self.ajob(job_id, timeout_s=timeout_s))
+
+    async def aresult(self, job_id: str, *, timeout_s: float = 300.0, poll_s: float = 0.5) -> dict:
+        """Wait until the job has finished (done, failed or cancelled) and return it."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = await self.ajob(job_id)
+            if job["state"] in ("done", "failed", "cancelled"):
+                return job
+            if time.monotonic() > deadline:
+                raise DeadlineExceeded(f"job {job_id} still {job['state']} after {timeout_s:g}s")
+            await asyncio.sleep(poll_s)
+
+    def result(self, job_id: str, *, timeout_s: float = 300.0) -> dict:
+        _no_running_loop("result", "aresult")
+        return self._once(self.aresult(job_id, timeout_s=timeout_s))
+
+    async def acancel(self, job_id: str, *, timeout_s: float = 10.0) -> dict:
+        return await (await self._connection()).call("job.cancel", {"id": job_id}, timeout_s=timeout_s)
+
+    def _once(self, coro):
+        async def once():
+            try:
+                return await coro
             finally:
                 await self.aclose()
 

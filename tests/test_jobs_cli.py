@@ -59,8 +59,15 @@ def test_kill_9_right_after_submit_the_job_survives_and_completes(tmp_path):
 
 
 def test_nothing_can_answer_so_ask_queue_keeps_the_prompt(tmp_path):
-    # a lone peer whose context cannot hold the answer asked for: no fit model anywhere
-    p = PeerProcess(tmp_path / "a", "--ctx", "128")
+    import socket
+
+    with socket.socket() as s:  # a port where the cloud would be; nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # a lone peer whose context cannot hold the answer asked for, and the cloud (which
+    # could) unreachable: nothing can answer now, though something could later
+    p = PeerProcess(tmp_path / "a", "--ctx", "128", "--cloud-url", f"http://127.0.0.1:{port}/v1",
+                    "--cloud-model", "cloud")
     try:
         p.wait_ready()
         r = run_mesh("ask", "--max-tokens", "500", "Hello", data_dir=p.data_dir)

@@ -190,18 +190,14 @@ def _call(args: argparse.Namespace, method: str, params: dict, timeout_s: float 
 
 
 def _submit(args: argparse.Namespace, prompt: str) -> dict:
-    import uuid
+    from mesh.client import Client
 
-    from mesh.api import ask_args, route_args
-    from mesh.inference.backend import GenerationRequest
-
-    request = GenerationRequest.from_prompt(
-        prompt, system=args.system, max_tokens=args.max_tokens, temperature=args.temperature
-    ).validate()
-    ask = ask_args(request)
-    ask["route"] = route_args(model=getattr(args, "model", None), local_only=getattr(args, "local_only", None) or None)
-    key = getattr(args, "key", None) or uuid.uuid4().hex  # the same key on a retried submit: one job
-    return _call(args, "job.submit", {"ask": ask, "key": key})["job"]
+    with Client(args.data_dir) as client:
+        return client.submit(
+            prompt, key=getattr(args, "key", None), system=args.system, max_tokens=args.max_tokens,
+            temperature=args.temperature, model=getattr(args, "model", None),
+            local_only=getattr(args, "local_only", None),
+        )
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
