@@ -92,7 +92,7 @@ class JobSync:
         self._task: asyncio.Task | None = None
         self._reserved: dict[str, str] = {}  # handed-over job id -> executor counted in reservations
         self._rechecked: dict[str, float] = {}  # handed-over job id -> last time the executor was asked
-        self._owner_retry: dict[str, tuple[float, float]] = {}  # owner -> (next try at, current delay)
+        self._owner_retry: dict[str, tuple] = {}  # owner -> (next try at, current delay, its incarnation then)
         self._tasks: set[asyncio.Task] = set()  # rechecks and probes in flight
         self._probing: set[str] = set()  # handed-over jobs whose executor is being asked before a requeue
         self._started = clock()
@@ -189,7 +189,7 @@ class JobSync:
                 refused[o.id] = "not a job of this peer"
             elif job.state.value in ("done", "failed", "cancelled"):
                 known.append(o.id)
-            elif sender not in (job.lease_holder, job.ran_on) or o.ran_on != sender:
+            elif sender not in (job.lease_holder, job.ran_on):  # o.ran_on may be a third peer it routed to
                 refused[o.id] = "this job was not handed to you"
             elif self._store_outcome(o):
                 stored.append(o.id)
@@ -289,10 +289,12 @@ class JobSync:
         for owner in self.store.undelivered_owners():
             if owner == self.self_id:
                 continue
-            next_at, _ = self._owner_retry.get(owner, (0.0, 0.0))
             member = view.get(owner)
-            if now < next_at or member is None or member.get("state") not in _LIVE:
+            if member is None or member.get("state") not in _LIVE:
                 continue  # held until the owner is back
+            next_at, _, incarnation = self._owner_retry.get(owner, (0.0, 0.0, None))
+            if now < next_at and member.get("incarnation") == incarnation:
+                continue  # backing off, unless the owner has restarted since
             address = self._address(owner, view)
             if address is None:
                 continue
@@ -305,8 +307,9 @@ class JobSync:
                     RESULT_METHOD, {"outcomes": outcomes}, timeout_s=self.cfg.call_timeout_s
                 )
             except (MeshError, OSError) as e:
-                delay = min(self.cfg.retry_max_s, max(self.cfg.retry_base_s, self._owner_retry.get(owner, (0, 0))[1] * 2))
-                self._owner_retry[owner] = (now + delay, delay)
+                last = self._owner_retry.get(owner, (0.0, 0.0, None))[1]
+                delay = min(self.cfg.retry_max_s, max(self.cfg.retry_base_s, last * 2))
+                self._owner_retry[owner] = (now + delay, delay, member.get("incarnation"))
                 log.info("delivering %d outcome(s) to %s failed (%s); again in %.0f s", len(outcomes), owner[:12], e,
                          delay)
                 if not isinstance(e, BackendBusy):
