@@ -89,6 +89,9 @@ class PeerConfig:
     jobsync: "JobSyncConfig" = field(default_factory=lambda: _jobsync_default())
     http_host: str = "127.0.0.1"  # interface the HTTP API (OpenAI API, metrics, dashboard) binds
     http_port: int | None = None  # None: no HTTP server (mesh-peer's default is 7412); 0 picks a free port
+    http_open_loopback: str = "auto"  # keyless API callers on this machine: auto (when bound to loopback), yes, no
+    http_rate_per_s: float = 5.0  # API requests per second per key (or per address, keyless); 0: no limit
+    http_burst: int = 20  # API requests a key may make at once before the rate applies
     cloud_url: str | None = None  # OpenAI-compatible API root for the last rung (key: MESH_CLOUD_API_KEY)
     cloud_model: str | None = None
     engine_url: str | None = None  # serve through this OpenAI-compatible engine instead of llama.cpp

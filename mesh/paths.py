@@ -57,6 +57,14 @@ class DataDir:
     def known_peers(self) -> Path:  # addresses learned by gossip, remembered across restarts
         return self.root / "known_peers.json"
 
+    @property
+    def config_file(self) -> Path:  # mesh.toml: mesh-peer's flags, read at start (mesh.cli.configfile)
+        return self.root / "mesh.toml"
+
+    @property
+    def api_keys(self) -> Path:  # HTTP API keys (hashed only), 0600; see mesh.apikeys
+        return self.root / "api_keys.json"
+
     def ensure(self) -> "DataDir":
         try:
             self.root.mkdir(parents=True, exist_ok=True, mode=0o700)

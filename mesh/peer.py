@@ -51,6 +51,7 @@ from mesh.jobs import JobStore
 from mesh.jobsync import JobSync
 from mesh.joining import create_mesh, enrol, load_membership, serve_enrolment
 from mesh.membership import Membership
+from mesh.metrics import PeerMetrics, entered
 from mesh.netaddr import advertise_endpoints
 from mesh.paths import DataDir
 from mesh.peerpool import PeerPool
@@ -115,6 +116,7 @@ class Peer:
         self.job_runner: JobRunner | None = None
         self.job_sync: JobSync | None = None
         self.http = None  # mesh.http.HttpServer when config.http_port is set
+        self.metrics = PeerMetrics(clock=clock)  # this peer's own Prometheus registry and recent requests
         self.http_url: str | None = None
         self._cloud = cloud
         if cloud is None and config.cloud_url and config.cloud_model:
@@ -185,9 +187,10 @@ class Peer:
         self.pool = PeerPool(codec=codec, ctx=self._ctx)
         self.router = Router(
             self_id=self.identity.peer_id_text, backend=self._backend, membership=self.membership_service,
-            pool=self.pool, cloud=self._cloud, cfg=self.config.routing, clock=self._clock,
+            pool=self.pool, cloud=self._cloud, cfg=self.config.routing, clock=self._clock, observer=self.metrics,
         )
         service.router = self.router
+        self.metrics.attach(self)
         if self.config.jobs:
             self.jobs = JobStore(self.data.jobs_db, local_peer=self.identity.peer_id_text, clock=self._clock)
             self.job_sync = JobSync(
@@ -204,7 +207,8 @@ class Peer:
             self.server.methods.update(self.job_sync.methods())
             service.jobs, service.on_submit, service.job_sync = self.jobs, self.job_runner.wake, self.job_sync
             service.max_open_jobs = self.config.jobs_max_open
-            self.job_runner.start()
+            with entered("job"):  # the runner's task (and the prompts it routes) count as entry "job"
+                self.job_runner.start()
             self.job_sync.start()
         await self.membership_service.start(list(self.config.seeds))
         if self.config.mdns:

@@ -67,8 +67,11 @@ class Router:
         generate_timeout_s: float = 300.0,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        observer=None,
     ) -> None:
         self.self_id = self_id
+        # mesh.metrics.PeerMetrics (or None): sees every prompt's events once, whoever entered it
+        self.observer = observer
         self.backend = backend
         self.membership = membership
         self.pool = pool
@@ -139,7 +142,13 @@ class Router:
 
     # -- one prompt ---------------------------------------------------------------------
 
-    async def ask(self, gen: GenerationRequest, route: RouteRequest) -> AsyncIterator[Any]:
+    def ask(self, gen: GenerationRequest, route: RouteRequest, *, entry: str | None = None) -> AsyncIterator[Any]:
+        """The events of one prompt (see the module docstring). ``entry``: where it came in
+        (rpc, http, job), for metrics; None lets the observer tell from the context."""
+        events = self._ask(gen, route)
+        return events if self.observer is None else self.observer.watch(events, gen, entry=entry)
+
+    async def _ask(self, gen: GenerationRequest, route: RouteRequest) -> AsyncIterator[Any]:
         seen = {"busy": False}  # per prompt: some fit peer said busy
         path: list[Attempt] = []
         answers: list[dict | None] = []  # per attempt: its final wire dict (with text), or None

@@ -3,6 +3,7 @@
     mesh ask "PROMPT"            stream an answer from the local peer
     mesh ask --embedded "..."    run a peer in this process for one prompt
     mesh info                    what the local peer is and how it is doing
+    mesh keys create NAME        an API key for the OpenAI-compatible HTTP API (list, revoke)
 """
 
 from __future__ import annotations
@@ -109,6 +110,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_dir(join)
     join.add_argument("token")
     join.add_argument("--name", default=None, help="this peer's name (default: the host name)")
+
+    keys = sub.add_parser("keys", help="API keys of this peer's OpenAI-compatible HTTP API (create, list, revoke)")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION")
+    keys_sub.required = True
+    kc = keys_sub.add_parser("create", help="make a key; it is printed once and stored only as a hash")
+    kc.add_argument("name", help="who or what the key is for")
+    kl = keys_sub.add_parser("list", help="every key: id, name, created, revoked")
+    kl.add_argument("--json", action="store_true", help="print JSON")
+    kr = keys_sub.add_parser("revoke", help="revoke a key by id (a running peer refuses it at once)")
+    kr.add_argument("id", help="the key's id (or a unique prefix), from `mesh keys list`")
+    for kp in (kc, kl, kr):
+        add_data_dir(kp)
+
+    doctor = sub.add_parser("doctor", help="explain why peers do not see each other (mDNS, ports, clocks, meshes)")
+    add_data_dir(doctor)
+    doctor.add_argument("--join", action="append", default=[], metavar="HOST:PORT",
+                        help="also probe this peer (repeatable), e.g. one that should be reachable")
+    doctor.add_argument("--wait", type=float, default=3.0, metavar="SECONDS",
+                        help="how long to listen for mDNS announcements (default 3)")
+    doctor.add_argument("--timeout", type=float, default=3.0, metavar="SECONDS",
+                        help="per-address limit for the TCP connect and the ping (default 3)")
+    doctor.add_argument("--json", action="store_true", help="print JSON")
     return p
 
 
@@ -379,12 +402,75 @@ def cmd_join(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    import time
+
+    from mesh.apikeys import ApiKeyStore
+    from mesh.paths import resolve_data_dir
+
+    data = resolve_data_dir(args.data_dir)
+    store = ApiKeyStore(data.api_keys)
+    if args.keys_command == "create":
+        data.ensure()
+        key, token = store.create(args.name)
+        print(token)
+        print(f"key {key.id} ({key.name}): shown this once, stored only as a hash; "
+              "use it as Authorization: Bearer KEY (revoke: mesh keys revoke " + key.id + ")", file=sys.stderr)
+    elif args.keys_command == "revoke":
+        key = store.revoke(args.id)
+        print(f"revoked key {key.id} ({key.name}); a running peer refuses it from its next request")
+    else:
+        keys = store.entries()
+        if args.json:
+            print(json.dumps([k.public() for k in keys], indent=2))
+        elif not keys:
+            print("no API keys; make one with: mesh keys create NAME")
+        else:
+            rows = [("ID", "NAME", "CREATED", "STATE")] + [
+                (k.id, k.name, time.strftime("%Y-%m-%d %H:%M", time.localtime(k.created)),
+                 "revoked" if k.revoked else "active") for k in keys]
+            widths = [max(len(r[i]) for r in rows) for i in range(3)]
+            for r in rows:
+                print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[3])
+    return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from mesh.config import RpcConfig
+    from mesh.doctor import diagnose
+    from mesh.doctor.findings import has_problem
+    from mesh.doctor.probe import observe
+    from mesh.doctor.report import json_report, text_report
+    from mesh.paths import resolve_data_dir
+    from mesh.rpc.envelope import SUPPORTED_VERSIONS
+
+    if not (0 < args.wait <= 60 and 0 < args.timeout <= 60):
+        return fail("--wait and --timeout must be in (0, 60] seconds", EXIT_USAGE)
+    setup_logging("error")
+    data = resolve_data_dir(args.data_dir)
+    if not args.json:
+        print(f"mesh doctor: listening for mDNS for {args.wait:g} s and probing known peers...", file=sys.stderr)
+    try:
+        obs = asyncio.run(observe(data, joins=args.join, wait_s=args.wait, timeout_s=args.timeout))
+    except TimeoutError:  # the outer deadline of observe(): a bug or a stuck library, never a hang
+        return fail("mesh doctor: the probes did not finish in time; run it again with --json for details")
+    findings = diagnose(obs, window_s=RpcConfig.lan().timestamp_window_s, versions=SUPPORTED_VERSIONS)
+    if args.json:
+        print(json.dumps(json_report(findings, obs), indent=2))
+    else:
+        print(text_report(findings, obs))
+    return EXIT_ERROR if has_problem(findings) else EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {
         "ask": cmd_ask, "info": cmd_info, "peers": cmd_peers, "status": cmd_status,
         "init": cmd_init, "invite": cmd_invite, "join": cmd_join,
         "submit": cmd_submit, "jobs": cmd_jobs, "result": cmd_result, "cancel": cmd_cancel,
+        "doctor": cmd_doctor, "keys": cmd_keys,
     }
     try:
         if args.command in commands:

