@@ -32,6 +32,12 @@ class RpcConfig:
     max_timeout_s: float = 3600.0  # the longest deadline a caller may ask for
     max_body_depth: int = 16  # nesting limit of a message body
     max_casts_in_flight: int = 256  # one-way messages being handled at once; more are dropped
+    calls_per_sender_per_s: float = 200.0  # calls one sender may start per second (0: no limit) ...
+    calls_burst: int = 400  # ... after a burst of this many; past it: "busy" (rate limited), counted
+    casts_per_sender_per_s: float = 100.0  # one-way messages (gossip) per sender per second ...
+    casts_burst: int = 200  # ... after this burst; past it they are dropped and counted
+    max_senders_tracked: int = 10_000  # rate-limit buckets kept (idle ones go first)
+    max_connections_busy: int = 1024  # connections with calls in flight at once; more: "busy"
 
     @classmethod
     def lan(cls) -> "RpcConfig":

@@ -251,12 +251,14 @@ class PeerCollector(Collector):
         yield GaugeMetricFamily("mesh_rpc_in_flight", "RPC calls being served now", value=server.in_flight)
         calls = CounterMetricFamily("mesh_rpc_calls", "RPC calls served, by result", labels=["result"])
         for result, n in (("started", s.calls_started), ("ok", s.calls_ok), ("failed", s.calls_failed),
-                          ("cancelled", s.calls_cancelled), ("refused_busy", s.refused_busy)):
+                          ("cancelled", s.calls_cancelled), ("refused_busy", s.refused_busy),
+                          ("refused_rate_limited", s.refused_rate), ("refused_connections", s.refused_connections)):
             calls.add_metric([result], n)
         yield calls
         casts = CounterMetricFamily("mesh_rpc_casts", "One-way RPC messages (gossip), by result", labels=["result"])
         casts.add_metric(["handled"], s.casts_handled)
         casts.add_metric(["dropped"], s.casts_dropped)
+        casts.add_metric(["rate_limited"], s.casts_rate_limited)
         yield casts
         err = CounterMetricFamily("mesh_rpc_errors", "RPC calls that failed, by error code", labels=["code"])
         for code, n in sorted(s.by_error.items()):

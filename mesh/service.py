@@ -174,6 +174,8 @@ class PeerService:
                 "calls_ok": stats.calls_ok if stats else 0,
                 "calls_failed": stats.calls_failed if stats else 0,
                 "calls_cancelled": stats.calls_cancelled if stats else 0,
+                "refused_rate_limited": stats.refused_rate if stats else 0,
+                "casts_rate_limited": stats.casts_rate_limited if stats else 0,
                 "errors": dict(stats.by_error) if stats else {},
                 "rejections": self.codec.rejections.snapshot(),
                 "replay_cache": len(self.codec.replay),

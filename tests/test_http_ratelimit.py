@@ -2,7 +2,7 @@
 
 import pytest
 
-from mesh.http.ratelimit import RateLimiter, retry_after_header
+from mesh.ratelimit import RateLimiter, retry_after_header
 from mesh.testing.clock import ManualClock
 
 

@@ -310,3 +310,35 @@ def test_unauthenticated_senders_reach_only_public_methods():
             await asyncio.sleep(0.1)
             assert h.notes == []
     run(main())
+
+
+def test_a_sender_past_its_rate_is_told_busy_and_counted_while_others_go_on():
+    from builders import pair as make_pair
+    from mesh.errors import BackendBusy
+
+    async def main():
+        cfg = RpcConfig(calls_per_sender_per_s=1.0, calls_burst=3, casts_per_sender_per_s=1.0, casts_burst=2)
+        async with Harness(cfg) as h:
+            for _ in range(3):  # the burst
+                await h.client.call("echo", {}, timeout_s=5)
+            with pytest.raises(BackendBusy, match="rate limited"):
+                await h.client.call("echo", {}, timeout_s=5)
+            assert h.server.stats.refused_rate == 1
+            # another sender (its own key, trusted by the server) is not held back
+            other_codec, _ = make_pair(cfg)
+            h.server.codec.resolver.add(other_codec.identity.public_raw)
+            other_codec.resolver.add(h.server_codec.identity.public_raw)
+            other = RpcClient(codec=other_codec, endpoint=h.endpoint, ctx=h.ctx)
+            other.connect()
+            try:
+                assert (await other.call("echo", {"x": 1}, timeout_s=5))["echo"] == {"x": 1}
+            finally:
+                await other.close()
+            for n in range(5):  # casts past the burst are dropped and counted
+                await h.client.cast("note", {"n": n})
+            for _ in range(100):
+                if h.server.stats.casts_rate_limited == 3:
+                    break
+                await asyncio.sleep(0.01)
+            assert h.notes == [0, 1] and h.server.stats.casts_rate_limited == 3
+    run(main())

@@ -49,7 +49,7 @@ from mesh.http.openai_schema import (
     parse_chat,
     parse_completion,
 )
-from mesh.http.ratelimit import RateLimiter, retry_after_header
+from mesh.ratelimit import RateLimiter, retry_after_header
 from mesh.paths import DataDir
 from mesh.rpc.server import Final
 

@@ -24,6 +24,7 @@ import zmq.asyncio
 
 from mesh.config import RpcConfig
 from mesh.errors import EnvelopeRejected, MeshError
+from mesh.ratelimit import RateLimiter
 from mesh.rpc.codec import FrameCodec
 from mesh.rpc.envelope import Envelope, RejectReason
 from mesh.rpc.messages import Call, Cancel, Chunk, Error, Result
@@ -86,6 +87,9 @@ class ServerStats:
     refused_busy: int = 0
     casts_handled: int = 0
     casts_dropped: int = 0
+    refused_rate: int = 0  # calls refused: their sender went past its rate limit
+    casts_rate_limited: int = 0  # one-way messages dropped for the same reason
+    refused_connections: int = 0  # calls refused: too many connections busy at once
     by_error: dict[str, int] = field(default_factory=dict)
 
 
@@ -115,6 +119,12 @@ class RpcServer:
         self._accepting = False
         self.stats = ServerStats()
         self.endpoint: str | None = None
+        # per sender (its verified peer id), so one member or a flood of self-asserted
+        # keys cannot crowd out the others; time from the codec's clock
+        self._call_rate = RateLimiter(rate_per_s=config.calls_per_sender_per_s, burst=config.calls_burst,
+                                      max_keys=config.max_senders_tracked)
+        self._cast_rate = RateLimiter(rate_per_s=config.casts_per_sender_per_s, burst=config.casts_burst,
+                                      max_keys=config.max_senders_tracked)
 
     async def start(self, endpoint: str) -> str:
         sock = self._ctx.socket(zmq.ROUTER)
@@ -186,6 +196,14 @@ class RpcServer:
         if not method.public and not self._is_authenticated(env.sender):
             await self._reply_error(rid, env.msg_id, "unauthenticated", "this peer's mesh has not certified you; join it first")
             return
+        if self._call_rate.take(env.sender, now=self.codec.clock()) > 0:
+            self.stats.refused_rate += 1
+            await self._reply_error(rid, env.msg_id, "busy", "rate limited: too many calls from you; slow down")
+            return
+        if rid not in self._per_conn and len(self._per_conn) >= self.config.max_connections_busy:
+            self.stats.refused_connections += 1
+            await self._reply_error(rid, env.msg_id, "busy", "too many connections with calls in flight; try again")
+            return
         if self._per_conn.get(rid, 0) >= self.config.max_calls_per_connection:
             self.stats.refused_busy += 1
             await self._reply_error(rid, env.msg_id, "busy", "too many concurrent calls on this connection")
@@ -207,6 +225,9 @@ class RpcServer:
         method = self.methods.get(call.method)
         if method is None or not method.oneway or not self._is_authenticated(env.sender):
             self.stats.casts_dropped += 1
+            return
+        if self._cast_rate.take(env.sender, now=self.codec.clock()) > 0:
+            self.stats.casts_rate_limited += 1
             return
         if len(self._casts) >= self.config.max_casts_in_flight:
             self.stats.casts_dropped += 1  # datagram semantics: under overload, drop

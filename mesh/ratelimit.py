@@ -1,4 +1,5 @@
-"""A token bucket per caller (an API key id, or a remote address for keyless callers).
+"""A token bucket per caller: an HTTP API key id (or a remote address for keyless
+callers), an RPC sender's peer id.
 
 Each bucket holds up to ``burst`` tokens and refills at ``rate_per_s``; a request takes
 one. ``take(key, now=...)`` returns 0.0 when the request may go on, else the seconds
