@@ -2,7 +2,7 @@
 (kill -9, sometimes SIGTERM) and restarted at random; at the end every job must be done
 exactly once, nothing lost, nothing duplicated.
 
-    .venv/bin/python bench/jobs_soak.py [--jobs 1000] [--peers 3] [--seed 1] [--kill-every 4]
+    .venv/bin/python bench/jobs_soak.py [--jobs 1000] [--peers 3] [--seed 1] [--kill-every 4] [--submit-over 60]
 
 Real mesh-peer processes on loopback (fixed ports, so a restarted peer is found where
 it was), the real model (--max-tokens tokens per answer, 1 thread each), real SQLite.
@@ -132,11 +132,15 @@ def done_count(churn: Churn) -> int:
     return n
 
 
-async def submit_all(churn: Churn, keys: list[tuple[int, str, str]], max_tokens: int, stats: Counter) -> None:
+async def submit_all(churn: Churn, keys: list[tuple[int, str, str]], max_tokens: int, stats: Counter,
+                     spread_s: float = 0.0) -> None:
     pending = list(keys)
+    gap = spread_s / max(1, len(keys))  # submissions spread over the churn, not all at once
     while pending:
         retry = []
         for owner, key, prompt in pending:
+            if gap:
+                await asyncio.sleep(gap)
             if owner not in churn.up():
                 retry.append((owner, key, prompt))
                 continue
@@ -221,7 +225,7 @@ async def soak(args, root: Path) -> dict:
     stop = asyncio.Event()
     t0 = time.monotonic()
     chaos = asyncio.create_task(churn_loop(churn, rng, args.kill_every, stop, kills))
-    submitter = asyncio.create_task(submit_all(churn, keys, args.max_tokens, stats))
+    submitter = asyncio.create_task(submit_all(churn, keys, args.max_tokens, stats, args.submit_over))
     deadline = t0 + args.timeout
     last = 0.0
     try:
@@ -265,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--kill-every", type=float, default=4.0, metavar="S", help="mean seconds between kills")
     p.add_argument("--max-tokens", type=int, default=8)
+    p.add_argument("--submit-over", type=float, default=60.0, metavar="S",
+                   help="spread the submissions over this many seconds, while peers are killed")
     p.add_argument("--calm", type=float, default=0.9, help="stop the churn once this fraction is done")
     p.add_argument("--timeout", type=float, default=3600.0)
     p.add_argument("--dir", type=Path, default=None, help="where the peers' data dirs go (default: a temp dir)")

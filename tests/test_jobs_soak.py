@@ -17,7 +17,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench" / "jobs_soak.py"
 
 def test_small_soak_every_job_done_exactly_once(tmp_path):
     r = subprocess.run(
-        [sys.executable, str(BENCH), "--jobs", "45", "--kill-every", "2.5", "--seed", "7", "--timeout", "240",
+        [sys.executable, str(BENCH), "--jobs", "45", "--kill-every", "2.5", "--seed", "7", "--timeout", "240", "--submit-over", "10",
          "--dir", str(tmp_path / "soak")],
         capture_output=True, text=True, timeout=300,
     )
