@@ -82,6 +82,8 @@ class Membership:
         self._tasks: list[asyncio.Task] = []
         self._inflight: set[asyncio.Task] = set()  # sends and closes under way
         self.rejected_records = 0
+        self.revoked: set[bytes] = set()  # peer ids the mesh authority revoked (mesh.revocations)
+        self.listeners: list[Callable[[MemberChanged], None]] = []  # told of every status change
 
     # -- seams for the peer -------------------------------------------------------------
 
@@ -118,6 +120,26 @@ class Membership:
             await client.close()
         self._pool.clear()
 
+    def expel(self, peer_id: bytes) -> None:
+        """Its certificate was revoked: declare it dead now and show it as revoked."""
+        self.revoked.add(peer_id)
+        self._apply(self.swim.expel(peer_id, self._clock()))
+
+    def update_credential(self, certificate: bytes) -> None:
+        """Present a renewed certificate in this peer's member record."""
+        self._apply(self.swim.update_own_credential(certificate, self._clock()))
+
+    def live_addresses(self) -> dict[bytes, str]:
+        """Where to reach each other alive member (its first address), by peer id."""
+        return {
+            m.peer_id: m.addresses[0] for m in self.swim.members()
+            if not m.is_self and m.status.value == "alive" and m.addresses and m.peer_id not in self.revoked
+        }
+
+    def cast(self, address: str, method: str, args: dict) -> None:
+        """A one-way message to ``address`` over the gossip connections (best effort)."""
+        self._spawn(self._client(address).cast(method, args))
+
     def rtts(self) -> dict[str, float]:
         """Measured round trips to members (seconds), by peer id text."""
         return {peer_id_text(pid): rtt for pid, rtt in self.swim.rtts.items()}
@@ -137,6 +159,8 @@ class Membership:
                 "last_heard_s": None if m.last_heard is None else max(0.0, now - m.last_heard),
                 "since_s": max(0.0, now - m.since),
             })
+            if m.peer_id in self.revoked:
+                out[-1]["revoked"] = True
         return out
 
     # -- inbound ------------------------------------------------------------------------
@@ -184,6 +208,8 @@ class Membership:
                     "member %s (%s): %s -> %s (incarnation %d)", fx.name, peer_id_text(fx.peer_id)[:12],
                     fx.old.value if fx.old else "new", fx.new.value if fx.new else "gone", fx.incarnation,
                 )
+                for listener in self.listeners:
+                    listener(fx)
         self._wake.set()
 
     def _send(self, fx: Send) -> None:

@@ -50,6 +50,10 @@ class DataDir:
         return self.root / "invites.json"
 
     @property
+    def revocations(self) -> Path:  # revocations signed by the mesh authority, kept across restarts
+        return self.root / "revocations.json"
+
+    @property
     def jobs_db(self) -> Path:  # durable jobs (SQLite, WAL)
         return self.root / "jobs.db"
 

@@ -37,13 +37,15 @@ import zmq.asyncio
 from mesh import capabilities
 from mesh.config import PeerConfig
 from mesh.discovery.seeds import RememberedPeers
-from mesh.errors import MeshError
+from mesh.errors import CertificateError, ConfigError, MeshError
 from mesh.faults import FaultInjector
 from mesh.identity.credentials import CertificateVerifier, MeshKeys
 from mesh.identity.enrolment import ENROL_METHOD
+from mesh.identity.renewal import RENEW_METHOD
 from mesh.identity.keys import Identity
 from mesh.identity.membership import MeshMembership
 from mesh.identity.peerkeys import PeerKeys
+from mesh.identity.revocation import RevocationList, load_revocations
 from mesh.identity.trust import TrustStore
 from mesh.inference.backend import Backend
 from mesh.jobrunner import JobRunner
@@ -55,6 +57,8 @@ from mesh.metrics import PeerMetrics, entered
 from mesh.netaddr import advertise_endpoints
 from mesh.paths import DataDir
 from mesh.peerpool import PeerPool
+from mesh.renewal import Renewer, renew_meta, serve_renewal
+from mesh.revocations import RevocationService
 from mesh.router import Router
 from mesh.rpc.codec import FrameCodec
 from mesh.rpc.server import RpcServer
@@ -109,6 +113,8 @@ class Peer:
         self._stopped = False
         self.membership: MeshMembership | None = None
         self.membership_service: Membership | None = None
+        self.revocation_service: RevocationService | None = None
+        self.renewer: Renewer | None = None
         self.discovery = None
         self.pool: PeerPool | None = None
         self.router: Router | None = None
@@ -134,6 +140,8 @@ class Peer:
 
     async def start(self) -> str:
         """Bring the peer up; returns the RPC endpoint it serves on."""
+        if not 0.5 <= self.config.renew_at < 1:
+            raise ConfigError(f"renew_at must be in [0.5, 1), got {self.config.renew_at}")
         self.data.ensure()
         self.identity, created = Identity.load_or_create(self.data.identity_key)
         if created:
@@ -150,7 +158,23 @@ class Peer:
             self._ctx.term()
             raise
 
-        verifier = CertificateVerifier(self.membership.authority_public)
+        self.revocations = RevocationList(self.membership.authority_public, skew_s=self.config.cert_skew_s)
+        try:
+            load_revocations(self.data.revocations, self.revocations, now=self._clock())
+            own = self.revocations.revocation_for(self.certificate)
+            if own is not None:
+                raise CertificateError(
+                    f"the mesh authority revoked this peer's certificate (at {own.revoked_at}); other members "
+                    f"refuse it. To take part again, move {self.data.membership} and {self.data.revocations} "
+                    "away and join with a new token from `mesh invite`"
+                )
+        except BaseException:
+            await self._backend.aclose()
+            self._ctx.term()
+            raise
+        verifier = CertificateVerifier(
+            self.membership.authority_public, skew_s=self.config.cert_skew_s, revocations=self.revocations
+        )
         self.keys = PeerKeys(
             MeshKeys(self.identity.public_raw, trust=trust, certificates=verifier), certificates=verifier
         )
@@ -163,7 +187,11 @@ class Peer:
             clock=self._clock, name=self.config.name, mesh=self.membership.mesh_id_text,
             threshold=self.config.threshold,
         )
-        methods = {**service.methods(), ENROL_METHOD: serve_enrolment(self.data, clock=self._clock)}
+        self._codec = codec
+        methods = {
+            **service.methods(), ENROL_METHOD: serve_enrolment(self.data, clock=self._clock),
+            RENEW_METHOD: serve_renewal(self.data, verifier, clock=self._clock),
+        }
         self.server = RpcServer(
             codec=codec, methods=methods, config=self.config.rpc, ctx=self._ctx, authenticated=self.keys.authenticated
         )
@@ -179,17 +207,30 @@ class Peer:
         self.membership_service = Membership(
             identity=self.identity, name=self.config.name, certificate=self.membership.certificate,
             addresses=self.advertise, verifier=verifier, codec=codec, ctx=self._ctx, cfg=self.config.gossip,
-            meta=lambda: capabilities.snapshot(self.backend),
+            meta=lambda: {**capabilities.snapshot(self.backend), **renew_meta(self.data)},
             remembered=RememberedPeers.load(self.data.known_peers), clock=self._clock,
             faults=FaultInjector(self.config.faults) if self.config.faults and self.config.faults.active else None,
         )
         self.server.methods.update(self.membership_service.methods())
+        self.revocation_service = RevocationService(
+            revocations=self.revocations, path=self.data.revocations, verifier=verifier,
+            membership=self.membership_service, authority_key=self.data.authority_key,
+            self_id=self.identity.peer_id, is_local=lambda sender: trust.key_for(sender) is not None,
+            interval_s=self.config.gossip.reconnect_interval_s, clock=self._clock,
+        )
+        self.server.methods.update(self.revocation_service.methods())
         self.pool = PeerPool(codec=codec, ctx=self._ctx)
         self.router = Router(
             self_id=self.identity.peer_id_text, backend=self._backend, membership=self.membership_service,
             pool=self.pool, cloud=self._cloud, cfg=self.config.routing, clock=self._clock, observer=self.metrics,
         )
         service.router = self.router
+        self.renewer = Renewer(
+            data=self.data, membership=self.membership, certificate=self.certificate,
+            members=self.membership_service, pool=self.pool, on_renewed=self._renewed,
+            fraction=self.config.renew_at, check_s=self.config.renew_check_s, skew_s=self.config.cert_skew_s,
+            clock=self._clock,
+        )
         self.metrics.attach(self)
         if self.config.jobs:
             self.jobs = JobStore(self.data.jobs_db, local_peer=self.identity.peer_id_text, clock=self._clock)
@@ -211,6 +252,8 @@ class Peer:
                 self.job_runner.start()
             self.job_sync.start()
         await self.membership_service.start(list(self.config.seeds))
+        await self.revocation_service.start()
+        self.renewer.start()
         if self.config.mdns:
             await self._start_mdns(port)
         if self.config.http_port is not None:
@@ -231,6 +274,12 @@ class Peer:
             cloud = self._cloud.capabilities
             log.info("cloud escalation: %s at %s", cloud.model, cloud.extra.get("endpoint", "?"))
         return self.endpoint
+
+    def _renewed(self, membership: MeshMembership, cert) -> None:
+        """A renewed certificate (already saved in mesh.json): present it from now on."""
+        self.membership, self.certificate = membership, cert
+        self._codec.credential = cert.to_bytes()
+        self.membership_service.update_credential(cert.to_bytes())
 
     async def _start_mdns(self, port: int) -> None:
         from mesh.discovery.mdns import MdnsDiscovery
@@ -303,6 +352,10 @@ class Peer:
             await self.job_sync.stop()
         if self.discovery is not None:
             await self.discovery.aclose()
+        if self.renewer is not None:
+            await self.renewer.stop()
+        if self.revocation_service is not None:
+            await self.revocation_service.stop()
         if self.membership_service is not None:
             await self.membership_service.stop()
         if self.server is not None:

@@ -4,6 +4,7 @@
     mesh ask --embedded "..."    run a peer in this process for one prompt
     mesh info                    what the local peer is and how it is doing
     mesh keys create NAME        an API key for the OpenAI-compatible HTTP API (list, revoke)
+    mesh revoke PEER             revoke a member's certificate (where `mesh init` ran)
 """
 
 from __future__ import annotations
@@ -110,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_dir(join)
     join.add_argument("token")
     join.add_argument("--name", default=None, help="this peer's name (default: the host name)")
+
+    revoke = sub.add_parser("revoke", help="revoke a member's certificate; every peer refuses it within seconds "
+                                           "(run where `mesh init` ran)")
+    add_data_dir(revoke)
+    revoke.add_argument("peer", help="the member's name or a peer id prefix (see `mesh peers`)")
+    revoke.add_argument("--json", action="store_true", help="print JSON")
 
     keys = sub.add_parser("keys", help="API keys of this peer's OpenAI-compatible HTTP API (create, list, revoke)")
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION")
@@ -402,6 +409,36 @@ def cmd_join(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_revoke(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from mesh.client import Client
+    from mesh.paths import resolve_data_dir
+    from mesh.revocations import REVOKE_METHOD
+
+    data = resolve_data_dir(args.data_dir)
+    if not data.authority_key.exists():
+        return fail(f"this device does not hold the mesh authority key ({data.authority_key}); run `mesh revoke` "
+                    "on the device where the mesh was created (`mesh init`), with its mesh-peer running")
+    with Client(args.data_dir) as client:
+        async def once():
+            try:
+                rpc = await client._connection()
+                return await rpc.call(REVOKE_METHOD, {"peer": args.peer}, timeout_s=10)
+            finally:
+                await client.aclose()
+
+        doc = asyncio.run(once())
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    elif doc.get("already"):
+        print(f"{doc['name'] or '?'} ({doc['peer_id']}) was already revoked")
+    else:
+        print(f"revoked {doc['name'] or '?'} ({doc['peer_id']}), certificate {doc['serial'][:16]}; "
+              f"sent to {doc.get('told', 0)} live member(s), gossip carries it to the rest")
+    return EXIT_OK
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     import time
 
@@ -470,7 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         "ask": cmd_ask, "info": cmd_info, "peers": cmd_peers, "status": cmd_status,
         "init": cmd_init, "invite": cmd_invite, "join": cmd_join,
         "submit": cmd_submit, "jobs": cmd_jobs, "result": cmd_result, "cancel": cmd_cancel,
-        "doctor": cmd_doctor, "keys": cmd_keys,
+        "doctor": cmd_doctor, "keys": cmd_keys, "revoke": cmd_revoke,
     }
     try:
         if args.command in commands:

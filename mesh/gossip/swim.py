@@ -282,6 +282,24 @@ class Swim:
             self._state.queue_news(m.Alive(self._own), urgent=True)
         return self._drain()
 
+    def update_own_credential(self, credential: bytes, now: float) -> list[Effect]:
+        """Present a new certificate (a renewal): re-sign this peer's record with it, urgently,
+        so members check this peer's records against it before the old one expires."""
+        if not self._left:
+            self._own = self._resign(credential=credential, **self._take_pending_meta())
+            self._meta_published_at = now
+            self._state.queue_news(m.Alive(self._own), urgent=True)
+        return self._drain()
+
+    def expel(self, peer_id: bytes, now: float) -> list[Effect]:
+        """The mesh authority revoked this member: declare it dead at once. It cannot
+        refute, because the shell's ``verify_record`` refuses every record whose
+        certificate is revoked, so it is never re-admitted with that certificate."""
+        x = self._table.get(peer_id)
+        if x is not None and peer_id != self.peer_id:
+            self._state.apply_dead(peer_id, max(x.incarnation, x.record.incarnation), self.peer_id, now)
+        return self._drain()
+
     def learn(self, records: Iterable[MemberRecord], now: float) -> list[Effect]:
         """Merge records from outside the protocol (a saved table, a test fixture), each
         verified like gossip, without queueing them for dissemination."""

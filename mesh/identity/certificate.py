@@ -69,6 +69,7 @@ class CertReason(enum.Enum):
     BAD_SIGNATURE = "bad_signature"
     NOT_YET_VALID = "not_yet_valid"
     EXPIRED = "expired"
+    REVOKED = "revoked"  # appended: valid, but the authority revoked it (mesh.identity.revocation)
 
 
 def rejected(reason: CertReason, detail: str) -> CertificateError:

@@ -22,6 +22,12 @@ Bounds (everything here is fed by the network):
 * ``max_peers`` caps the peer table (LRU by last verification). Same attack, and also a
   mesh that re-enrols devices for years. Eviction only means that peer's frames are
   refused as from an unknown sender until it presents its certificate again.
+
+Revocation: with a ``RevocationList`` (``revocations=``), every answer consults it: a
+revoked certificate is refused (``CertReason.REVOKED``) on the first check and on every
+cache hit, and ``certificate_for``/``key_for`` stop resolving its peer, so a revoked
+member's frames come back to the credential check and are refused there. ``revoke``
+drops what was learned from the revoked peer at once.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from mesh.identity.certificate import (
     verify_certificate,
 )
 from mesh.identity.keys import load_public_raw
+from mesh.identity.revocation import Revocation, RevocationList
 from mesh.identity.trust import KeyResolver, StaticKeys
 
 DEFAULT_MAX_ENTRIES = 4096  # verified certificates remembered (~0.5 KB each)
@@ -64,6 +71,7 @@ class CertificateVerifier:
         max_entries: int = DEFAULT_MAX_ENTRIES,
         max_peers: int = DEFAULT_MAX_PEERS,
         skew_s: float = DEFAULT_SKEW_S,
+        revocations: RevocationList | None = None,
     ) -> None:
         if max_entries < 1 or max_peers < 1:
             raise ValueError("max_entries and max_peers must be positive")
@@ -72,6 +80,7 @@ class CertificateVerifier:
         self.max_entries = max_entries
         self.max_peers = max_peers
         self.skew_s = skew_s
+        self.revocations = revocations
         self._cache: OrderedDict[bytes, Certificate] = OrderedDict()  # sha256(cert bytes) -> cert
         self._peers: OrderedDict[bytes, Certificate] = OrderedDict()  # peer id -> most recent cert
         self._now = float("-inf")  # high-water mark of the clock readings given to us
@@ -112,6 +121,10 @@ class CertificateVerifier:
             while len(self._cache) > self.max_entries:
                 self._cache.popitem(last=False)
                 self.cache_evictions += 1
+        if self.revocations is not None and self.revocations.revokes(cert):
+            # after the signature: only a certificate of this mesh can be called revoked
+            self._cache.pop(digest, None)
+            raise rejected(CertReason.REVOKED, f"the mesh authority revoked {cert.name} ({cert.peer_id_text[:12]})")
         self._remember_peer(cert, now)
         return cert
 
@@ -139,11 +152,17 @@ class CertificateVerifier:
             return None
         if not self._valid(cert, self._now if now is None else now):
             return None
+        if self.revocations is not None and self.revocations.revokes(cert):
+            return None
         return cert
 
     def key_for(self, peer_id: bytes, *, now: float | None = None) -> Ed25519PublicKey | None:
         cert = self.certificate_for(peer_id, now=now)
         return None if cert is None else load_public_raw(cert.peer_public)
+
+    def revoke(self, revocation: Revocation) -> None:
+        """A revocation arrived (already verified and in ``revocations``): drop what we know of it."""
+        self.forget(revocation.peer_id)
 
     def forget(self, peer_id: bytes) -> None:
         """Drop everything learned about ``peer_id`` (for revocation)."""

@@ -15,7 +15,7 @@ the first failure (each failure is a ``RejectReason`` and is counted by the call
 2. magic and version                       -> MALFORMED / BAD_VERSION
 3. the sender's key is known, or learned from the credential sent beside the frame
    (a certificate from this mesh's authority, checked by the injected ``credentials``)
-                                           -> UNKNOWN_SENDER / BAD_CREDENTIAL
+                                           -> UNKNOWN_SENDER / BAD_CREDENTIAL / REVOKED
 4. the signature                           -> BAD_SIGNATURE
 5. msgpack, with explicit unpacker limits  -> MALFORMED
 6. field types, sender/version agreement   -> BAD_FIELD
@@ -76,6 +76,7 @@ class RejectReason(enum.Enum):
     STALE_TIMESTAMP = "stale_timestamp"
     REPLAY = "replay"
     BAD_CREDENTIAL = "bad_credential"  # appended: a certificate that failed its checks
+    REVOKED = "revoked"  # appended: a valid certificate the mesh authority revoked
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,8 @@ def decode(
         try:
             certified = credentials(credential, now_ms / 1000)
         except MeshError as e:
-            raise EnvelopeRejected(RejectReason.BAD_CREDENTIAL, str(e)) from None
+            revoked = getattr(getattr(e, "reason", None), "value", None) == RejectReason.REVOKED.value
+            raise EnvelopeRejected(RejectReason.REVOKED if revoked else RejectReason.BAD_CREDENTIAL, str(e)) from None
         if certified != sender:
             raise EnvelopeRejected(RejectReason.BAD_CREDENTIAL, "credential certifies another peer")
         key = resolver.key_for(sender)

@@ -35,7 +35,8 @@ log = logging.getLogger("mesh.rpc.server")
 # Reasons worth telling the sender about: an honest but misconfigured caller hits these
 # (not enrolled, another mesh, clock skew, old version) and would otherwise wait for its deadline.
 _NOTIFY = {
-    RejectReason.UNKNOWN_SENDER, RejectReason.STALE_TIMESTAMP, RejectReason.BAD_VERSION, RejectReason.BAD_CREDENTIAL
+    RejectReason.UNKNOWN_SENDER, RejectReason.STALE_TIMESTAMP, RejectReason.BAD_VERSION, RejectReason.BAD_CREDENTIAL,
+    RejectReason.REVOKED,
 }
 
 
