@@ -124,6 +124,9 @@ class RpcClient:
     async def _recv_loop(self) -> None:
         assert self._sock is not None
         while True:
+            # pyzmq completes a recv at once (without yielding) while messages are queued:
+            # yield once per frame, so a peer streaming frames at us cannot stall this loop.
+            await asyncio.sleep(0)
             parts = await self._sock.recv_multipart(copy=True)
             if len(parts) not in (1, 2):  # frame[, credential]
                 self.codec.rejections.count(RejectReason.MALFORMED)

@@ -151,6 +151,10 @@ class RpcServer:
     async def _recv_loop(self) -> None:
         assert self._sock is not None
         while True:
+            # pyzmq completes a recv at once (without yielding) while messages are queued,
+            # so under a sustained flood this loop would never let admitted calls, casts
+            # or timers run: yield to the event loop once per frame.
+            await asyncio.sleep(0)
             parts = await self._sock.recv_multipart(copy=True)
             if len(parts) not in (2, 3):  # routing id, frame[, credential]
                 self.codec.rejections.count(RejectReason.MALFORMED)
