@@ -38,6 +38,8 @@ class RpcConfig:
     casts_burst: int = 200  # ... after this burst; past it they are dropped and counted
     max_senders_tracked: int = 10_000  # rate-limit buckets kept (idle ones go first)
     max_connections_busy: int = 1024  # connections with calls in flight at once; more: "busy"
+    notices_per_s: float = 50.0  # signed "you were refused" notices sent per second, all senders ...
+    notices_burst: int = 100  # ... after this burst; past it a refused frame is only counted
 
     @classmethod
     def lan(cls) -> "RpcConfig":

@@ -252,7 +252,8 @@ class PeerCollector(Collector):
         calls = CounterMetricFamily("mesh_rpc_calls", "RPC calls served, by result", labels=["result"])
         for result, n in (("started", s.calls_started), ("ok", s.calls_ok), ("failed", s.calls_failed),
                           ("cancelled", s.calls_cancelled), ("refused_busy", s.refused_busy),
-                          ("refused_rate_limited", s.refused_rate), ("refused_connections", s.refused_connections)):
+                          ("refused_rate_limited", s.refused_rate), ("refused_connections", s.refused_connections),
+                          ("refusal_notices_suppressed", s.notices_suppressed)):
             calls.add_metric([result], n)
         yield calls
         casts = CounterMetricFamily("mesh_rpc_casts", "One-way RPC messages (gossip), by result", labels=["result"])

@@ -342,3 +342,22 @@ def test_a_sender_past_its_rate_is_told_busy_and_counted_while_others_go_on():
                 await asyncio.sleep(0.01)
             assert h.notes == [0, 1] and h.server.stats.casts_rate_limited == 3
     run(main())
+
+
+def test_refusal_notices_have_a_budget_past_which_refusals_are_only_counted():
+    async def main():
+        async with Harness(RpcConfig(notices_per_s=0.001, notices_burst=2)) as h:
+            stranger = FrameCodec(Identity.generate(), StaticKeys([h.server_codec.identity.public_raw]),
+                                  config=h.config)
+            c = RpcClient(codec=stranger, endpoint=h.endpoint, ctx=h.ctx)
+            c.connect()
+            for _ in range(2):  # within the budget: told at once
+                with pytest.raises(RemoteError, match="unknown_sender"):
+                    await c.call("echo", {}, timeout_s=5)
+            with pytest.raises(DeadlineExceeded):  # past it: refused and counted, not answered
+                await c.call("echo", {}, timeout_s=0.5)
+            assert h.server.stats.notices_suppressed == 1
+            assert h.server_codec.rejections.snapshot()["unknown_sender"] == 3
+            assert (await h.client.call("echo", {"x": 1}, timeout_s=5))["echo"] == {"x": 1}  # honest calls go on
+            await c.close()
+    run(main())

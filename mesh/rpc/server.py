@@ -91,6 +91,7 @@ class ServerStats:
     refused_rate: int = 0  # calls refused: their sender went past its rate limit
     casts_rate_limited: int = 0  # one-way messages dropped for the same reason
     refused_connections: int = 0  # calls refused: too many connections busy at once
+    notices_suppressed: int = 0  # refused frames whose sender was not told (notice budget spent)
     by_error: dict[str, int] = field(default_factory=dict)
 
 
@@ -124,6 +125,7 @@ class RpcServer:
         # keys cannot crowd out the others; time from the codec's clock
         self._call_rate = RateLimiter(rate_per_s=config.calls_per_sender_per_s, burst=config.calls_burst,
                                       max_keys=config.max_senders_tracked)
+        self._notice_rate = RateLimiter(rate_per_s=config.notices_per_s, burst=config.notices_burst)
         self._cast_rate = RateLimiter(rate_per_s=config.casts_per_sender_per_s, burst=config.casts_burst,
                                       max_keys=config.max_senders_tracked)
 
@@ -165,6 +167,11 @@ class RpcServer:
             except EnvelopeRejected as e:
                 log.debug("refused frame: %s", e)
                 if e.reason in _NOTIFY:
+                    # each notice costs a signature: bounded, so a flood of refused frames
+                    # cannot make this peer sign without limit (the refusal is still counted)
+                    if self._notice_rate.take(b"", now=self.codec.clock()) > 0:
+                        self.stats.notices_suppressed += 1
+                        continue
                     await self._send(rid, "error", Error(b"", "rejected:" + e.reason.value, str(e)).to_wire())
                 continue
             try:
