@@ -38,6 +38,9 @@ def mesh(tmp_path):
     return authority, inviter, store
 
 
+INVITER_CURVE = bytes(range(32))
+
+
 def new_token(mesh, *, now=NOW, ttl_s=900, endpoints=ENDPOINTS) -> JoinToken:
     authority, inviter, store = mesh
     return create_invite(
@@ -47,6 +50,7 @@ def new_token(mesh, *, now=NOW, ttl_s=900, endpoints=ENDPOINTS) -> JoinToken:
         endpoints=endpoints,
         now=now,
         ttl_s=ttl_s,
+        inviter_curve=INVITER_CURVE,
     )
 
 
@@ -64,6 +68,7 @@ def elements(token: JoinToken) -> list:
         list(token.endpoints),
         token.secret,
         token.expires_at,
+        token.inviter_curve,
     ]
 
 
