@@ -76,6 +76,7 @@ class RejectReason(enum.Enum):
     STALE_TIMESTAMP = "stale_timestamp"
     REPLAY = "replay"
     BAD_CREDENTIAL = "bad_credential"  # appended: a certificate that failed its checks
+    BAD_TRANSPORT_KEY = "bad_transport_key"  # appended: came over a CurveZMQ key the sender's certificate does not name
 
 
 @dataclass(frozen=True)
