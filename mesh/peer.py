@@ -40,7 +40,7 @@ import zmq.asyncio
 from mesh import capabilities
 from mesh.config import PeerConfig
 from mesh.discovery.seeds import RememberedPeers
-from mesh.errors import ConfigError, IdentityError, MeshError
+from mesh.errors import IdentityError, MeshError
 from mesh.faults import FaultInjector
 from mesh.discovery.hints import Hint, Source
 from mesh.discovery.seeds import split_seed_text
@@ -327,8 +327,11 @@ class Peer:
         return token if token.mesh_id == self.membership.mesh_id and token.inviter_curve else None
 
     def _seed_addresses(self, remembered: RememberedPeers | None) -> list[str]:
-        """The ``--join`` addresses; one whose transport key nothing taught is refused here,
-        since a CurveZMQ connection cannot be made without it."""
+        """The ``--join`` addresses whose transport key is known. One that nothing taught
+        (no token, pinned form, or earlier run) cannot be dialled, since a CurveZMQ
+        connection names the server's key: it is left out with a warning saying what to
+        write instead. Not an error: in a fixed set of seeds given to every peer, some are
+        first met through gossip, which brings their certified keys."""
         token = self._token()
         if token is not None and remembered is not None:
             # remember the inviter, so a restart without the token still finds the mesh
@@ -343,12 +346,13 @@ class Peer:
         addresses = [split_seed_text(s)[0] for s in self.config.seeds]
         unknown = [a for a in addresses if self.keybook.key_for(a) is None]
         if unknown:
-            raise ConfigError(
-                f"--join {', '.join(a.removeprefix('tcp://') for a in unknown)}: no transport key known for "
-                "this address, and connections are encrypted to it. Write --join HOST:PORT@KEY with the key "
-                "`mesh status` shows on that peer (or join with a token, which carries it)"
+            log.warning(
+                "--join %s: no transport key known for this address, and connections are encrypted to it, so it "
+                "is not tried; write --join HOST:PORT@KEY with what `mesh status` shows on that peer "
+                "(\"join here with\"), or join with a token, which carries it",
+                ", ".join(a.removeprefix("tcp://") for a in unknown),
             )
-        return addresses
+        return [a for a in addresses if a not in unknown]
 
     def _write_peer_file(self) -> None:
         assert self.identity is not None
