@@ -1,22 +1,27 @@
 """Honest request latency while a peer is under attack, against the same peer calm.
 
 A two-peer mesh (real ``Peer``s, scripted backends) runs in its own process; an honest
-member (p1's key and certificate) pings p0 over RPC. Each attack runs in a third
-process, flooding p0 as fast as it can, while the honest client measures again:
+member (p1's key, certificate and transport keys) pings p0 over RPC (CurveZMQ, like
+every connection). Each attack runs in a third process, flooding p0 as fast as it can,
+while the honest client measures again. The frame attacks come from an attacker on the
+LAN that knows p0's transport public key and completes CURVE handshakes with fresh keys
+of its own (4 connections), so every frame costs p0 a decryption before mesh's checks:
 
-* ``garbage``        junk frames (no key needed: anyone on the LAN)
+* ``garbage``        junk frames (no mesh key needed: anyone on the LAN)
 * ``bad_signature``  frames from a member's id with a broken signature (each costs p0 an
                      Ed25519 verification)
 * ``foreign_mesh``   frames signed by a key with a valid certificate of another mesh
-* ``replay``         one captured member frame, sent again and again
-* ``slowloris``      256 TCP connections that never finish the ZMTP handshake
+* ``replay``         one member frame the attacker got hold of, sent again and again over
+                     its own connections (the first copy is refused as
+                     ``bad_transport_key``, every later one as ``replay``)
+* ``slowloris``      256 raw TCP connections that never finish the ZMTP/CURVE handshake
 
 The report gives honest p50/p95 per phase and the ratio to the calm phase measured in
 the same run, and p0's refusal counters (from ``info``) per phase. Both processes share
 the machine's cores with the attacker, so the ratio includes CPU contention, as it
 would on one device. The last line is JSON.
 
-    .venv/bin/python bench/attack_latency.py                  # about 30 s
+    .venv/bin/python bench/attack_latency.py                  # about 40 s
     .venv/bin/python bench/attack_latency.py --pings 1000 --attacks garbage,replay
 """
 
@@ -49,7 +54,8 @@ async def serve(directory: Path) -> None:
 
     peers = await loopmesh.start_mesh(directory, [ScriptedBackend(model="m0"), ScriptedBackend(model="m1")])
     await loopmesh.wait_for(lambda: all(len(p.membership_service.view()) == 2 for p in peers), 30)
-    (directory / "endpoints.json").write_text(json.dumps({"p0": peers[0].endpoint}))
+    (directory / "endpoints.json").write_text(json.dumps(
+        {"p0": peers[0].endpoint, "p0_transport": peers[0].certificate.curve_public.hex()}))
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the parent closes stdin
     for p in peers:
         await p.stop()
@@ -65,6 +71,11 @@ def member(directory: Path):
 
     data = DataDir(directory / "p1")
     return Identity.load(data.identity_key), MeshMembership.load(data.membership).certificate
+
+
+def p0_transport_key(directory: Path) -> bytes:
+    """p0's transport public key, as its certificate (gossiped to all) names it."""
+    return bytes.fromhex(json.loads((directory / "endpoints.json").read_text())["p0_transport"])
 
 
 async def attack(kind: str, endpoint: str, directory: Path) -> None:
@@ -93,7 +104,8 @@ async def attack(kind: str, endpoint: str, directory: Path) -> None:
         frames = [[adv.call_frame(codec), cert]]
     else:
         raise ValueError(kind)
-    socks = [adv.RawDealer(ctx, endpoint) for _ in range(4)]
+    server_key = p0_transport_key(directory)
+    socks = [adv.RawDealer(ctx, endpoint, curve=adv.lan_attacker(server_key)) for _ in range(4)]
     stop = asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
 
     async def flood(sock):
@@ -123,13 +135,17 @@ async def measure(args, directory: Path, endpoint: str) -> dict:
 
     import adversary as adv
     from mesh.identity.keys import Identity
+    from mesh.identity.transport import TransportKeys
     from mesh.paths import DataDir
     from mesh.rpc.client import RpcClient
+    from mesh.rpc.zap import CurveClient
 
     identity, cert = member(directory)
     p0_key = Identity.load(DataDir(directory / "p0").identity_key).public_raw
+    p1_transport = TransportKeys.load(DataDir(directory / "p1").transport_key)
     ctx = zmq.asyncio.Context()
-    client = RpcClient(codec=adv.codec_of(identity, credential=cert, trusts=[p0_key]), endpoint=endpoint, ctx=ctx)
+    client = RpcClient(codec=adv.codec_of(identity, credential=cert, trusts=[p0_key]), endpoint=endpoint, ctx=ctx,
+                       curve=CurveClient(p1_transport, p0_transport_key(directory)))
     client.connect()
     await client.call("ping", {}, timeout_s=10)
 

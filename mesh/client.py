@@ -22,7 +22,9 @@ In-process (no second terminal; loads the model in this process)::
 
 A ``Client`` finds its local peer through ``peer.json`` in the data dir (``--data-dir``,
 ``MESH_HOME``, or the per-user default) and signs with the data dir's ``client.key``,
-which the peer trusts. Every call goes over the signed RPC protocol, embedded or not.
+which the peer trusts. Every call goes over the signed RPC protocol, embedded or not,
+CurveZMQ-encrypted to the peer's transport key from ``peer.json`` with the X25519 key
+derived from ``client.key`` (``mesh.identity.transport``), which the peer binds to it.
 """
 
 from __future__ import annotations
@@ -45,11 +47,13 @@ from mesh.api import Answer, answer_from_wire, ask_args, route_args
 from mesh.config import PeerConfig, RpcConfig
 from mesh.errors import ConfigError, DeadlineExceeded, IdentityError, MeshError, PeerUnavailable
 from mesh.identity.keys import Identity, peer_id_from_public
+from mesh.identity.transport import TransportKeys, key_from_text
 from mesh.identity.trust import StaticKeys
 from mesh.inference.backend import GenerationRequest
 from mesh.paths import DataDir, resolve_data_dir
 from mesh.rpc.client import RpcClient
 from mesh.rpc.codec import FrameCodec
+from mesh.rpc.zap import CurveClient
 
 _HOW_TO_START = (
     "start one with `bin/mesh-up` (or `.venv/bin/mesh-peer`), "
@@ -64,6 +68,7 @@ class PeerAddress:
     peer_id: str
     pid: int | None = None
     advertise: tuple[str, ...] = ()  # where other devices reach the peer
+    transport_public: bytes = b""  # the peer's CurveZMQ public key
 
 
 def read_peer_file(data: DataDir) -> PeerAddress:
@@ -76,7 +81,10 @@ def read_peer_file(data: DataDir) -> PeerAddress:
         advertise = doc.get("advertise") or []
         if not isinstance(advertise, list) or not all(isinstance(a, str) for a in advertise):
             raise ValueError("advertise must be a list of addresses")
-        addr = PeerAddress(str(doc["endpoint"]), raw, str(doc["peer_id"]), doc.get("pid"), tuple(advertise))
+        transport_public = key_from_text(doc["transport_key"]) if "transport_key" in doc else b""
+        addr = PeerAddress(
+            str(doc["endpoint"]), raw, str(doc["peer_id"]), doc.get("pid"), tuple(advertise), transport_public
+        )
     except FileNotFoundError:
         raise PeerUnavailable(f"no mesh peer is running for data dir {data.root}; {_HOW_TO_START}") from None
     except (OSError, ValueError, KeyError, TypeError, binascii.Error, IdentityError) as e:
@@ -205,13 +213,18 @@ class Client:
         if self._conn is not None and self._conn[0] is loop:
             return self._conn[2]
         addr = self._resolve()
+        if not addr.transport_public:
+            raise PeerUnavailable(
+                f"{self.data.peer_file} names no transport key: the running mesh-peer is an older version; restart it"
+            )
         try:
             identity = Identity.load(self.data.client_key)
         except IdentityError as e:
             raise PeerUnavailable(f"{e}; a peer creates the client key on its first start; {_HOW_TO_START}") from None
         codec = FrameCodec(identity, StaticKeys([addr.public_raw]), config=self.rpc_config)
         ctx = zmq.asyncio.Context()
-        rpc = RpcClient(codec=codec, endpoint=addr.endpoint, ctx=ctx)
+        curve = CurveClient(TransportKeys.derived_from(identity), addr.transport_public)
+        rpc = RpcClient(codec=codec, endpoint=addr.endpoint, ctx=ctx, curve=curve)
         rpc.connect()
         self._conn = (loop, ctx, rpc)
         return rpc
@@ -433,7 +446,9 @@ class _EmbeddedPeer:
             self._ready.set()
             return
         assert peer.identity is not None
-        self._address = PeerAddress(endpoint, peer.identity.public_raw, peer.identity.peer_id_text)
+        self._address = PeerAddress(
+            endpoint, peer.identity.public_raw, peer.identity.peer_id_text, transport_public=peer.transport.public
+        )
         self._ready.set()
         try:
             await self._stop.wait()

@@ -86,7 +86,7 @@ class PeerConfig:
     name: str = field(default_factory=default_name)  # shown in `mesh peers`; goes into the certificate
     join_token: str | None = None  # enrol with this token when in no mesh yet
     advertise: tuple[str, ...] = ()  # addresses others reach this peer at (default: interface IPs)
-    seeds: tuple[str, ...] = ()  # "tcp://host:port" of peers to join where mDNS does not reach
+    seeds: tuple[str, ...] = ()  # "tcp://host:port[@KEY]" of peers to join where mDNS does not reach
     mdns: bool = True  # announce and browse _mesh._tcp.local.
     faults: "FaultConfig | None" = None  # testing only: seeded loss/delay under gossip
     threshold: float = 0.7  # confidence below which a prompt entered here escalates

@@ -22,7 +22,7 @@ from mesh.jobs import JobStore
 from mesh.router import Router
 from mesh.routing import RouteRequest
 from mesh.rpc.server import Final
-from mesh.rpc.tasks import cancel_and_wait
+from mesh.rpc.tasks import cancel_and_wait, wait_event
 
 log = logging.getLogger("mesh.jobs")
 
@@ -82,10 +82,7 @@ class JobRunner:
             job = self.store.claim(worker=self.self_id, lease_s=LEASE_S, now=now)
             if job is None:
                 self._wake.clear()
-                try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=IDLE_POLL_S)
-                except TimeoutError:
-                    pass
+                await wait_event(self._wake, IDLE_POLL_S)
                 continue
             await self._run(job)
 

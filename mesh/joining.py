@@ -6,7 +6,9 @@
 - ``enrol``: ``mesh join TOKEN`` / ``mesh-peer --join-token TOKEN``. Asks the inviting
   peer (over signed RPC, presenting a self-asserted key) to certify this device's key;
   the reply is checked against the token, which is the joiner's trust anchor. This
-  device never sees the authority's private key.
+  device never sees the authority's private key. The call is CurveZMQ-encrypted to the
+  inviter's transport key from the token, and asks for a certificate naming this
+  device's transport key (the one the connection presents).
 - ``serve_enrolment``: the inviting side's public ``mesh.enrol`` method.
 """
 
@@ -26,11 +28,13 @@ from mesh.identity.keys import Identity
 from mesh.identity.membership import MeshMembership
 from mesh.identity.peerkeys import self_credential
 from mesh.identity.tokens import JoinToken, parse_token
+from mesh.identity.transport import TransportKeys
 from mesh.identity.trust import StaticKeys
 from mesh.paths import DataDir
 from mesh.rpc.client import RpcClient
 from mesh.rpc.codec import FrameCodec
 from mesh.rpc.server import CallContext, Method, unary
+from mesh.rpc.zap import CurveClient
 
 log = logging.getLogger("mesh.joining")
 
@@ -41,12 +45,16 @@ def load_membership(data: DataDir) -> MeshMembership | None:
     return MeshMembership.load(data.membership)
 
 
-def create_mesh(data: DataDir, identity: Identity, *, name: str, now: float | None = None) -> MeshMembership:
+def create_mesh(
+    data: DataDir, identity: Identity, *, name: str, transport: TransportKeys, now: float | None = None
+) -> MeshMembership:
     """A new mesh with this device as its authority and first member."""
     if data.membership.exists():
         raise ConfigError(f"{data.root} is already in a mesh ({data.membership}); use another --data-dir")
     authority = MeshAuthority.create(data.authority_key)
-    cert = authority.issue(identity.public_raw, name, now=time.time() if now is None else now)
+    cert = authority.issue(
+        identity.public_raw, name, now=time.time() if now is None else now, curve_public=transport.public
+    )
     membership = MeshMembership.from_certificate(cert)
     membership.save(data.membership)
     log.info("created mesh %s; this device holds its authority key (%s)", authority.mesh_id_text, data.authority_key)
@@ -60,6 +68,7 @@ async def enrol(
     *,
     name: str,
     ctx: zmq.asyncio.Context,
+    transport: TransportKeys,
     rpc: RpcConfig | None = None,
     timeout_s: float = 10.0,
 ) -> MeshMembership:
@@ -67,16 +76,21 @@ async def enrol(
     if data.membership.exists():
         raise ConfigError(f"{data.root} is already in a mesh ({data.membership}); use another --data-dir to join another")
     token = parse_token(token_text.strip(), now=time.time())
+    if not token.inviter_curve:
+        raise TokenError(
+            "this token carries no transport key: it was made by an older mesh build; "
+            "upgrade the inviting device and run `mesh invite` again"
+        )
     codec = FrameCodec(
         identity, StaticKeys([token.inviter_public]), config=rpc or RpcConfig.lan(), credential=self_credential(identity)
     )
     failures = []
     for endpoint in token.endpoints:
-        client = RpcClient(codec=codec, endpoint=endpoint, ctx=ctx)
+        client = RpcClient(codec=codec, endpoint=endpoint, ctx=ctx, curve=CurveClient(transport, token.inviter_curve))
         client.connect()
         try:
-            reply = await client.call(ENROL_METHOD, enrol_request(token, identity, name, now=time.time()),
-                                      timeout_s=timeout_s)
+            request = enrol_request(token, identity, name, now=time.time(), curve_public=transport.public)
+            reply = await client.call(ENROL_METHOD, request, timeout_s=timeout_s)
         except TokenError:
             raise  # the inviter refused the token itself: another endpoint would too
         except (RpcError, PeerUnavailable) as e:
@@ -84,7 +98,9 @@ async def enrol(
             continue
         finally:
             await client.close()
-        membership = accept_enrolment(reply, token=token, joiner_public_raw=identity.public_raw, now=time.time())
+        membership = accept_enrolment(
+            reply, token=token, joiner_public_raw=identity.public_raw, now=time.time(), curve_public=transport.public
+        )
         membership.save(data.membership)
         log.info("joined mesh %s as %s", token.mesh_id_text, name)
         return membership
@@ -101,13 +117,19 @@ def serve_enrolment(data: DataDir, *, clock=time.time) -> Method:
         if not data.authority_key.exists():
             raise TokenError("this peer does not hold the mesh authority key; use a token made where `mesh init` ran")
         authority = MeshAuthority.load(data.authority_key)
-        return handle_enrol(args, store=InviteStore(data.invites), authority=authority, now=clock(), sender=ctx.sender)
+        if ctx.transport_key is None:  # the certificate must name the key this joiner holds
+            raise TokenError("enrolment needs an encrypted connection; upgrade the joining device")
+        return handle_enrol(
+            args, store=InviteStore(data.invites), authority=authority, now=clock(), sender=ctx.sender,
+            transport_key=ctx.transport_key,
+        )
 
     return unary(enrol_method, public=True)
 
 
 def make_invite(
-    data: DataDir, inviter_public_raw: bytes, endpoints: list[str], *, ttl_s: float, now: float
+    data: DataDir, inviter_public_raw: bytes, endpoints: list[str], *, ttl_s: float, now: float,
+    inviter_curve: bytes,
 ) -> JoinToken:
     """A join token naming the running peer (its key and addresses) as the one to enrol with."""
     from mesh.identity.enrolment import create_invite
@@ -121,5 +143,5 @@ def make_invite(
         raise MeshError("no address to put in the token: start mesh-peer first (mesh invite reads its addresses)")
     return create_invite(
         store=InviteStore(data.invites), authority=MeshAuthority.load(data.authority_key),
-        inviter_public_raw=inviter_public_raw, endpoints=endpoints, now=now, ttl_s=ttl_s,
+        inviter_public_raw=inviter_public_raw, endpoints=endpoints, now=now, ttl_s=ttl_s, inviter_curve=inviter_curve,
     )

@@ -7,6 +7,11 @@ peer's load and capabilities, checking member records (the owner's signature aga
 the key in its certificate from this mesh's authority), hints from discovery (mDNS,
 ``--join`` seeds, remembered peers) turned into joins, and remembering the addresses of
 members across restarts. Policy stays in the core.
+
+Every datagram connection is CurveZMQ-encrypted (with ``transport``): the key expected
+at an address comes from ``keybook`` (``mesh.keybook``), which this shell teaches the
+keys of verified member records and of hints that carry one. A datagram to an address
+with no known key is not sent (counted in ``no_transport_key``).
 """
 
 from __future__ import annotations
@@ -29,10 +34,13 @@ from mesh.gossip.record import MemberRecord
 from mesh.gossip.swim import Swim
 from mesh.identity.credentials import CertificateVerifier
 from mesh.identity.keys import Identity, load_public_raw, peer_id_text, verify
+from mesh.identity.transport import TransportKeys, key_text
+from mesh.keybook import KeyBook, KeySource
 from mesh.rpc.client import RpcClient
 from mesh.rpc.codec import FrameCodec
 from mesh.rpc.server import CallContext, Method, oneway, unary
-from mesh.rpc.tasks import cancel_and_wait
+from mesh.rpc.tasks import cancel_and_wait, wait_event
+from mesh.rpc.zap import CurveClient
 
 log = logging.getLogger("mesh.membership")
 
@@ -58,8 +66,13 @@ class Membership:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         faults: FaultInjector | None = None,
+        transport: TransportKeys | None = None,
+        keybook: KeyBook | None = None,
     ) -> None:
         self.identity = identity
+        self.transport = transport  # None: plain connections (in-process tests of the core only)
+        self.keybook = keybook if keybook is not None else KeyBook()
+        self.no_transport_key = 0
         self.faults = faults
         self.addresses = list(addresses)
         self.verifier = verifier
@@ -77,7 +90,7 @@ class Membership:
         self.swim = Swim(
             own, cfg, now=now, rng=rng or random.Random(), sign=identity.sign, verify_record=self._verify_record
         )
-        self._pool: dict[str, RpcClient] = {}
+        self._pool: dict[str, tuple[RpcClient, bytes | None]] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._inflight: set[asyncio.Task] = set()  # sends and closes under way
@@ -94,6 +107,9 @@ class Membership:
         """An address discovery found: join through it unless it is a live member already."""
         if hint.peer_id and hint.peer_id == self.identity.peer_id_text:
             return
+        if hint.transport_key is not None:
+            for address in (hint.address, *hint.alternates):
+                self.keybook.learn(address, hint.transport_key, KeySource.HINT)
         known = {a for m in self.swim.members() if m.status.value in ("alive", "suspect") for a in m.addresses}
         if hint.address in known:
             return
@@ -101,6 +117,9 @@ class Membership:
 
     async def start(self, seeds: list[str]) -> None:
         hints = list(self.remembered.hints()) if self.remembered else []
+        for h in hints:
+            if h.transport_key is not None:
+                self.keybook.learn(h.address, h.transport_key, KeySource.HINT)
         addresses = list(dict.fromkeys([*seeds, *(h.address for h in hints)]))
         if addresses:
             self._apply(self.swim.join(addresses, self._clock()))
@@ -116,7 +135,7 @@ class Membership:
         for task in self._tasks:
             await cancel_and_wait(task)
         self._remember()
-        for client in self._pool.values():
+        for client, _ in self._pool.values():
             await client.close()
         self._pool.clear()
 
@@ -159,6 +178,9 @@ class Membership:
                 "last_heard_s": None if m.last_heard is None else max(0.0, now - m.last_heard),
                 "since_s": max(0.0, now - m.since),
             })
+            key = self._certified_key(m.peer_id)
+            if key is not None:  # its certificate's CurveZMQ key: what a caller must dial it with
+                out[-1]["transport"] = key_text(key)
             if m.peer_id in self.revoked:
                 out[-1]["revoked"] = True
         return out
@@ -195,6 +217,9 @@ class Membership:
         ok = verify(load_public_raw(cert.peer_public), record.signature, record.signed_payload())
         if not ok:
             self.rejected_records += 1
+        elif cert.curve_public and record.peer_id != self.identity.peer_id:
+            for address in record.addresses:  # the owner signed these; its certificate names the key
+                self.keybook.learn(address, cert.curve_public, KeySource.CERTIFIED)
         return ok
 
     # -- outbound -----------------------------------------------------------------------
@@ -217,7 +242,11 @@ class Membership:
             delay = self.faults.decide() if self.faults else 0.0
             if delay is None:
                 continue  # the fault layer lost it
-            send = self._client(address).cast(GOSSIP_METHOD, {"d": fx.data, "a": self.addresses[0]})
+            client = self._client(address, fx.peer_id)
+            if client is None:
+                self.no_transport_key += 1
+                continue
+            send = client.cast(GOSSIP_METHOD, {"d": fx.data, "a": self.addresses[0]})
             self._spawn(send if not delay else _after(delay, send))
 
     def _spawn(self, coro) -> None:
@@ -225,17 +254,30 @@ class Membership:
         self._inflight.add(task)
         task.add_done_callback(self._inflight.discard)
 
-    def _client(self, address: str) -> RpcClient:
-        client = self._pool.pop(address, None)
-        if client is None:
-            client = RpcClient(codec=self.codec, endpoint=address, ctx=self._ctx, datagram=True)
+    def _client(self, address: str, peer_id: bytes | None = None) -> RpcClient | None:
+        """The datagram connection to ``address`` (where ``peer_id`` is, when known); None
+        when no transport key is known for it. A known peer's certificate names its key,
+        which covers a member that came back on an address no record has taught yet."""
+        curve = None
+        if self.transport is not None:
+            key = (self._certified_key(peer_id) if peer_id is not None else None) or self.keybook.key_for(address)
+            if key is None:
+                return None
+            curve = CurveClient(self.transport, key)
+        entry = self._pool.pop(address, None)
+        if entry is not None and entry[1] != (curve.server_public if curve else None):
+            self._spawn(entry[0].close())  # the key at this address changed: reconnect
+            entry = None
+        if entry is None:
+            client = RpcClient(codec=self.codec, endpoint=address, ctx=self._ctx, datagram=True, curve=curve)
             client.connect()
+            entry = (client, curve.server_public if curve else None)
             if len(self._pool) >= MAX_POOL:
-                _, oldest = next(iter(self._pool.items()))
-                self._pool.pop(oldest.endpoint, None)
+                oldest_address, (oldest, _) = next(iter(self._pool.items()))
+                self._pool.pop(oldest_address, None)
                 self._spawn(oldest.close())
-        self._pool[address] = client  # most recently used last
-        return client
+        self._pool[address] = entry  # most recently used last
+        return entry[0]
 
     async def _tick_loop(self) -> None:
         while True:
@@ -243,10 +285,7 @@ class Membership:
             self._apply(self.swim.tick(now))
             self._wake.clear()
             delay = min(max(self.swim.next_tick_at - self._clock(), 0.005), 0.25)
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=delay)
-            except TimeoutError:
-                pass
+            await wait_event(self._wake, delay)
 
     async def _meta_loop(self) -> None:
         last_remember = self._clock()
@@ -262,7 +301,8 @@ class Membership:
             return
         now = self._clock()
         hints = [
-            Hint(address=a, source=Source.GOSSIP, seen_at=now, peer_id=peer_id_text(m.peer_id))
+            Hint(address=a, source=Source.GOSSIP, seen_at=now, peer_id=peer_id_text(m.peer_id),
+                 transport_key=self._certified_key(m.peer_id))
             for m in self.swim.members() if not m.is_self and m.status.value == "alive" for a in m.addresses[:1]
         ]
         try:
@@ -270,6 +310,11 @@ class Membership:
                 self.remembered.save()
         except (MeshError, OSError) as e:
             log.warning("could not remember peers: %s", e)
+
+
+    def _certified_key(self, peer_id: bytes) -> bytes | None:
+        cert = self.verifier.certificate_for(peer_id)
+        return cert.curve_public if cert is not None and cert.curve_public else None
 
 
 async def _after(delay_s: float, coro) -> None:

@@ -30,6 +30,10 @@ class DataDir:
         return self.root / "client.key"
 
     @property
+    def transport_key(self) -> Path:  # this peer's CurveZMQ keypair (its certificate names the public half), 0600
+        return self.root / "transport.key"
+
+    @property
     def trust_file(self) -> Path:  # public keys allowed to call this peer
         return self.root / "trusted_keys"
 

@@ -1,10 +1,13 @@
 """The composition root: build one peer from a ``PeerConfig`` and run it.
 
-Start order: data dir -> identity (created on first start, 0600) -> trust (own key, the
-local CLI's key, the trust file) -> mesh membership (``mesh.json``; enrol with a join
-token, or create a single-device mesh) -> backend (loads the model) -> RPC server (keys:
-own, trust file, certificates of this mesh's authority) -> peer file (``peer.json``, so
-the local CLI finds this peer) -> "ready" line.
+Start order: data dir -> identity and transport keys (created on first start, 0600) ->
+trust (own key, the local CLI's key, the trust file) -> mesh membership (``mesh.json``;
+enrol with a join token, or create a single-device mesh; a certificate that does not
+name this peer's transport key is renewed here when this device holds the authority,
+refused otherwise) -> backend (loads the model) -> RPC server (CurveZMQ; keys: own,
+trust file, certificates of this mesh's authority; each frame bound to the transport
+key its certificate names) -> peer file (``peer.json``, so the local CLI finds this
+peer) -> "ready" line.
 
 Then gossip (SWIM over the RPC server, joining through ``--join`` seeds and remembered
 peers) and mDNS discovery start.
@@ -37,16 +40,22 @@ import zmq.asyncio
 from mesh import capabilities
 from mesh.config import PeerConfig
 from mesh.discovery.seeds import RememberedPeers
-from mesh.errors import CertificateError, ConfigError, MeshError
+from mesh.errors import CertificateError, ConfigError, IdentityError, MeshError
 from mesh.faults import FaultInjector
+from mesh.discovery.hints import Hint, Source
+from mesh.discovery.seeds import split_seed_text
+from mesh.identity.authority import MeshAuthority
 from mesh.identity.credentials import CertificateVerifier, MeshKeys
 from mesh.identity.enrolment import ENROL_METHOD
-from mesh.identity.renewal import RENEW_METHOD
-from mesh.identity.keys import Identity
+from mesh.identity.keys import Identity, peer_id_from_public, peer_id_text, public_raw
 from mesh.identity.membership import MeshMembership
 from mesh.identity.peerkeys import PeerKeys
+from mesh.identity.renewal import RENEW_METHOD
 from mesh.identity.revocation import RevocationList, load_revocations
+from mesh.identity.tokens import JoinToken
+from mesh.identity.transport import TransportKeys, derived_public
 from mesh.identity.trust import TrustStore
+from mesh.keybook import KeyBook, KeySource
 from mesh.inference.backend import Backend
 from mesh.jobrunner import JobRunner
 from mesh.jobs import JobStore
@@ -146,12 +155,18 @@ class Peer:
         self.identity, created = Identity.load_or_create(self.data.identity_key)
         if created:
             log.info("created identity %s in %s", self.identity.peer_id_text, self.data.identity_key)
+        self.transport, created = TransportKeys.load_or_create(self.data.transport_key)
+        if created:
+            log.info("created transport key %s in %s", self.transport.public_text, self.data.transport_key)
         trust = TrustStore(self.data.trust_file, own_public_raw=self.identity.public_raw)
         enrol_local_client(self.data, trust)
         self._ctx = zmq.asyncio.Context()
         try:
             self.membership = await self._join_or_create_mesh()
             self.certificate = self.membership.verify(peer_public_raw=self.identity.public_raw, now=self._clock())
+            if self.certificate.curve_public != self.transport.public:
+                self.membership = self._renew_for_transport()
+                self.certificate = self.membership.verify(peer_public_raw=self.identity.public_raw, now=self._clock())
             if self._backend is None:
                 self._backend = await asyncio.to_thread(self._backend_factory, self.config)
         except BaseException:
@@ -185,7 +200,7 @@ class Peer:
         service = PeerService(
             backend=self._backend, peer_id=self.identity.peer_id_text, codec=codec, server=lambda: self.server,
             clock=self._clock, name=self.config.name, mesh=self.membership.mesh_id_text,
-            threshold=self.config.threshold,
+            threshold=self.config.threshold, transport_key=self.transport.public_text,
         )
         self._codec = codec
         methods = {
@@ -193,8 +208,17 @@ class Peer:
             RENEW_METHOD: serve_renewal(self.data, verifier, clock=self._clock),
         }
         self.server = RpcServer(
-            codec=codec, methods=methods, config=self.config.rpc, ctx=self._ctx, authenticated=self.keys.authenticated
+            codec=codec, methods=methods, config=self.config.rpc, ctx=self._ctx, authenticated=self.keys.authenticated,
+            curve=self.transport, transport_ok=_transport_binding(verifier, trust),
         )
+        remembered = RememberedPeers.load(self.data.known_peers)
+        try:
+            self.keybook = self._initial_keybook()
+            seeds = self._seed_addresses(remembered)
+        except BaseException:
+            await self._backend.aclose()
+            self._ctx.term()
+            raise
         try:
             bound = await self.server.start(f"tcp://{self.config.rpc_host}:{self.config.rpc_port}")
         except BaseException:
@@ -208,8 +232,9 @@ class Peer:
             identity=self.identity, name=self.config.name, certificate=self.membership.certificate,
             addresses=self.advertise, verifier=verifier, codec=codec, ctx=self._ctx, cfg=self.config.gossip,
             meta=lambda: {**capabilities.snapshot(self.backend), **renew_meta(self.data)},
-            remembered=RememberedPeers.load(self.data.known_peers), clock=self._clock,
+            remembered=remembered, clock=self._clock,
             faults=FaultInjector(self.config.faults) if self.config.faults and self.config.faults.active else None,
+            transport=self.transport, keybook=self.keybook,
         )
         self.server.methods.update(self.membership_service.methods())
         self.revocation_service = RevocationService(
@@ -219,7 +244,7 @@ class Peer:
             interval_s=self.config.gossip.reconnect_interval_s, clock=self._clock,
         )
         self.server.methods.update(self.revocation_service.methods())
-        self.pool = PeerPool(codec=codec, ctx=self._ctx)
+        self.pool = PeerPool(codec=codec, ctx=self._ctx, transport=self.transport, keybook=self.keybook)
         self.router = Router(
             self_id=self.identity.peer_id_text, backend=self._backend, membership=self.membership_service,
             pool=self.pool, cloud=self._cloud, cfg=self.config.routing, clock=self._clock, observer=self.metrics,
@@ -251,7 +276,7 @@ class Peer:
             with entered("job"):  # the runner's task (and the prompts it routes) count as entry "job"
                 self.job_runner.start()
             self.job_sync.start()
-        await self.membership_service.start(list(self.config.seeds))
+        await self.membership_service.start(seeds)
         await self.revocation_service.start()
         self.renewer.start()
         if self.config.mdns:
@@ -289,7 +314,7 @@ class Peer:
         ipv4 = [h for h in hosts if _is_ipv4(h) and not h.startswith("127.")]  # mDNS here is IPv4 only
         self.discovery = MdnsDiscovery(
             peer_id=self.identity.peer_id_text, mesh=self.membership.mesh_id_text, port=port,
-            on_hint=self.membership_service.hint, interfaces=ipv4 or None,
+            on_hint=self.membership_service.hint, interfaces=ipv4 or None, transport_key=self.transport.public_text,
         )
         try:
             await self.discovery.start()
@@ -307,9 +332,80 @@ class Peer:
         if self.config.join_token:
             return await enrol(
                 self.data, self.identity, self.config.join_token, name=self.config.name, ctx=self._ctx,
-                rpc=self.config.rpc,
+                rpc=self.config.rpc, transport=self.transport,
             )
-        return create_mesh(self.data, self.identity, name=self.config.name, now=self._clock())
+        return create_mesh(self.data, self.identity, name=self.config.name, transport=self.transport, now=self._clock())
+
+    def _renew_for_transport(self) -> MeshMembership:
+        """This peer's certificate names no transport key (made by an older build) or
+        another one (transport.key was replaced): the authority's device renews it; any
+        other device must join again, since only the authority can sign a new one."""
+        assert self.membership is not None and self.identity is not None
+        old = self.certificate
+        if not self.data.authority_key.exists():
+            why = "names no transport key (made by an older mesh build)" if not old.curve_public else (
+                f"names another transport key than {self.data.transport_key}")
+            raise IdentityError(
+                f"the certificate in {self.data.membership} {why}, so other peers would refuse this one. "
+                f"On the device that ran `mesh init`, run `mesh invite`; here, move {self.data.membership} away "
+                "and run `mesh join TOKEN` (or `mesh-peer --join-token TOKEN`)"
+            )
+        authority = MeshAuthority.load(self.data.authority_key)
+        cert = authority.issue(self.identity.public_raw, old.name, now=self._clock(), curve_public=self.transport.public)
+        renewed = MeshMembership.from_certificate(cert, seeds=self.membership.seeds)
+        renewed.save(self.data.membership)
+        log.info("renewed this peer's certificate to name its transport key %s", self.transport.public_text)
+        return renewed
+
+    def _initial_keybook(self) -> KeyBook:
+        """Transport keys known before gossip: ``--join HOST:PORT@KEY`` and the join token's inviter."""
+        book = KeyBook()
+        for seed in self.config.seeds:
+            address, key = split_seed_text(seed)
+            if key is not None:
+                book.learn(address, key, KeySource.PINNED)
+        token = self._token()
+        if token is not None:
+            for address in token.endpoints:
+                book.learn(address, token.inviter_curve, KeySource.PINNED)
+        return book
+
+    def _token(self) -> JoinToken | None:
+        if not self.config.join_token:
+            return None
+        try:
+            token = JoinToken.from_text(self.config.join_token)
+        except MeshError:
+            return None
+        return token if token.mesh_id == self.membership.mesh_id and token.inviter_curve else None
+
+    def _seed_addresses(self, remembered: RememberedPeers | None) -> list[str]:
+        """The ``--join`` addresses whose transport key is known. One that nothing taught
+        (no token, pinned form, or earlier run) cannot be dialled, since a CurveZMQ
+        connection names the server's key: it is left out with a warning saying what to
+        write instead. Not an error: in a fixed set of seeds given to every peer, some are
+        first met through gossip, which brings their certified keys."""
+        token = self._token()
+        if token is not None and remembered is not None:
+            # remember the inviter, so a restart without the token still finds the mesh
+            inviter = peer_id_text(peer_id_from_public(token.inviter_public))
+            remembered.merge(
+                Hint(address=a, source=Source.SEED, seen_at=self._clock(), peer_id=inviter,
+                     transport_key=token.inviter_curve) for a in token.endpoints[:1]
+            )
+        for h in remembered.hints() if remembered is not None else ():
+            if h.transport_key is not None:
+                self.keybook.learn(h.address, h.transport_key, KeySource.HINT)
+        addresses = [split_seed_text(s)[0] for s in self.config.seeds]
+        unknown = [a for a in addresses if self.keybook.key_for(a) is None]
+        if unknown:
+            log.warning(
+                "--join %s: no transport key known for this address, and connections are encrypted to it, so it "
+                "is not tried; write --join HOST:PORT@KEY with what `mesh status` shows on that peer "
+                "(\"join here with\"), or join with a token, which carries it",
+                ", ".join(a.removeprefix("tcp://") for a in unknown),
+            )
+        return [a for a in addresses if a not in unknown]
 
     def _write_peer_file(self) -> None:
         assert self.identity is not None
@@ -317,6 +413,7 @@ class Peer:
             "endpoint": self.endpoint,
             "peer_id": self.identity.peer_id_text,
             "public_key": base64.b64encode(self.identity.public_raw).decode("ascii"),
+            "transport_key": self.transport.public_text,
             "pid": os.getpid(),
             "model": self.backend.capabilities.model,
             "advertise": self.advertise,
@@ -382,6 +479,30 @@ class Peer:
             await stop.wait()
         finally:
             await self.stop()
+
+
+def _transport_binding(verifier: CertificateVerifier, trust: TrustStore) -> Callable[[bytes, bytes | None], bool]:
+    """Whether a sender's frames may come over a CurveZMQ key: the key its certificate
+    names, or, for a key of the trust file (the local CLI), the key derived from it."""
+    derived: dict[bytes, bytes] = {}  # Ed25519 public -> X25519 public, bounded by the trust file
+
+    def ok(sender: bytes, key: bytes | None) -> bool:
+        if key is None:
+            return False
+        cert = verifier.certificate_for(sender)
+        if cert is not None and cert.curve_public == key:
+            return True
+        trusted = trust.key_for(sender)
+        if trusted is None:
+            return False
+        raw = public_raw(trusted)
+        if raw not in derived:
+            if len(derived) >= 10_000:
+                derived.clear()
+            derived[raw] = derived_public(raw)
+        return derived[raw] == key
+
+    return ok
 
 
 def _is_ipv4(host: str) -> bool:

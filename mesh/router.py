@@ -272,9 +272,9 @@ class Router:
             return
         if not addresses:
             raise RpcError(f"no address known for peer {c.peer_id[:12]}")
-        client = self.pool.client(addresses[0])
         parts: list[str] = []
         try:
+            client = self.pool.client(addresses[0])
             async with client.stream(GENERATE_METHOD, ask_args(gen), timeout_s=self.generate_timeout_s) as st:
                 async for chunk in st:
                     text = chunk.get("t")

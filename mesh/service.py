@@ -34,6 +34,7 @@ class PeerService:
         mesh: str = "",
         router=None,
         threshold: float = 0.7,
+        transport_key: str | None = None,
         jobs=None,
         on_submit: Callable[[], None] | None = None,
     ) -> None:
@@ -45,6 +46,7 @@ class PeerService:
         self.threshold = threshold
         self.name = name
         self.mesh = mesh
+        self.transport_key = transport_key  # this peer's CurveZMQ public key, text form
         self.backend = backend
         self.chunk_window_s = chunk_window_s
         self.peer_id = peer_id
@@ -153,6 +155,7 @@ class PeerService:
             "peer": self.peer_id,
             "name": self.name,
             "mesh": self.mesh,
+            "transport_key": self.transport_key,
             "version": __version__,
             "protocol": PROTOCOL_VERSION,
             "uptime_s": self._clock() - self._started,

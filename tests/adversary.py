@@ -2,6 +2,13 @@
 bench/attack_latency.py): raw ZeroMQ sockets, frames sealed with a stolen or foreign
 key, forged gossip, garbage, idle TCP connections.
 
+Every RPC port is a CurveZMQ server whose ZAP handler admits any CURVE client, so an
+attacker on the LAN who knows a peer's transport public key (gossiped in certificates,
+in mDNS hints, in join tokens) completes the handshake with keys of its own
+(``lan_attacker``) and then reaches the envelope checks with whatever it sends. That is
+how the frame attacks here dial. An attacker that does not speak CURVE at all
+(``plaintext_dealer``, ``RawTcp``, ``Slowloris``) never gets a message past ZeroMQ.
+
 Everything here uses the project's own encoders, so a refused frame is refused for the
 reason the test names, not because the attacker's tooling is wrong.
 """
@@ -22,11 +29,26 @@ from mesh.gossip import messages as gm
 from mesh.gossip.record import MemberRecord
 from mesh.identity.authority import MeshAuthority
 from mesh.identity.keys import Identity
+from mesh.identity.transport import TransportKeys
 from mesh.identity.trust import StaticKeys
 from mesh.rpc import envelope
 from mesh.rpc.client import RpcClient
 from mesh.rpc.codec import FrameCodec
 from mesh.rpc.messages import Call, Error
+from mesh.rpc.zap import CurveClient
+
+
+def lan_attacker(server_public: bytes) -> CurveClient:
+    """CURVE client options for an attacker with fresh transport keys of its own that
+    knows the target's public key: the handshake succeeds (the ZAP handler admits any
+    CURVE client); what it sends is then judged frame by frame."""
+    return CurveClient(TransportKeys.generate(), server_public)
+
+
+def member_curve(peer, server_public: bytes) -> CurveClient:
+    """The transport keys of a member (``peer.transport``, the key its certificate
+    names): what an honest member, or one whose whole data dir is compromised, dials with."""
+    return CurveClient(peer.transport, server_public)
 
 
 def codec_of(identity: Identity, *, credential: bytes | None, trusts: list[bytes] = ()) -> FrameCodec:
@@ -99,16 +121,48 @@ def dead_claim(victim_peer_id: bytes, incarnation: int, sender: bytes) -> bytes:
     return gm.encode(gm.Gossip(), [gm.pack_news(gm.Dead(victim_peer_id, incarnation, sender))])
 
 
-class RawDealer:
-    """A bare DEALER socket: sends whatever parts it is given, reads what comes back."""
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
-    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str) -> None:
+
+class RawDealer:
+    """A bare DEALER socket: sends whatever parts it is given, reads what comes back.
+
+    ``curve``: the CURVE client options it dials with (see ``lan_attacker``); None dials
+    without CURVE, which a mesh peer refuses at the handshake (nothing is delivered)."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, endpoint: str, *, curve: CurveClient | None,
+                 monitor: bool = False) -> None:
         self.sock = ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            curve.apply(self.sock)
+        self._monitor = self.sock.get_monitor_socket(_HANDSHAKE_FAILED) if monitor else None
         self.sock.connect(endpoint)
+
+    async def handshake_failures(self, *, wait_s: float) -> list[int]:
+        """The reasons (ZeroMQ's event values) of the handshakes of this socket that failed
+        within ``wait_s`` (needs ``monitor=True``)."""
+        assert self._monitor is not None
+        from zmq.utils.monitor import parse_monitor_message
+
+        out = []
+        deadline = time.monotonic() + wait_s
+        while (left := deadline - time.monotonic()) > 0 and await self._monitor.poll(int(left * 1000)):
+            out.append(int(parse_monitor_message(await self._monitor.recv_multipart())["value"]))
+        return out
 
     async def send(self, *parts: bytes) -> None:
         await self.sock.send_multipart(list(parts))
+
+    async def try_send(self, *parts: bytes) -> bool:
+        """Send without waiting; False when ZeroMQ has nowhere to queue it (a connection
+        whose handshake failed is gone until the next reconnect)."""
+        try:
+            await self.sock.send_multipart(list(parts), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
 
     async def replies(self, codec: FrameCodec, *, wait_s: float) -> list:
         """Envelopes received within ``wait_s`` (opened with ``codec``)."""
@@ -122,6 +176,10 @@ class RawDealer:
         return out
 
     def close(self) -> None:
+        if self._monitor is not None:
+            self.sock.disable_monitor()
+            self._monitor.close(0)
+            self._monitor = None
         self.sock.close(0)
 
 
@@ -129,17 +187,30 @@ def error_codes(envs) -> list[str]:
     return [Error.from_wire(e.body).code for e in envs if e.kind == "error"]
 
 
+def _host_port(endpoint: str) -> tuple[str, int]:
+    host, port = endpoint[len("tcp://"):].rsplit(":", 1)
+    return host.strip("[]"), int(port)
+
+
+# A complete ZMTP 3.0 greeting of a client naming the CURVE mechanism (RFC 23/26): the
+# server then waits for the client's HELLO command, which a slowloris never sends.
+CURVE_GREETING = (b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + b"CURVE".ljust(20, b"\x00") + b"\x00"
+                  + b"\x00" * 31)
+
+
 class Slowloris:
-    """TCP connections to a peer's RPC port that never finish the ZMTP handshake: some
-    send nothing, some half a greeting."""
+    """TCP connections to a peer's RPC port that never finish the ZMTP/CURVE handshake:
+    some send nothing, some half a greeting, some a whole greeting naming CURVE and then
+    no HELLO. Raw sockets: no CURVE key is involved at all."""
 
     def __init__(self, endpoint: str, n: int) -> None:
-        host, port = endpoint[len("tcp://"):].rsplit(":", 1)
         self.socks = []
         for i in range(n):
-            s = socket.create_connection((host.strip("[]"), int(port)), timeout=5)
-            if i % 2:
+            s = socket.create_connection(_host_port(endpoint), timeout=5)
+            if i % 3 == 1:
                 s.sendall(b"\xff\x00\x00\x00\x00\x00\x00\x00\x01")  # 9 of the 10 signature bytes
+            elif i % 3 == 2:
+                s.sendall(CURVE_GREETING)
             self.socks.append(s)
 
     def still_open(self) -> int:
@@ -160,10 +231,65 @@ class Slowloris:
             s.close()
 
 
+class RawTcp:
+    """An attacker that does not speak CURVE (or ZMTP) at all: TCP connections that write
+    noise, a NULL-mechanism greeting followed by frames, or a CURVE greeting followed by
+    junk instead of a HELLO. ZeroMQ ends each of them before any frame reaches mesh."""
+
+    def __init__(self, endpoint: str, n: int, rng: random.Random) -> None:
+        null_greeting = b"\xff" + b"\x00" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" * 32
+        self.socks = []
+        for i in range(n):
+            s = socket.create_connection(_host_port(endpoint), timeout=5)
+            k = i % 3
+            if k == 0:
+                data = rng.randbytes(rng.randint(1, 4096))
+            elif k == 1:
+                data = null_greeting + rng.randbytes(512)
+            else:
+                data = CURVE_GREETING + rng.randbytes(512)
+            try:
+                s.sendall(data)
+            except OSError:
+                pass  # the peer may already have dropped it
+            self.socks.append(s)
+
+    def closed_by_peer(self, wait_s: float) -> int:
+        """Connections the peer closed within ``wait_s``."""
+        deadline = time.monotonic() + wait_s
+        closed: set[int] = set()
+        while time.monotonic() < deadline and len(closed) < len(self.socks):
+            for i, s in enumerate(self.socks):
+                if i in closed:
+                    continue
+                s.setblocking(False)
+                try:
+                    while True:  # drain what the peer answered (its greeting, an ERROR command)
+                        if s.recv(65536) == b"":
+                            closed.add(i)
+                            break
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    closed.add(i)
+            time.sleep(0.05)
+        return len(closed)
+
+    def close(self) -> None:
+        for s in self.socks:
+            s.close()
+
+
+def honest_curve(peer, server) -> CurveClient:
+    """How a member dials ``server``: its own transport keys, to the key ``server``'s
+    certificate names."""
+    return member_curve(peer, server.certificate.curve_public)
+
+
 async def honest_client(ctx, peer, server) -> RpcClient:
-    """A member's client (its own key and certificate) calling ``server``."""
+    """A member's client (its own key, certificate and transport keys) calling ``server``."""
     client = RpcClient(codec=member_codec(peer, trusts=[server.identity.public_raw]), endpoint=server.endpoint,
-                       ctx=ctx)
+                       ctx=ctx, curve=honest_curve(peer, server))
     client.connect()
     return client
 
@@ -181,12 +307,16 @@ async def timed_pings(client: RpcClient, n: int, *, timeout_s: float = 5.0, gap_
 
 class FloodThread:
     """A flood that does not stop until told: junk frames from ``sockets`` DEALERs in an
-    OS thread (its own ZeroMQ context), so the peer's queue never drains while it runs."""
+    OS thread (its own ZeroMQ context), so the peer's queue never drains while it runs.
+    With ``server_public`` each DEALER completes a CURVE handshake with fresh keys of its
+    own (``lan_attacker``), so its frames reach the envelope checks."""
 
-    def __init__(self, endpoint: str, frames: list[list[bytes]], *, sockets: int = 4) -> None:
+    def __init__(self, endpoint: str, frames: list[list[bytes]], *, sockets: int = 4,
+                 server_public: bytes | None = None) -> None:
         import threading
 
         self.endpoint, self.frames, self.n = endpoint, frames, sockets
+        self.server_public = server_public
         self.sent = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -198,6 +328,8 @@ class FloodThread:
             s = ctx.socket(zmq.DEALER)
             s.setsockopt(zmq.LINGER, 0)
             s.setsockopt(zmq.SNDTIMEO, 100)
+            if self.server_public is not None:
+                lan_attacker(self.server_public).apply(s)
             s.connect(self.endpoint)
             socks.append(s)
         i = 0
@@ -224,11 +356,15 @@ class FloodThread:
 _FLOODING_SERVER = r"""
 import os, sys, zmq
 ctx = zmq.Context()
+public, secret = zmq.curve_keypair()
 sock = ctx.socket(zmq.ROUTER)
 sock.setsockopt(zmq.LINGER, 0)
 sock.setsockopt(zmq.SNDTIMEO, 100)
+sock.setsockopt(zmq.CURVE_SERVER, 1)  # a CURVE server (no ZAP handler: any CURVE client gets in)
+sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
 port = sock.bind_to_random_port("tcp://127.0.0.1")
-print(port, flush=True)
+print(port, public.decode(), flush=True)
 frame = b"MESH\x01" + os.urandom(16) + b"\0" * 80  # an unknown sender's frame
 rid = sock.recv_multipart()[0]
 while True:
@@ -240,15 +376,20 @@ while True:
 
 
 class FloodingServer:
-    """A hostile peer in its own process: a ROUTER that answers the first message it gets
-    with an endless stream of frames of an unknown sender, as fast as it can."""
+    """A hostile peer in its own process: a CURVE ROUTER (``public``: its transport key,
+    which the caller dials) that answers the first message it gets with an endless stream
+    of frames of an unknown sender, as fast as it can."""
 
     def __init__(self) -> None:
         import subprocess
         import sys
 
+        from zmq.utils import z85
+
         self.proc = subprocess.Popen([sys.executable, "-c", _FLOODING_SERVER], stdout=subprocess.PIPE)
-        self.endpoint = f"tcp://127.0.0.1:{int(self.proc.stdout.readline())}"
+        port, public = self.proc.stdout.readline().split()
+        self.endpoint = f"tcp://127.0.0.1:{int(port)}"
+        self.public = z85.decode(public)
 
     def __enter__(self) -> "FloodingServer":
         return self

@@ -37,7 +37,7 @@ async def start_mesh(tmp_path, backends: list, *, cloud=None) -> list[Peer]:
     peers = [first]
     for i, backend in enumerate(backends[1:], 1):
         token = make_invite(DataDir(tmp_path / "p0"), first.identity.public_raw, [first.endpoint], ttl_s=600,
-                            now=time.time()).to_text()
+                            now=time.time(), inviter_curve=first.transport.public).to_text()
         p = Peer(config(tmp_path, f"p{i}", join_token=token, seeds=(first.endpoint,)), backend=backend)
         await p.start()
         peers.append(p)

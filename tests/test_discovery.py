@@ -473,3 +473,56 @@ def test_zeroconf_errors_are_mapped(netns_lab):
 
     lab[0].call(asyncio.run, main())
     assert issubclass(DiscoveryError, Exception) and not issubclass(DiscoveryError, zeroconf.Error)
+
+
+# -- transport keys in hints ---------------------------------------------------------------
+
+KEY = bytes(range(32))
+
+
+def test_a_record_may_carry_the_peers_transport_key():
+    from mesh.identity.transport import key_text
+
+    props = {b"c": key_text(KEY).encode()}
+    h = hint_from_record(**record(props=props))
+    assert isinstance(h, Hint) and h.transport_key == KEY
+    assert hint_from_record(**record(props={b"c": b"not-a-key"})) is DropReason.BAD_TRANSPORT_KEY
+    assert txt_for(peer_id=A, mesh=MESH, version=1, transport_key=key_text(KEY))["c"] == key_text(KEY)
+    with pytest.raises(ValueError):
+        txt_for(peer_id=A, mesh=MESH, version=1, transport_key="zz")
+
+
+def test_join_seeds_take_an_optional_transport_key():
+    from mesh.discovery.seeds import parse_seed_with_key, seed_text, split_seed_text
+    from mesh.identity.transport import key_text
+
+    assert parse_seed_with_key("a:1") == ("tcp://a:1", None)
+    assert parse_seed_with_key(f"10.0.0.1:7411@{key_text(KEY)}") == ("tcp://10.0.0.1:7411", KEY)
+    assert parse_seed_with_key(f"[::1]@{key_text(KEY).upper()}", default_port=7411) == ("tcp://[::1]:7411", KEY)
+    with pytest.raises(ConfigError, match="transport key"):
+        parse_seed_with_key("a:1@nope")
+    assert split_seed_text(seed_text("tcp://a:1", KEY)) == ("tcp://a:1", KEY)
+    assert split_seed_text("tcp://a:1") == ("tcp://a:1", None)
+
+
+def test_remembered_peers_keep_their_transport_keys(tmp_path):
+    store = RememberedPeers(tmp_path / KNOWN_PEERS_FILE)
+    store.merge([Hint(address="tcp://10.0.0.1:1", source=Source.GOSSIP, seen_at=NOW, peer_id=A, transport_key=KEY),
+                 gossip(B, "tcp://10.0.0.2:1", NOW)])
+    store.save()
+    back = {h.peer_id: h.transport_key for h in RememberedPeers.load(store.path).hints()}
+    assert back == {A: KEY, B: None}
+
+
+def test_the_key_book_prefers_certified_keys_over_hints():
+    from mesh.keybook import KeyBook, KeySource
+
+    book = KeyBook(max_entries=2)
+    other = bytes(32)
+    assert book.learn("tcp://a:1", KEY, KeySource.CERTIFIED)
+    assert not book.learn("tcp://a:1", other, KeySource.HINT)  # a spoofed mDNS record cannot redirect it
+    assert book.key_for("tcp://a:1") == KEY
+    assert book.learn("tcp://b:1", other, KeySource.HINT) and book.learn("tcp://b:1", KEY, KeySource.PINNED)
+    assert not book.learn("tcp://c:1", b"short", KeySource.PINNED)
+    book.learn("tcp://c:1", KEY, KeySource.HINT)
+    assert len(book) == 2 and book.key_for("tcp://a:1") is None  # bounded, oldest first

@@ -156,6 +156,11 @@ def test_open_port_without_a_mesh_answer():
     assert codes(run(probes=[refused_by("no_reply", peer=None)])) == {"no_reply": Severity.WARNING}
 
 
+def test_a_peer_whose_transport_key_nobody_gave_is_not_pinged_and_the_fix_is_named():
+    (f,) = run(probes=[refused_by("no_transport_key", peer=None)])
+    assert f.code == "transport_key_unknown" and f.severity is Severity.INFO and "@KEY" in f.next
+
+
 # -- clocks ----------------------------------------------------------------------------
 
 

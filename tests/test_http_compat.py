@@ -46,7 +46,7 @@ async def _two_tier_mesh(tmp_path):
     first = Peer(config(tmp_path, "p0", http_port=0), backend=small)
     await first.start()
     token = make_invite(DataDir(tmp_path / "p0"), first.identity.public_raw, [first.endpoint], ttl_s=600,
-                        now=__import__("time").time()).to_text()
+                        now=__import__("time").time(), inviter_curve=first.transport.public).to_text()
     second = Peer(config(tmp_path, "p1", join_token=token, seeds=(first.endpoint,)), backend=big)
     await second.start()
     await wait_for(lambda: any(m["meta"] and any(x.get("name") == "big" for x in m["meta"].get("models", []))

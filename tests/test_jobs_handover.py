@@ -11,6 +11,7 @@ import asyncio
 import pytest
 
 from loopmesh import config, run, start_mesh, wait_for
+from mesh.discovery.seeds import seed_text
 from mesh.errors import InvalidRequest
 from mesh.jobsync import JobSyncConfig
 from mesh.peer import Peer
@@ -76,7 +77,7 @@ def test_a_result_waits_for_its_owner_to_come_back(tmp_path):
             assert executor.job_sync.pending()["outcomes_held"] == 1
             await asyncio.sleep(1.0)
             assert not executor.jobs.get(job.id).delivered  # held: nobody to deliver to
-            restarted = Peer(config(tmp_path, "p0", seeds=(executor.endpoint,)),
+            restarted = Peer(config(tmp_path, "p0", seeds=(seed_text(executor.endpoint, executor.transport.public),)),
                              backend=ScriptedBackend(["s"], model="small"))
             await restarted.start()
             restarted.job_sync.cfg = FAST

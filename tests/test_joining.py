@@ -12,11 +12,13 @@ from mesh.errors import RemoteError, TokenError
 from mesh.identity.keys import Identity
 from mesh.identity.membership import MeshMembership
 from mesh.identity.peerkeys import self_credential
+from mesh.identity.transport import TransportKeys
 from mesh.identity.trust import StaticKeys
 from mesh.joining import make_invite
 from mesh.paths import DataDir
 from mesh.peer import Peer
 from mesh.rpc import FrameCodec, RpcClient
+from mesh.rpc.zap import CurveClient
 from mesh.testing import ScriptedBackend
 
 
@@ -29,11 +31,12 @@ def peer(tmp_path, name, **kw) -> Peer:
     return Peer(config, backend=ScriptedBackend(model=f"model-{name}"))
 
 
-async def call_as(identity, credential, target: Peer, method="info", args=None):
+async def call_as(identity, credential, target: Peer, method="info", args=None, *, transport=None):
     ctx = zmq.asyncio.Context()
     codec = FrameCodec(identity, StaticKeys([target.identity.public_raw]), config=RpcConfig.for_tests(),
                        credential=credential)
-    client = RpcClient(codec=codec, endpoint=target.endpoint, ctx=ctx)
+    curve = CurveClient(transport or TransportKeys.generate(), target.transport.public)
+    client = RpcClient(codec=codec, endpoint=target.endpoint, ctx=ctx, curve=curve)
     client.connect()
     try:
         return await client.call(method, args or {}, timeout_s=5)
@@ -67,14 +70,14 @@ def test_join_with_a_token_then_talk_as_a_certified_member(tmp_path):
         await a.start()
         try:
             token = make_invite(DataDir(tmp_path / "a"), a.identity.public_raw, [a.endpoint], ttl_s=600,
-                                now=time.time()).to_text()
+                                now=time.time(), inviter_curve=a.transport.public).to_text()
             b = peer(tmp_path, "b", join_token=token)
             await b.start()
             try:
                 assert b.membership.mesh_id == a.membership.mesh_id
                 assert not (tmp_path / "b" / "authority.key").exists()  # never sees the authority key
                 # b, certified, may call a's methods; a learns b's key from b's certificate
-                info = await call_as(b.identity, b.membership.certificate, a)
+                info = await call_as(b.identity, b.membership.certificate, a, transport=b.transport)
                 assert info["peer"] == a.identity.peer_id_text
             finally:
                 await b.stop()

@@ -6,6 +6,7 @@ import asyncio
 import loopmesh
 from loopmesh import config, run, wait_for
 
+from mesh.discovery.seeds import seed_text
 from mesh.peer import Peer
 from mesh.testing import ScriptedBackend
 
@@ -39,7 +40,9 @@ def test_peers_find_each_other_gossip_meta_and_leave(tmp_path):
 def test_a_peer_of_another_mesh_is_never_admitted(tmp_path):
     async def main():
         peers = await start_mesh(tmp_path, 2)
-        stranger = Peer(config(tmp_path, "x", seeds=(peers[0].endpoint,)), backend=ScriptedBackend())
+        # it knows p0's transport key (say, from mDNS): the certificate is what refuses it
+        seed = seed_text(peers[0].endpoint, peers[0].transport.public)
+        stranger = Peer(config(tmp_path, "x", seeds=(seed,)), backend=ScriptedBackend())
         await stranger.start()  # creates its own mesh, then tries to join ours through p0
         try:
             await wait_for(lambda: all(states(p) == {"p0": "alive", "p1": "alive"} for p in peers))

@@ -66,7 +66,7 @@ def test_doctor_names_blocked_multicast_a_closed_port_and_another_mesh(lab_facto
         (closed,) = by_code(doc, "port_closed")
         assert f"{lab[1].ip}:7499" in closed["subject"] and "refused" in closed["seen"]
         foreign = by_code(doc, "other_mesh")
-        assert foreign and all(other_mesh in f["seen"] for f in foreign) and lab[2].ip in foreign[0]["subject"]
+        assert foreign and all(other_mesh in f["seen"] for f in foreign) and lab[2].ip in foreign[0]["subject"], json.dumps(doc)
         assert any(f["subject"].startswith(lab[1].ip) for f in by_code(doc, "multicast_blocked"))
         assert not by_code(doc, "clock_skew") and not by_code(doc, "duplicate_peer_id")
     finally:

@@ -70,7 +70,8 @@ def test_other_mesh_on_the_same_lan_is_ignored(lab_factory, tmp_path):
     lab = lab_factory(3)
     hosts = build_mesh(lab, tmp_path, 2)
     stranger = Host(lab[2], tmp_path, "other")  # creates its own mesh, on the same LAN
-    stranger.start("--join", f"{lab[0].ip}:{PORT}")
+    key = json.loads(hosts[0].mesh("info", "--json").stdout)["transport_key"]  # as `mesh status` shows it
+    stranger.start("--join", f"{lab[0].ip}:{PORT}@{key}")
     try:
         wait_until(lambda: all(h.states() == {"h0": "alive", "h1": "alive"} for h in hosts), "the mesh forms")
         time.sleep(3)

@@ -4,14 +4,17 @@ certificate about to expire renews it and stays in the mesh past the old expiry.
 import asyncio
 import time
 
-import loopmesh
 import pytest
+
+import loopmesh
 from loopmesh import run, wait_for
+from mesh.discovery.seeds import seed_text
 
 from mesh.errors import CertificateError, InvalidRequest
 from mesh.identity.authority import MeshAuthority
 from mesh.identity.certificate import CertReason
 from mesh.identity.keys import Identity
+from mesh.identity.transport import TransportKeys
 from mesh.identity.membership import MeshMembership
 from mesh.identity.renewal import accept_renewal, handle_renew, renewal_due
 from mesh.paths import DataDir
@@ -75,7 +78,8 @@ def test_the_renewer_renews_on_its_injected_clock(tmp_path):
     data = DataDir(tmp_path / "a").ensure()
     identity, _ = Identity.load_or_create(data.identity_key)
     t = [float(NOW)]
-    membership = create_mesh(data, identity, name="hub", now=t[0])
+    transport, _ = TransportKeys.load_or_create(data.transport_key)
+    membership = create_mesh(data, identity, name="hub", transport=transport, now=t[0])
     cert = membership.verify(peer_public_raw=identity.public_raw, now=t[0])
     seen = []
     renewer = Renewer(data=data, membership=membership, certificate=cert, members=None, pool=None,
@@ -84,6 +88,7 @@ def test_the_renewer_renews_on_its_injected_clock(tmp_path):
     t[0] += 21 * DAY
     assert run(renewer.renew_if_due())
     assert seen[0].issued_at == NOW + 21 * DAY and renewer.current is seen[0]
+    assert seen[0].curve_public == transport.public  # the renewed certificate keeps the transport key
     assert MeshMembership.load(data.membership).certificate == seen[0].to_bytes()
     assert not run(renewer.renew_if_due())  # the new one is not due
     with pytest.raises(Exception, match="renew_at"):
@@ -106,9 +111,11 @@ def test_a_peer_renews_before_expiry_and_stays_in_the_mesh(tmp_path):
             identity, _ = Identity.load_or_create(data.identity_key)
             authority = MeshAuthority.load(DataDir(tmp_path / "p0").authority_key)
             now = time.time()
-            old = authority.issue(identity.public_raw, "p1", now=now - 1, ttl_s=9)
+            transport = TransportKeys.generate()
+            transport.save(data.transport_key)
+            old = authority.issue(identity.public_raw, "p1", now=now - 1, ttl_s=9, curve_public=transport.public)
             MeshMembership.from_certificate(old, seeds=(p0.endpoint,)).save(data.membership)
-            p1 = Peer(loopmesh.config(tmp_path, "p1", seeds=(p0.endpoint,), **short), backend=ScriptedBackend())
+            p1 = Peer(loopmesh.config(tmp_path, "p1", seeds=(seed_text(p0.endpoint, p0.transport.public),), **short), backend=ScriptedBackend())
             await p1.start()
             peers.append(p1)
             await wait_for(lambda: {m["name"]: m["state"] for m in p0.membership_service.view()}.get("p1") == "alive")

@@ -9,6 +9,12 @@ import time
 import loopmesh
 import pytest
 from loopmesh import config, run, wait_for
+from mesh.discovery.seeds import seed_text
+
+
+def _seed(peer) -> str:
+    """Where to join ``peer``: its address and transport key (connections are encrypted)."""
+    return seed_text(peer.endpoint, peer.transport.public)
 
 from mesh.errors import CertificateError, InvalidRequest, MeshError
 from mesh.peer import Peer
@@ -70,17 +76,17 @@ def test_revoked_peer_is_refused_everywhere_and_stays_refused_after_restarts(tmp
             # it says so and does not start:
             await p2.stop()
             shutil.copy(tmp_path / "p0" / "revocations.json", tmp_path / "p2" / "revocations.json")
-            again = Peer(config(tmp_path, "p2", seeds=(p0.endpoint, p1.endpoint)), backend=ScriptedBackend())
+            again = Peer(config(tmp_path, "p2", seeds=(_seed(p0), _seed(p1))), backend=ScriptedBackend())
             with pytest.raises(CertificateError, match="revoked"):
                 await again.start()
             # one that never heard of it starts, and is still refused by everyone
             (tmp_path / "p2" / "revocations.json").unlink()
             # p1 restarts too: it keeps the revocation from its file
             await p1.stop()
-            p1 = peers[1] = Peer(config(tmp_path, "p1", seeds=(p0.endpoint,)), backend=ScriptedBackend())
+            p1 = peers[1] = Peer(config(tmp_path, "p1", seeds=(_seed(p0),)), backend=ScriptedBackend())
             await p1.start()
             assert len(p1.revocations) == 1
-            p2 = peers[2] = Peer(config(tmp_path, "p2", seeds=(p0.endpoint, p1.endpoint)), backend=ScriptedBackend())
+            p2 = peers[2] = Peer(config(tmp_path, "p2", seeds=(_seed(p0), _seed(p1))), backend=ScriptedBackend())
             await p2.start()
             await wait_for(lambda: states(p1).get("p0") == "alive" and states(p0).get("p1") == "alive")
             await wait_for(lambda: refused(p0) > 0 and refused(p1) > 0, 10)

@@ -38,6 +38,9 @@ def mesh(tmp_path):
     return authority, inviter, store
 
 
+INVITER_CURVE = bytes(range(32))
+
+
 def new_token(mesh, *, now=NOW, ttl_s=900, endpoints=ENDPOINTS) -> JoinToken:
     authority, inviter, store = mesh
     return create_invite(
@@ -47,6 +50,7 @@ def new_token(mesh, *, now=NOW, ttl_s=900, endpoints=ENDPOINTS) -> JoinToken:
         endpoints=endpoints,
         now=now,
         ttl_s=ttl_s,
+        inviter_curve=INVITER_CURVE,
     )
 
 
@@ -64,6 +68,7 @@ def elements(token: JoinToken) -> list:
         list(token.endpoints),
         token.secret,
         token.expires_at,
+        token.inviter_curve,
     ]
 
 
@@ -445,3 +450,25 @@ def test_create_invite_checks_endpoints_before_opening_an_invite(mesh):
         new_token(mesh, endpoints=["tcp://a:1"] * 5)
     assert store.open_count(now=NOW) == 0
     assert new_token(mesh, endpoints=[]).endpoints == ()
+
+
+def test_enrolment_certifies_only_the_transport_key_the_connection_presents(mesh):
+    authority, _, store = mesh
+    token = new_token(mesh)
+    assert JoinToken.from_text(token.to_text()).inviter_curve == INVITER_CURVE
+    joiner = Identity.generate()
+    mine, other = b"m" * 32, b"o" * 32
+    args = enrol_request(token, joiner, "desk", now=NOW, curve_public=mine)
+    with pytest.raises(TokenError, match="transport key"):  # a relay that holds another key
+        handle_enrol(args, store=store, authority=authority, now=NOW, sender=joiner.peer_id, transport_key=other)
+    reply = handle_enrol(args, store=store, authority=authority, now=NOW, sender=joiner.peer_id, transport_key=mine)
+    m = accept_enrolment(reply, token=token, joiner_public_raw=joiner.public_raw, now=NOW, curve_public=mine)
+    assert verify_certificate(m.certificate, authority_public_raw=authority.public_raw, now=NOW).curve_public == mine
+
+
+def test_a_token_of_an_older_build_has_no_transport_key(mesh):
+    token = new_token(mesh)
+    older = encode(elements(token)[:7])
+    assert JoinToken.from_text(older).inviter_curve == b""
+    with pytest.raises(TokenError, match="transport key"):
+        JoinToken.from_text(encode(elements(token)[:7] + [b"short"]))

@@ -357,9 +357,12 @@ def cmd_init(args: argparse.Namespace) -> int:
     from mesh.joining import create_mesh
     from mesh.paths import resolve_data_dir
 
+    from mesh.identity.transport import TransportKeys
+
     data = resolve_data_dir(args.data_dir).ensure()
     identity, _ = Identity.load_or_create(data.identity_key)
-    membership = create_mesh(data, identity, name=args.name or default_name())
+    transport, _ = TransportKeys.load_or_create(data.transport_key)
+    membership = create_mesh(data, identity, name=args.name or default_name(), transport=transport)
     print(f"created mesh {membership.mesh_id_text}")
     print(f"this device holds its authority key: {data.authority_key} (keep it safe; it signs every member)")
     print("next: start the peer (mesh-peer), then `mesh invite` to add another device")
@@ -377,7 +380,8 @@ def cmd_invite(args: argparse.Namespace) -> int:
     data = resolve_data_dir(args.data_dir)
     running = read_peer_file(data)
     endpoints = [parse_seed(e) for e in args.endpoint] or list(running.advertise or [running.endpoint])
-    token = make_invite(data, running.public_raw, endpoints, ttl_s=args.ttl * 60, now=time.time())
+    token = make_invite(data, running.public_raw, endpoints, ttl_s=args.ttl * 60, now=time.time(),
+                        inviter_curve=running.transport_public)
     print(token.to_text())
     print(f"valid for {args.ttl:g} minutes, once; it reaches this peer at {', '.join(endpoints)}.", file=sys.stderr)
     print("on the new device:  mesh-peer --join-token TOKEN   (or: mesh join TOKEN, then mesh-peer)", file=sys.stderr)
@@ -394,13 +398,17 @@ def cmd_join(args: argparse.Namespace) -> int:
     from mesh.joining import enrol
     from mesh.paths import resolve_data_dir
 
+    from mesh.identity.transport import TransportKeys
+
     data = resolve_data_dir(args.data_dir).ensure()
     identity, _ = Identity.load_or_create(data.identity_key)
+    transport, _ = TransportKeys.load_or_create(data.transport_key)
 
     async def go():
         ctx = zmq.asyncio.Context()
         try:
-            return await enrol(data, identity, args.token, name=args.name or default_name(), ctx=ctx)
+            return await enrol(data, identity, args.token, name=args.name or default_name(), ctx=ctx,
+                               transport=transport)
         finally:
             ctx.term()
 

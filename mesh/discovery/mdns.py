@@ -98,9 +98,10 @@ class MdnsDiscovery:
         resolve_timeout_s: float = 3.0,
         clock: Callable[[], float] = time.time,
         stats: DiscoveryStats | None = None,
+        transport_key: str | None = None,
     ) -> None:
         try:
-            self._txt = txt_for(peer_id=peer_id, mesh=mesh, version=version)
+            self._txt = txt_for(peer_id=peer_id, mesh=mesh, version=version, transport_key=transport_key)
         except ValueError as e:
             raise ConfigError(f"mDNS announcement: {e}") from e
         if not 1 <= port <= 65535:

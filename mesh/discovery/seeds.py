@@ -2,6 +2,8 @@
 
 ``parse_seed("host:port")`` turns one ``--join`` value into a ``tcp://`` address (or
 raises ``ConfigError`` saying what is wrong); ``seed_hints`` makes hints of them.
+``parse_seed_with_key("host:port@KEY")`` also reads the peer's transport key (the text
+form of ``mesh.identity.transport``), which a CurveZMQ connection must name.
 
 ``RememberedPeers`` keeps the addresses gossip taught us across restarts, in
 ``known_peers.json`` in the data dir: one entry per peer id, the most recently seen
@@ -24,7 +26,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from mesh.discovery.hints import Hint, Source, is_peer_id, tcp_address
-from mesh.errors import ConfigError
+from mesh.errors import ConfigError, IdentityError
+from mesh.identity.transport import is_key_text, key_from_text, key_text
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +104,31 @@ def parse_seeds(texts: Iterable[str], *, default_port: int | None = None) -> tup
     return tuple(out)
 
 
+def parse_seed_with_key(text: str, *, default_port: int | None = None) -> tuple[str, bytes | None]:
+    """``HOST:PORT[@KEY]`` -> (``tcp://host:port``, key or None)."""
+    raw, sep, key_part = text.strip().rpartition("@")
+    if not sep:
+        return parse_seed(text, default_port=default_port), None
+    try:
+        key = key_from_text(key_part)
+    except IdentityError:
+        raise ConfigError(
+            f"--join {text!r}: after '@' comes the peer's transport key (52 characters; `mesh status` shows it)"
+        ) from None
+    return parse_seed(raw, default_port=default_port), key
+
+
+def seed_text(address: str, key: bytes | None) -> str:
+    """The config form of a seed: ``tcp://host:port`` or ``tcp://host:port@KEY``."""
+    return address if key is None else f"{address}@{key_text(key)}"
+
+
+def split_seed_text(seed: str) -> tuple[str, bytes | None]:
+    """Inverse of ``seed_text`` (a ``tcp://`` address never holds '@')."""
+    address, sep, key = seed.partition("@")
+    return address, (key_from_text(key) if sep else None)
+
+
 def seed_hints(addresses: Iterable[str], *, now: float) -> list[Hint]:
     return [Hint(address=a, source=Source.SEED, seen_at=now) for a in addresses]
 
@@ -151,7 +179,8 @@ class RememberedPeers:
             old = self._by_id.get(h.peer_id)
             if old is not None and old.seen_at >= h.seen_at:
                 continue
-            new = Hint(address=address, source=Source.REMEMBERED, seen_at=h.seen_at, peer_id=h.peer_id)
+            new = Hint(address=address, source=Source.REMEMBERED, seen_at=h.seen_at, peer_id=h.peer_id,
+                       transport_key=h.transport_key)
             if new != old:
                 self._by_id[h.peer_id] = new
                 changed = True
@@ -192,7 +221,11 @@ class RememberedPeers:
         """Write atomically (temp file in the same dir, fsync, rename); mode 0600."""
         doc = {
             "format": _FORMAT,
-            "peers": [{"id": h.peer_id, "address": h.address, "seen_at": h.seen_at} for h in self.hints()],
+            "peers": [
+                {"id": h.peer_id, "address": h.address, "seen_at": h.seen_at}
+                | ({"c": key_text(h.transport_key)} if h.transport_key else {})
+                for h in self.hints()
+            ],
         }
         data = json.dumps(doc, indent=1).encode()
         try:
@@ -233,7 +266,10 @@ def _entries_from_json(data: bytes, *, path: Path) -> list[Hint]:
         ):
             skipped += 1
             continue
-        out.append(Hint(address=e["address"], source=Source.REMEMBERED, seen_at=float(e["seen_at"]), peer_id=e["id"]))
+        curve = e.get("c")
+        key = key_from_text(curve) if isinstance(curve, str) and is_key_text(curve) else None
+        out.append(Hint(address=e["address"], source=Source.REMEMBERED, seen_at=float(e["seen_at"]), peer_id=e["id"],
+                        transport_key=key))
     if skipped:
         log.warning("%s: skipped %d malformed entries", path, skipped)
     return out

@@ -262,6 +262,12 @@ def _probe(obs: Observations, p: Probe, *, window_s: float, versions: range) -> 
             fix = ("check both are in the same mesh (`mesh status`); if this device was re-enrolled or the mesh "
                    "re-created, join again with a token from `mesh invite`")
         return [Finding("not_member", Severity.ERROR, who, f"the peer refused us ({p.rpc}): {what}", fix)]
+    if p.rpc == "no_transport_key":
+        return [Finding(
+            "transport_key_unknown", Severity.INFO, who,
+            f"{host}:{port} accepts TCP connections, but no source gave its transport key, so it was not pinged "
+            "(connections are encrypted to that key)",
+            f"run `mesh status` on that peer and use the 'join here with' value: --join {host}:{port}@KEY")]
     if p.rpc == "no_reply":
         return [Finding(
             "no_reply", Severity.WARNING, who,

@@ -80,6 +80,7 @@ class Sighting:
     version: int
     addresses: tuple[str, ...]  # IP addresses, as announced
     port: int
+    transport_key: bytes | None = None  # the CurveZMQ key it announces (TXT "c"), unverified
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class Target:
     sources: tuple[str, ...]  # "join", "seed", "known_peers", "members", "mdns"
     peer_id: str | None = None  # who we expect there, if a source said
     name: str | None = None  # its member name, if known
+    transport_key: bytes | None = None  # its CurveZMQ key, if a source said (needed to ping it)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -119,7 +121,7 @@ class Probe:
     tcp: Reach
     ip: str | None = None  # the address actually connected to (a host name resolved)
     detail: str = ""  # the OS error, for REFUSED / TIMEOUT / UNREACHABLE
-    rpc: str | None = None  # "ok", "no_reply", "bad_version", or the error code ("rejected:stale_timestamp", ...)
+    rpc: str | None = None  # "ok", "no_reply", "bad_version", "no_transport_key", or the error code ("rejected:...")
     message: str = ""  # the remote's error message (bounded)
     peer_id: str | None = None  # who answered (its certificate, or the ping reply)
     mesh: str | None = None  # the mesh id in the certificate it presented
@@ -155,7 +157,7 @@ def sighting_from_record(
         return outcome
     ips = tuple(a.removeprefix("tcp://").rpartition(":")[0].strip("[]") for a in (outcome.address, *outcome.alternates))
     assert outcome.peer_id is not None and outcome.mesh is not None and outcome.version is not None and port
-    return Sighting(outcome.peer_id, outcome.mesh, outcome.version, ips, port)
+    return Sighting(outcome.peer_id, outcome.mesh, outcome.version, ips, port, outcome.transport_key)
 
 
 def merge_targets(found: Iterable[Target], *, limit: int = MAX_TARGETS) -> list[Target]:
@@ -170,5 +172,6 @@ def merge_targets(found: Iterable[Target], *, limit: int = MAX_TARGETS) -> list[
             by_address[t.address] = t
             continue
         sources = tuple(dict.fromkeys([*old.sources, *t.sources]))
-        by_address[t.address] = Target(t.address, sources, old.peer_id or t.peer_id, old.name or t.name)
+        by_address[t.address] = Target(t.address, sources, old.peer_id or t.peer_id, old.name or t.name,
+                                       old.transport_key or t.transport_key)
     return list(by_address.values())

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+from dataclasses import replace
 import ipaddress
 import math
 import socket
@@ -33,8 +34,10 @@ from zeroconf import IPVersion, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from mesh.config import DEFAULT_RPC_PORT, RpcConfig
+from mesh.identity.transport import TransportKeys, key_from_text
+from mesh.rpc.zap import CurveClient
 from mesh.discovery.hints import SERVICE_TYPE, DropReason, is_mesh_fingerprint, is_peer_id
-from mesh.discovery.seeds import RememberedPeers, parse_seed
+from mesh.discovery.seeds import RememberedPeers, parse_seed, parse_seed_with_key, split_seed_text
 from mesh.doctor.model import (
     MAX_SIGHTINGS,
     Interface,
@@ -276,13 +279,17 @@ async def probe(
     identity: Identity,
     credential: bytes,
     timeout_s: float,
+    transport: TransportKeys | None = None,
     clock: Callable[[], float] = time.time,
 ) -> Probe:
-    """TCP connect, then (if open) a signed ``ping``; never longer than about 2 x timeout_s."""
+    """TCP connect, then (if open, and its transport key is known) a signed ``ping`` over
+    CurveZMQ; never longer than about 2 x timeout_s."""
     host, port = target.host_port
     reach, ip, detail = await _tcp(host, port, timeout_s)
     if reach is not Reach.OPEN:
         return Probe(target, reach, ip=None, detail=detail)
+    if target.transport_key is None:
+        return Probe(target, reach, ip=ip, rpc="no_transport_key")
     observer = _Observer()
     codec = FrameCodec(
         identity, observer, config=RpcConfig(timestamp_window_s=LENIENT_WINDOW_S), clock=clock,
@@ -290,7 +297,8 @@ async def probe(
     )
     dial = ip or host
     endpoint = f"tcp://[{dial}]:{port}" if ":" in dial else f"tcp://{dial}:{port}"
-    rpc = RpcClient(codec=codec, endpoint=endpoint, ctx=ctx)
+    keys = transport or TransportKeys.derived_from(identity)
+    rpc = RpcClient(codec=codec, endpoint=endpoint, ctx=ctx, curve=CurveClient(keys, target.transport_key))
     sent = clock()
     result: dict | None = None
     code, message = None, ""
@@ -340,20 +348,29 @@ def _targets(
     found: list[Target] = []
     problems: list[str] = []
     for j in joins:
-        found.append(Target(parse_seed(j, default_port=DEFAULT_RPC_PORT), ("join",)))
+        address, key = parse_seed_with_key(j, default_port=DEFAULT_RPC_PORT)
+        found.append(Target(address, ("join",), transport_key=key))
     if local.membership is not None:
         for s in local.membership.seeds:
             try:
-                found.append(Target(parse_seed(s, default_port=DEFAULT_RPC_PORT), ("seed",)))
-            except ConfigError:
+                text, key = split_seed_text(s)
+                found.append(Target(parse_seed(text, default_port=DEFAULT_RPC_PORT), ("seed",), transport_key=key))
+            except (ConfigError, IdentityError):
                 continue
     for m in members:
         peer_id, name, addrs = m.get("peer_id"), m.get("name"), m.get("addresses")
         if m.get("self") or not (isinstance(peer_id, str) and is_peer_id(peer_id)) or not isinstance(addrs, list):
             continue
+        key = None
+        if isinstance(m.get("transport"), str):
+            try:
+                key = key_from_text(m["transport"])
+            except IdentityError:
+                key = None
         for a in addrs[:2]:
             try:
-                found.append(Target(parse_seed(str(a)), ("members",), peer_id, str(name)[:64] if name else None))
+                found.append(Target(parse_seed(str(a)), ("members",), peer_id, str(name)[:64] if name else None,
+                                    transport_key=key))
             except ConfigError:
                 continue
     try:
@@ -363,7 +380,8 @@ def _targets(
     else:
         for h in remembered.hints():
             try:
-                found.append(Target(parse_seed(h.address), ("known_peers",), h.peer_id))
+                found.append(Target(parse_seed(h.address), ("known_peers",), h.peer_id,
+                                    transport_key=h.transport_key))
             except ConfigError:
                 continue
     own_id = local.identity.peer_id_text if local.identity else None
@@ -372,8 +390,16 @@ def _targets(
         if s.peer_id != own_id and (mesh is None or s.mesh == mesh) and s.addresses:
             ip = s.addresses[0]
             addr = f"tcp://[{ip}]:{s.port}" if ":" in ip else f"tcp://{ip}:{s.port}"
-            found.append(Target(addr, ("mdns",), s.peer_id))
-    targets = [t for t in merge_targets(found) if t.address not in own_addresses]
+            found.append(Target(addr, ("mdns",), s.peer_id, transport_key=s.transport_key))
+    # a key heard over mDNS (any mesh: the doctor asks neighbours of other meshes too)
+    # serves a target given without one, e.g. a bare --join HOST:PORT
+    heard: dict[str, bytes] = {}
+    for s in sightings:
+        for ip in s.addresses:
+            if s.transport_key is not None:
+                heard[f"tcp://[{ip}]:{s.port}" if ":" in ip else f"tcp://{ip}:{s.port}"] = s.transport_key
+    targets = [t if t.transport_key or t.address not in heard else replace(t, transport_key=heard[t.address])
+               for t in merge_targets(found) if t.address not in own_addresses]
     return targets, problems
 
 
@@ -387,7 +413,7 @@ async def observe(
 ) -> Observations:
     """Everything ``diagnose`` needs, in about ``wait_s + 2 * timeout_s`` seconds at most."""
     for j in joins:  # bad --join values are the caller's mistake: say so before waiting
-        parse_seed(j, default_port=DEFAULT_RPC_PORT)
+        parse_seed_with_key(j, default_port=DEFAULT_RPC_PORT)
     backstop = wait_s + 4 * timeout_s + 10
     async with asyncio.timeout(backstop):
         return await _observe(data, joins=joins, wait_s=wait_s, timeout_s=timeout_s, clock=clock)
@@ -417,15 +443,21 @@ async def _observe(
     targets, more = _targets(joins, local, data, members, sightings, own_addresses)
     problems += more
 
+    transport = None
     if local.identity is not None and local.membership is not None:
         identity, credential = local.identity, local.membership.certificate
+        try:  # the key this device's certificate names, so members accept our ping
+            transport = TransportKeys.load(data.transport_key)
+        except (IdentityError, OSError):
+            transport = None
     else:
         identity = Identity.generate()
         credential = self_credential(identity)
     ctx = zmq.asyncio.Context()
     try:
         probes = await asyncio.gather(*(
-            probe(t, ctx=ctx, identity=identity, credential=credential, timeout_s=timeout_s, clock=clock)
+            probe(t, ctx=ctx, identity=identity, credential=credential, timeout_s=timeout_s, transport=transport,
+                  clock=clock)
             for t in targets
         ))
     finally:

@@ -13,7 +13,10 @@ Request args (a msgpack map; ONLY APPEND KEYS, unknown keys are ignored)::
     public_key    bin32  the joiner's Ed25519 public key: the certificate is for it
     name          str    1..64 printable characters
     ts            int    the joiner's clock, seconds
-    curve_public  bin    optional: the joiner's CurveZMQ public key, 32 bytes (or empty)
+    curve_public  bin    the joiner's CurveZMQ public key, 32 bytes (empty from older builds);
+                         the inviter requires it to be the key the request's connection
+                         presented (``transport_key=``), so it cannot be a key the joiner
+                         does not hold
 
 Reply: ``{certificate: bin, authority_public: bin32, mesh_id: bin16}``.
 
@@ -56,6 +59,7 @@ def create_invite(
     endpoints: list[str] | tuple[str, ...],
     now: float,
     ttl_s: float = DEFAULT_INVITE_TTL_S,
+    inviter_curve: bytes = b"",
 ) -> JoinToken:
     """Open an invite and the token that carries it (``mesh invite``)."""
     if len(endpoints) > MAX_ENDPOINTS:
@@ -72,6 +76,7 @@ def create_invite(
         endpoints=endpoints,
         secret=invite.secret,
         expires_at=invite.expires_at,
+        inviter_curve=inviter_curve,
     )
 
 
@@ -119,6 +124,7 @@ def handle_enrol(
     authority: MeshAuthority,
     now: float,
     sender: bytes | None = None,
+    transport_key: bytes | None = None,
     ttl_s: float = DEFAULT_CERT_TTL_S,
 ) -> dict[str, Any]:
     """Check an enrol request, spend its invite, and issue the joiner's certificate."""
@@ -137,6 +143,8 @@ def handle_enrol(
         raise TokenError("malformed enrol request: 'ts' must be an int")
     if sender is not None and sender != peer_id_from_public(public_key):
         raise TokenError("enrol request not signed by the key it enrols")
+    if transport_key is not None and curve_public != transport_key:
+        raise TokenError("enrol request names another transport key than its connection presents")
     # Everything that could refuse the request is checked above, so an invite is never
     # spent on a request that then fails.
     store.redeem(invite_id, proof, public_key, name, ts, now=now, curve_public=curve_public)

@@ -10,6 +10,9 @@ ELEMENTS: extra trailing elements are tolerated)::
     4  endpoints         array of <= 4 "tcp://host:port" strings (<= 100 chars each)
     5  secret            bin16, random
     6  expires_at        int seconds since the Unix epoch
+    7  inviter_curve     bin32: the inviting peer's CurveZMQ public key, which the joiner
+                         must name to connect (appended; a token without it was made by
+                         a build without encrypted transport and is refused at enrolment)
 
 The token is the joiner's trust anchor (it pins the authority and the inviter) and its
 credential (the secret). The secret never travels on the network: the joiner proves it
@@ -43,7 +46,7 @@ INVITE_ID_BYTES = 16
 PROOF_BYTES = 32
 MAX_ENDPOINTS = 4
 MAX_ENDPOINT_CHARS = 100
-MAX_TOKEN_CHARS = 1024  # four 100-character endpoints make ~830 characters; refuse more unread
+MAX_TOKEN_CHARS = 1024  # four 100-character endpoints make ~890 characters; refuse more unread
 MAX_TOKEN_ELEMENTS = 32  # the seven known elements plus appended ones
 INVITE_ID_DOMAIN = b"mesh/invite-id\0"
 PROOF_DOMAIN = b"mesh/enrol-proof/v1\0"
@@ -96,6 +99,7 @@ class JoinToken:
     endpoints: tuple[str, ...]
     secret: bytes
     expires_at: int
+    inviter_curve: bytes = b""  # empty only in tokens of older builds
 
     @property
     def invite_id(self) -> bytes:
@@ -114,6 +118,7 @@ class JoinToken:
             list(self.endpoints),
             self.secret,
             self.expires_at,
+            self.inviter_curve,
         ]
         body = base64.b32encode(msgpack.packb(doc, use_bin_type=True)).decode("ascii").rstrip("=").lower()
         text = PREFIX + body
@@ -161,9 +166,12 @@ class JoinToken:
         endpoints: list[str] | tuple[str, ...],
         secret: bytes,
         expires_at: int,
+        inviter_curve: bytes = b"",
     ) -> JoinToken:
         """A checked token (the same checks ``from_text`` applies)."""
-        return _typed([TOKEN_VERSION, mesh_id, authority_public, inviter_public, list(endpoints), secret, expires_at])
+        return _typed(
+            [TOKEN_VERSION, mesh_id, authority_public, inviter_public, list(endpoints), secret, expires_at, inviter_curve]
+        )
 
 
 def parse_token(text: str, *, now: float) -> JoinToken:
@@ -204,4 +212,7 @@ def _typed(doc: Any) -> JoinToken:
             raise TokenError(f"malformed token: {problem}")
     if not _int(expires_at) or not 0 <= expires_at < (1 << 63):
         raise TokenError("malformed token: bad expiry")
-    return JoinToken(version, mesh_id, authority, inviter, tuple(endpoints), secret, expires_at)
+    curve = doc[7] if len(doc) > 7 else b""
+    if not isinstance(curve, bytes) or len(curve) not in (0, KEY_BYTES):
+        raise TokenError(f"malformed token: the inviter's transport key must be {KEY_BYTES} bytes")
+    return JoinToken(version, mesh_id, authority, inviter, tuple(endpoints), secret, expires_at, curve)

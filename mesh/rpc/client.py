@@ -27,6 +27,7 @@ from mesh.rpc.codec import FrameCodec
 from mesh.rpc.envelope import RejectReason, new_id
 from mesh.rpc.messages import REPLY_TYPES, Call, Cancel, Chunk, Error, Result
 from mesh.rpc.tasks import cancel_and_wait
+from mesh.rpc.zap import CurveClient
 
 log = logging.getLogger("mesh.rpc.client")
 
@@ -43,8 +44,12 @@ class RpcClient:
         datagram: bool = False,
         watch: bool = False,
         connect_timeout_s: float = 2.0,
+        curve: CurveClient | None = None,
     ) -> None:
         self.codec = codec
+        # curve: encrypt the connection with CurveZMQ; the server must hold the secret
+        # half of curve.server_public, or the handshake (and every call) fails.
+        self.curve = curve
         self.endpoint = endpoint
         # datagram: for casts (gossip). Nothing is queued for a peer that is not connected,
         # and little for one that is slow, so a message is sent now or lost, never
@@ -77,6 +82,8 @@ class RpcClient:
         sock = self._ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, 2 * self.codec.config.max_frame_bytes + 1024)
+        if self.curve is not None:
+            self.curve.apply(sock)
         if self.datagram:
             sock.setsockopt(zmq.IMMEDIATE, 1)
             sock.setsockopt(zmq.SNDHWM, 64)

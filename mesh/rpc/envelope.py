@@ -77,6 +77,7 @@ class RejectReason(enum.Enum):
     REPLAY = "replay"
     BAD_CREDENTIAL = "bad_credential"  # appended: a certificate that failed its checks
     REVOKED = "revoked"  # appended: a valid certificate the mesh authority revoked
+    BAD_TRANSPORT_KEY = "bad_transport_key"  # appended: came over a CurveZMQ key the sender's certificate does not name
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,14 @@ Per call: the server enforces its own deadline (the caller's ``t``, capped by
 answers with exactly one ``result`` or ``error`` (after any ``chunk``s), except to a
 caller that cancelled. ``close(grace_s)`` stops taking calls, lets running ones finish
 for ``grace_s``, then cancels the rest with a ``cancelled`` error to their callers.
+
+With ``curve`` (this peer's transport keys) the socket is a CurveZMQ server: every
+connection is encrypted, and each admitted frame is bound to the transport key its
+connection presented (``transport_ok(sender, key)``: the key the sender's certificate
+names). A frame that fails the binding is refused and counted as ``bad_transport_key``
+unless it calls a public method (enrolment: the joiner has no certificate yet). Attack:
+without the binding, a member that receives another member's signed frames could relay
+them over its own connection and be answered in its place.
 """
 
 from __future__ import annotations
@@ -27,8 +35,10 @@ from mesh.errors import EnvelopeRejected, MeshError
 from mesh.ratelimit import RateLimiter
 from mesh.rpc.codec import FrameCodec
 from mesh.rpc.envelope import Envelope, RejectReason
+from mesh.identity.transport import TransportKeys
 from mesh.rpc.messages import Call, Cancel, Chunk, Error, Result
 from mesh.rpc.tasks import cancel_and_wait
+from mesh.rpc.zap import ZapResponder, apply_server, user_key
 
 log = logging.getLogger("mesh.rpc.server")
 
@@ -37,6 +47,7 @@ log = logging.getLogger("mesh.rpc.server")
 _NOTIFY = {
     RejectReason.UNKNOWN_SENDER, RejectReason.STALE_TIMESTAMP, RejectReason.BAD_VERSION, RejectReason.BAD_CREDENTIAL,
     RejectReason.REVOKED,
+    RejectReason.BAD_TRANSPORT_KEY,
 }
 
 
@@ -44,6 +55,7 @@ _NOTIFY = {
 class CallContext:
     sender: bytes  # verified peer id of the caller
     call_id: bytes
+    transport_key: bytes | None = None  # the CurveZMQ key the call came over (None: no CURVE)
 
 
 @dataclass(frozen=True)
@@ -104,8 +116,14 @@ class RpcServer:
         config: RpcConfig,
         ctx: zmq.asyncio.Context,
         authenticated: Callable[[bytes], bool] | None = None,
+        curve: TransportKeys | None = None,
+        transport_ok: Callable[[bytes, bytes | None], bool] | None = None,
     ) -> None:
         self.codec = codec
+        self.curve = curve
+        # Whether a sender's frames may come over a transport key (None: any key).
+        self._transport_ok = transport_ok
+        self._zap: ZapResponder | None = None
         # Which senders may call non-public methods (None: every admitted sender). A key
         # the peer only holds provisionally (self-asserted, for enrolment) is admitted by
         # the envelope checks but is not authenticated.
@@ -135,10 +153,20 @@ class RpcServer:
         # zmq itself drops (and disconnects) only far-oversize messages; frames between
         # max_frame_bytes and this are read and counted as OVERSIZE by the codec.
         sock.setsockopt(zmq.MAXMSGSIZE, 2 * self.config.max_frame_bytes + 1024)
+        if self.curve is not None:
+            apply_server(sock, self.curve)
+            self._zap = ZapResponder(self._ctx)
+            try:
+                self._zap.start()
+            except MeshError:
+                sock.close(0)
+                raise
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as e:
             sock.close(0)
+            if self._zap is not None:
+                await self._zap.close()
             raise MeshError(f"cannot listen on {endpoint}: {e.strerror}; pick another --rpc-port (0 = any free)") from e
         self._sock = sock
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -157,13 +185,15 @@ class RpcServer:
             # so under a sustained flood this loop would never let admitted calls, casts
             # or timers run: yield to the event loop once per frame.
             await asyncio.sleep(0)
-            parts = await self._sock.recv_multipart(copy=True)
-            if len(parts) not in (2, 3):  # routing id, frame[, credential]
+            frames = await self._sock.recv_multipart(copy=False)
+            if len(frames) not in (2, 3):  # routing id, frame[, credential]
                 self.codec.rejections.count(RejectReason.MALFORMED)
                 continue
-            rid, frame = parts[0], parts[1]
+            rid, frame = frames[0].bytes, frames[1].bytes
             try:
-                env = self.codec.open(frame, parts[2] if len(parts) == 3 else None)
+                env = self.codec.open(frame, frames[2].bytes if len(frames) == 3 else None)
+                transport_key = user_key(frames[1]) if self.curve is not None else None
+                self._check_transport(env, transport_key)
             except EnvelopeRejected as e:
                 log.debug("refused frame: %s", e)
                 if e.reason in _NOTIFY:
@@ -175,14 +205,29 @@ class RpcServer:
                     await self._send(rid, "error", Error(b"", "rejected:" + e.reason.value, str(e)).to_wire())
                 continue
             try:
-                await self._dispatch(rid, env)
+                await self._dispatch(rid, env, transport_key)
             except EnvelopeRejected as e:
                 self.codec.rejections.count(e.reason)
                 log.debug("refused body: %s", e)
             except Exception:  # a bug here must not stop the peer from serving; it is logged
                 log.exception("dispatching a %s failed", env.kind)
 
-    async def _dispatch(self, rid: bytes, env: Envelope) -> None:
+    def _check_transport(self, env: Envelope, transport_key: bytes | None) -> None:
+        """Refuse (and count) a frame that came over a key its sender's certificate does not name."""
+        if self._transport_ok is None or not self._is_authenticated(env.sender):
+            return  # an unauthenticated sender reaches only public methods anyway
+        if self._transport_ok(env.sender, transport_key):
+            return
+        if env.kind == "call":
+            method = self.methods.get(env.body.get("m")) if isinstance(env.body.get("m"), str) else None
+            if method is not None and method.public:
+                return  # enrolment: the caller has no certificate yet; the handler sees the key
+        self.codec.rejections.count(RejectReason.BAD_TRANSPORT_KEY)
+        raise EnvelopeRejected(
+            RejectReason.BAD_TRANSPORT_KEY, "the connection's transport key is not the one the sender's certificate names"
+        )
+
+    async def _dispatch(self, rid: bytes, env: Envelope, transport_key: bytes | None = None) -> None:
         if env.kind == "cancel":
             running = self._calls.get((rid, Cancel.from_wire(env.body).re))
             if running is not None and not running.task.done():
@@ -190,7 +235,7 @@ class RpcServer:
                 running.task.cancel()
             return
         if env.kind == "cast":
-            self._start_cast(env)
+            self._start_cast(env, transport_key)
             return
         if env.kind != "call":
             raise EnvelopeRejected(RejectReason.UNKNOWN_KIND, f"a server does not accept {env.kind!r}")
@@ -223,7 +268,7 @@ class RpcServer:
         timeout_s = min(
             (call.timeout_ms / 1000) if call.timeout_ms else self.config.default_timeout_s, self.config.max_timeout_s
         )
-        ctx = CallContext(sender=env.sender, call_id=env.msg_id)
+        ctx = CallContext(sender=env.sender, call_id=env.msg_id, transport_key=transport_key)
         task = asyncio.create_task(self._run(rid, method, call, ctx, timeout_s), name=f"rpc-call-{call.method}")
         self._calls[key] = _Running(task)
         self._per_conn[rid] = self._per_conn.get(rid, 0) + 1
@@ -232,7 +277,7 @@ class RpcServer:
     def _is_authenticated(self, sender: bytes) -> bool:
         return self._authenticated is None or self._authenticated(sender)
 
-    def _start_cast(self, env: Envelope) -> None:
+    def _start_cast(self, env: Envelope, transport_key: bytes | None = None) -> None:
         call = Call.from_wire(env.body)
         method = self.methods.get(call.method)
         if method is None or not method.oneway or not self._is_authenticated(env.sender):
@@ -244,7 +289,7 @@ class RpcServer:
         if len(self._casts) >= self.config.max_casts_in_flight:
             self.stats.casts_dropped += 1  # datagram semantics: under overload, drop
             return
-        task = asyncio.create_task(self._run_cast(method, call, CallContext(env.sender, env.msg_id)))
+        task = asyncio.create_task(self._run_cast(method, call, CallContext(env.sender, env.msg_id, transport_key)))
         self._casts.add(task)
         task.add_done_callback(self._casts.discard)
 
@@ -350,3 +395,6 @@ class RpcServer:
             await asyncio.sleep(0.05)
             self._sock.close(linger=200)
             self._sock = None
+        if self._zap is not None:
+            await self._zap.close()
+            self._zap = None
