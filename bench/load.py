@@ -9,7 +9,8 @@ For each topology and path:
    an answer or a clear "busy" (HTTP 429 with Retry-After, RPC `busy`) or "no answer"
    (503) well before its deadline: timeouts and other errors are counted as failures;
    the peers' resident memory (RSS) is sampled throughout;
-3. after: --calm sequential requests again; latency as a ratio to calm (recovery).
+3. after: how long until a request succeeds again, then --calm sequential requests;
+   their latency as a ratio to calm (recovery).
 
 Real mesh-peer processes on loopback with the real model (1 thread each), HTTP rate
 limits off (--http-rate 0) so the backends' bounded queues are what answers "busy"; the
@@ -148,7 +149,8 @@ async def measure(path: str, peers: list[PeerProcess], args) -> dict:
             out = []
             for i in range(args.calm):
                 t = time.perf_counter()
-                assert await one(i) == "ok", "a calm request failed"
+                got = await one(i)
+                assert got == "ok", f"a calm request failed: {got}"
                 out.append(time.perf_counter() - t)
             return out
 
@@ -168,6 +170,15 @@ async def measure(path: str, peers: list[PeerProcess], args) -> dict:
                 for out, dt in results:
                     outcomes[out] += 1
                     slowest = max(slowest, dt)
+        # recovery: the first request that succeeds once the load stopped, then calm again
+        t_stop = time.perf_counter()
+        for i in range(40):
+            if await one(i) == "ok":
+                break
+            await asyncio.sleep(0.25)
+        else:
+            raise AssertionError("the peer did not recover within 10 s of the load stopping")
+        settle_s = time.perf_counter() - t_stop
         after = await calm()
         for c in clients:
             await c.aclose()
@@ -179,7 +190,7 @@ async def measure(path: str, peers: list[PeerProcess], args) -> dict:
         "slowest_s": round(slowest, 2),
         "rss_before_mb": round(rss_before / 2**20, 1), "rss_peak_mb": round(rss.peak / 2**20, 1),
         "calm_p50_ms": round(p50(before) * 1000, 1), "after_p50_ms": round(p50(after) * 1000, 1),
-        "recovery_ratio": round(p50(after) / p50(before), 2),
+        "recovery_ratio": round(p50(after) / p50(before), 2), "first_ok_after_load_s": round(settle_s, 2),
     }
 
 
