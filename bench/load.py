@@ -172,9 +172,12 @@ async def measure(path: str, peers: list[PeerProcess], args) -> dict:
                     slowest = max(slowest, dt)
         # recovery: the first request that succeeds once the load stopped, then calm again
         t_stop = time.perf_counter()
+        not_yet: Counter[str] = Counter()  # what requests got before the first success
         for i in range(40):
-            if await one(i) == "ok":
+            got = await one(i)
+            if got == "ok":
                 break
+            not_yet[got] += 1
             await asyncio.sleep(0.25)
         else:
             raise AssertionError("the peer did not recover within 10 s of the load stopping")
@@ -191,6 +194,7 @@ async def measure(path: str, peers: list[PeerProcess], args) -> dict:
         "rss_before_mb": round(rss_before / 2**20, 1), "rss_peak_mb": round(rss.peak / 2**20, 1),
         "calm_p50_ms": round(p50(before) * 1000, 1), "after_p50_ms": round(p50(after) * 1000, 1),
         "recovery_ratio": round(p50(after) / p50(before), 2), "first_ok_after_load_s": round(settle_s, 2),
+        "before_first_ok": dict(not_yet),
     }
 
 

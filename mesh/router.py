@@ -91,7 +91,17 @@ class Router:
         view = self.membership.view()
         cands = candidates_from_members(view, rtts=self.membership.rtts(), self_id=self.self_id)
         addresses = {m["peer_id"]: list(m.get("addresses") or []) for m in view}
-        return list(cands), addresses
+        return [self._live(c) if c.is_local else c for c in cands], addresses
+
+    def _live(self, c: Candidate) -> Candidate:
+        """This peer's own load as the backend has it now, not as last gossiped (which
+        lags by up to a meta period: right after a burst the peer would call itself busy).
+        Scoring adds our reservations on top, so only the load they do not cover goes
+        in: the queue ahead is then max(live load, our reservations here)."""
+        load = self.backend.load()
+        extra = max(0, load.running + load.waiting - self.reservations.get(self.self_id, 0))
+        running = min(load.running, extra)
+        return replace(c, running=running, waiting=extra - running)
 
     def resolve_peer(self, prefix: str) -> str:
         """A peer id from a prefix of it or a member's name (``mesh ask --peer``)."""

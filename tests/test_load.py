@@ -28,3 +28,6 @@ def test_overload_gives_answers_or_clear_busy_never_timeouts():
         assert row["failed"] == 0, row
         assert row["outcomes"].get("ok", 0) >= 1 and row["outcomes"].get("busy", 0) >= 1, row
         assert row["requests"] == sum(row["outcomes"].values())
+        # once the load stops, the very next request is answered (the peer does not go on
+        # calling itself busy from its last gossiped load)
+        assert row["before_first_ok"] == {}, row
