@@ -20,11 +20,7 @@ import chaos  # noqa: E402
 pytestmark = [pytest.mark.subprocess, pytest.mark.netns, pytest.mark.model]
 
 
-@pytest.fixture
-def lab_factory():
-    reason = netns.available()
-    assert reason is None, reason
-    yield from netns.netns_lab_fixture()
+lab_factory = netns.netns_lab  # fails (never skips) where namespaces cannot be made
 
 
 def test_chaos_nothing_lost_nothing_duplicated_nothing_hung(lab_factory, tmp_path):

@@ -20,11 +20,7 @@ pytestmark = [pytest.mark.subprocess, pytest.mark.netns, pytest.mark.model]
 HELPER = "Helper-135M-Instruct"  # the model only h1 and h2 serve (the default model under another name)
 
 
-@pytest.fixture
-def lab_factory():
-    reason = netns.available()
-    assert reason is None, reason
-    yield from netns.netns_lab_fixture()
+lab_factory = netns.netns_lab  # fails (never skips) where namespaces cannot be made
 
 
 def _mesh_of_three(lab, tmp_path) -> list[Host]:

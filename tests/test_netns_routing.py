@@ -19,11 +19,7 @@ pytestmark = [pytest.mark.subprocess, pytest.mark.netns, pytest.mark.model]
 ASKER = str(Path(__file__).parent / "asker.py")
 
 
-@pytest.fixture
-def lab_factory():
-    reason = netns.available()
-    assert reason is None, reason
-    yield from netns.netns_lab_fixture()
+lab_factory = netns.netns_lab  # fails (never skips) where namespaces cannot be made
 
 
 def test_kill_9_of_the_serving_peer_mid_stream_completes_elsewhere(lab_factory, tmp_path):
