@@ -344,18 +344,7 @@ class JobStore:
     def cancel(self, job_id: str, *, now: float | None = None) -> bool:
         """Cancel a queued or running job. False if it had already finished.
         A running job's worker learns it from ``renew`` / ``complete`` returning False."""
-        now = self._now(now)
-        with self._tx() as c:
-            row = self._row(c, job_id)
-            if JobState(row["state"]) in TERMINAL:
-                return False
-            self._check(row, JobState.CANCELLED)
-            c.execute(
-                "UPDATE jobs SET state = ?, lease_holder = NULL, lease_expires_at = NULL, updated_at = ?"
-                " WHERE seq = ?",
-                (JobState.CANCELLED.value, now, row["seq"]),
-            )
-            return True
+        return self._end_unless_ended(job_id, JobState.CANCELLED, {}, now=self._now(now))
 
     # -- reading ------------------------------------------------------------------
 
@@ -427,33 +416,34 @@ class JobStore:
         """
         check_name(ran_on, "ran_on", self.limits)
         result_text, stats_text = encode_result(result_text, stats, self.limits)
-        now = self._now(now)
-        with self._tx() as c:
-            row = self._row(c, job_id)
-            if JobState(row["state"]) in TERMINAL:
-                return False
-            self._check(row, JobState.DONE)
-            c.execute(
-                "UPDATE jobs SET state = ?, result_text = ?, stats = ?, ran_on = ?, lease_holder = NULL,"
-                " lease_expires_at = NULL, delivered = 1, updated_at = ? WHERE seq = ?",
-                (JobState.DONE.value, result_text, stats_text, ran_on, now, row["seq"]),
-            )
-            return True
+        return self._end_unless_ended(
+            job_id, JobState.DONE, {"result_text": result_text, "stats": stats_text, "ran_on": ran_on, "delivered": 1},
+            now=self._now(now),
+        )
 
     def import_failure(self, job_id: str, *, error: str, ran_on: str, now: float | None = None) -> bool:
         """Store that the peer a job was handed to gave up on it (at the owner). Like
         ``import_result``: the first outcome wins, a later one changes nothing."""
         check_name(ran_on, "ran_on", self.limits)
-        now = self._now(now)
+        return self._end_unless_ended(
+            job_id, JobState.FAILED, {"error": clip_error(error, self.limits), "ran_on": ran_on, "delivered": 1},
+            now=self._now(now),
+        )
+
+    def _end_unless_ended(self, job_id: str, new: JobState, columns: dict[str, Any], *, now: float) -> bool:
+        """Move a job that has not ended yet to the terminal state ``new``, setting
+        ``columns`` (names from this module only) and dropping its lease. False, and
+        nothing changed, if it had already ended: the first outcome wins."""
+        sets = "".join(f", {name} = ?" for name in columns)
         with self._tx() as c:
             row = self._row(c, job_id)
             if JobState(row["state"]) in TERMINAL:
                 return False
-            self._check(row, JobState.FAILED)
+            self._check(row, new)
             c.execute(
-                "UPDATE jobs SET state = ?, error = ?, ran_on = ?, lease_holder = NULL, lease_expires_at = NULL,"
-                " delivered = 1, updated_at = ? WHERE seq = ?",
-                (JobState.FAILED.value, clip_error(error, self.limits), ran_on, now, row["seq"]),
+                f"UPDATE jobs SET state = ?{sets}, lease_holder = NULL, lease_expires_at = NULL, updated_at = ?"
+                " WHERE seq = ?",
+                (new.value, *columns.values(), now, row["seq"]),
             )
             return True
 
