@@ -39,7 +39,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import msgpack
 
@@ -130,28 +130,36 @@ class Certificate:
     @classmethod
     def from_bytes(cls, data: bytes) -> Certificate:
         """Parse the structure only. Nothing here is trusted: use ``verify_certificate``."""
-        if not isinstance(data, (bytes, bytearray)):
-            raise rejected(CertReason.MALFORMED, "a certificate is bytes")
-        data = bytes(data)
-        if len(data) > MAX_CERT_BYTES:
-            raise rejected(CertReason.OVERSIZE, f"{len(data)} bytes > {MAX_CERT_BYTES}")
-        if len(data) <= SIGNATURE_BYTES:
-            raise rejected(CertReason.MALFORMED, "shorter than a signature")
-        payload, signature = data[:-SIGNATURE_BYTES], data[-SIGNATURE_BYTES:]
-        try:
-            doc = msgpack.unpackb(
-                payload,
-                raw=False,
-                strict_map_key=True,
-                max_str_len=MAX_CERT_BYTES,
-                max_bin_len=MAX_CERT_BYTES,
-                max_array_len=MAX_CERT_BYTES,
-                max_map_len=MAX_CERT_KEYS,
-                max_ext_len=0,
-            )
-        except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
-            raise rejected(CertReason.MALFORMED, f"bad msgpack: {type(e).__name__}") from None
+        doc, payload, signature = unpack_signed(
+            data, what="a certificate", max_bytes=MAX_CERT_BYTES, max_keys=MAX_CERT_KEYS,
+            rejected_as=lambda kind, detail: rejected(CertReason[kind], detail),
+        )
         return _typed(doc, payload, signature)
+
+
+def unpack_signed(
+    data: Any, *, what: str, max_bytes: int, max_keys: int, rejected_as: Callable[[str, str], Exception]
+) -> tuple[Any, bytes, bytes]:
+    """``(doc, payload, signature)`` of an authority-signed ``payload + signature``
+    (certificates, revocations): size checked before anything is parsed, msgpack with
+    limits so no header can claim more than ``max_bytes``. Nothing here is trusted.
+    ``rejected_as("MALFORMED" | "OVERSIZE", detail)`` makes the caller's typed error."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise rejected_as("MALFORMED", f"{what} is bytes")
+    data = bytes(data)
+    if len(data) > max_bytes:
+        raise rejected_as("OVERSIZE", f"{len(data)} bytes > {max_bytes}")
+    if len(data) <= SIGNATURE_BYTES:
+        raise rejected_as("MALFORMED", "shorter than a signature")
+    payload, signature = data[:-SIGNATURE_BYTES], data[-SIGNATURE_BYTES:]
+    try:
+        doc = msgpack.unpackb(
+            payload, raw=False, strict_map_key=True, max_str_len=max_bytes, max_bin_len=max_bytes,
+            max_array_len=max_bytes, max_map_len=max_keys, max_ext_len=0,
+        )
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
+        raise rejected_as("MALFORMED", f"bad msgpack: {type(e).__name__}") from None
+    return doc, payload, signature
 
 
 def _int(value: Any) -> bool:

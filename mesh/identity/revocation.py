@@ -46,9 +46,9 @@ from mesh.identity.certificate import (
     MAX_TIME_S,
     MESH_ID_BYTES,
     SERIAL_BYTES,
-    SIGNATURE_BYTES,
     Certificate,
     mesh_id_for,
+    unpack_signed,
 )
 from mesh.identity.files import read_private, write_atomic
 from mesh.identity.keys import Identity, load_public_raw, peer_id_from_public, peer_id_text, verify
@@ -120,22 +120,10 @@ class Revocation:
     @classmethod
     def from_bytes(cls, data: Any) -> Revocation:
         """Parse the structure only; nothing here is trusted (see ``verify_revocation``)."""
-        if not isinstance(data, (bytes, bytearray)):
-            raise _rejected(RevReason.MALFORMED, "a revocation is bytes")
-        data = bytes(data)
-        if len(data) > MAX_REVOCATION_BYTES:
-            raise _rejected(RevReason.OVERSIZE, f"{len(data)} bytes > {MAX_REVOCATION_BYTES}")
-        if len(data) <= SIGNATURE_BYTES:
-            raise _rejected(RevReason.MALFORMED, "shorter than a signature")
-        payload, signature = data[:-SIGNATURE_BYTES], data[-SIGNATURE_BYTES:]
-        try:
-            doc = msgpack.unpackb(
-                payload, raw=False, strict_map_key=True, max_str_len=MAX_REVOCATION_BYTES,
-                max_bin_len=MAX_REVOCATION_BYTES, max_array_len=MAX_REVOCATION_BYTES,
-                max_map_len=MAX_REVOCATION_KEYS, max_ext_len=0,
-            )
-        except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as e:
-            raise _rejected(RevReason.MALFORMED, f"bad msgpack: {type(e).__name__}") from None
+        doc, payload, signature = unpack_signed(
+            data, what="a revocation", max_bytes=MAX_REVOCATION_BYTES, max_keys=MAX_REVOCATION_KEYS,
+            rejected_as=lambda kind, detail: _rejected(RevReason[kind], detail),
+        )
         return _typed(doc, payload, signature)
 
 
