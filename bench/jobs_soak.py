@@ -27,7 +27,6 @@ import asyncio
 import json
 import random
 import signal
-import socket
 import sqlite3
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from peerproc import PeerProcess, run_mesh  # noqa: E402
+from peerproc import PeerProcess, free_port, run_mesh  # noqa: E402
 
 from mesh.client import Client  # noqa: E402
 from mesh.errors import MeshError  # noqa: E402
@@ -47,12 +46,6 @@ PEER_ARGS = ("--threads", "1", "--ctx", "512", "--no-http")
 
 def say(msg: str) -> None:
     print(msg, flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Churn:

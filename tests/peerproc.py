@@ -13,6 +13,15 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 
 
+def free_port() -> int:
+    """A loopback TCP port nothing listens on right now (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def mesh_cmd(*args: str) -> list[str]:
     return [str(BIN / "mesh"), *args]
 

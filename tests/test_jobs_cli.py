@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from peerproc import PeerProcess, run_mesh
+from peerproc import PeerProcess, free_port, run_mesh
 
 pytestmark = [pytest.mark.model, pytest.mark.subprocess]
 
@@ -59,11 +59,7 @@ def test_kill_9_right_after_submit_the_job_survives_and_completes(tmp_path):
 
 
 def test_nothing_can_answer_so_ask_queue_keeps_the_prompt(tmp_path):
-    import socket
-
-    with socket.socket() as s:  # a port where the cloud would be; nothing listens there
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # where the cloud would be; nothing listens there
     # a lone peer whose context cannot hold the answer asked for, and the cloud (which
     # could) unreachable: nothing can answer now, though something could later
     p = PeerProcess(tmp_path / "a", "--ctx", "128", "--cloud-url", f"http://127.0.0.1:{port}/v1",
@@ -85,13 +81,9 @@ def test_nothing_can_answer_so_ask_queue_keeps_the_prompt(tmp_path):
 
 
 def test_cloud_down_and_no_local_fit_jobs_wait_then_complete_when_it_returns(tmp_path):
-    import socket
-
     from openai_server import LlamaServer
 
-    with socket.socket() as s:  # a port for the cloud, which is down at first
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # for the cloud, which is down at first
     # the peer's own model cannot hold these answers (--ctx 128, which llama.cpp makes 256): only the cloud can
     p = PeerProcess(tmp_path / "a", "--ctx", "128", "--cloud-url", f"http://127.0.0.1:{port}/v1",
                     "--cloud-model", "cloud")

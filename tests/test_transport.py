@@ -4,12 +4,12 @@ certificate names."""
 
 import asyncio
 import dataclasses
-import socket
 import time
 
 import pytest
 import zmq.asyncio
 from loopmesh import config, run, start_mesh, wait_for
+from peerproc import free_port
 
 from mesh.client import Client
 from mesh.discovery.seeds import seed_text
@@ -72,12 +72,6 @@ class RecordingProxy:
             t.cancel()
         if self._server is not None:
             self._server.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_prompt_and_answer_never_cross_the_network_in_clear(tmp_path):
