@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 from mesh.errors import BackendBusy, InvalidRequest, MeshError
 from mesh.identity.keys import peer_id_text
-from mesh.jobs import JobNotFound, JobState, JobStore
+from mesh.jobs import TERMINAL, JobNotFound, JobState, JobStore
 from mesh.jobs.wire import (
     MAX_OUTCOMES_PER_CALL,
     Outcome,
@@ -114,9 +114,10 @@ class JobSync:
         for task in list(self._tasks):
             await cancel_and_wait(task)
 
-    def pending(self) -> dict[str, int]:
-        """What waits to sync: outcomes held for other peers, own jobs running elsewhere."""
-        c = self.store.counts()
+    def pending(self, counts: dict[str, int] | None = None) -> dict[str, int]:
+        """What waits to sync: outcomes held for other peers, own jobs running elsewhere
+        (from ``counts``, the store's ``counts()``, when the caller already has them)."""
+        c = self.store.counts() if counts is None else counts
         return {"outcomes_held": c.get("undelivered", 0), "handed_over": c.get("handed_over", 0)}
 
     # -- owner side -----------------------------------------------------------------------
@@ -179,24 +180,27 @@ class JobSync:
     async def _on_result(self, args: dict, ctx: CallContext) -> dict:
         sender = peer_id_text(ctx.sender)
         stored, known, refused = [], [], {}
+
+        def refuse(job_id: str, code: str, message: str) -> None:
+            refused[job_id] = message
+            self.counts[f"refused:{code}"] += 1
+
         for o in outcomes_from_wire(args):
             try:
                 job = self.store.get(o.id)
             except JobNotFound:
-                refused[o.id] = "no such job here (pruned, or never submitted here)"
+                refuse(o.id, "unknown_job", "no such job here (pruned, or never submitted here)")
                 continue
             if job.owner != self.self_id:
-                refused[o.id] = "not a job of this peer"
-            elif job.state.value in ("done", "failed", "cancelled"):
+                refuse(o.id, "not_our_job", "not a job of this peer")
+            elif job.state in TERMINAL:
                 known.append(o.id)
             elif sender not in (job.lease_holder, job.ran_on):  # o.ran_on may be a third peer it routed to
-                refused[o.id] = "this job was not handed to you"
+                refuse(o.id, "not_handed", "this job was not handed to you")
             elif self._store_outcome(o):
                 stored.append(o.id)
             else:
                 known.append(o.id)
-        for reason in refused.values():
-            self.counts[f"refused:{reason.split(' ')[0]}"] += 1
         return {"stored": stored, "known": known, "refused": refused}
 
     def _watch_handed(self, view: dict[str, dict], now: float) -> None:

@@ -151,6 +151,7 @@ class PeerService:
         caps = self.backend.capabilities
         server = self._server()
         stats = server.stats if server else None
+        jobs = self.jobs.counts() if self.jobs is not None else None  # one read for both "jobs" and "sync"
         return {
             "peer": self.peer_id,
             "name": self.name,
@@ -169,8 +170,8 @@ class PeerService:
                 "queue_limit": caps.queue_limit,
             },
             "answers": self.answers,
-            "jobs": self.jobs.counts() if self.jobs is not None else None,
-            "sync": self.job_sync.pending() if self.job_sync is not None else None,
+            "jobs": jobs,
+            "sync": self.job_sync.pending(jobs) if self.job_sync is not None and jobs is not None else None,
             "rpc": {
                 "in_flight": server.in_flight if server else 0,
                 "calls_started": stats.calls_started if stats else 0,

@@ -136,6 +136,7 @@ def test_only_the_owner_may_hand_over_and_only_the_executor_may_deliver(tmp_path
             outcome = {"id": job.id, "state": "done", "text": "forged", "stats": {}, "ran_on": c.identity.peer_id_text}
             reply = await c.pool.client(a.endpoint).call("job.result", {"outcomes": [outcome]}, timeout_s=5)
             assert job.id in reply["refused"] and a.jobs.get(job.id).result_text is None
+            assert a.job_sync.counts["refused:not_handed"] == 1
             with pytest.raises(InvalidRequest):
                 await client.call("job.result", {"outcomes": []}, timeout_s=5)
         finally:
