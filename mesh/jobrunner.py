@@ -54,6 +54,7 @@ class JobRunner:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._waits: dict[str, int] = {}  # job id -> times nothing could answer it (its back-off)
+        self._draining = False
 
     def start(self) -> None:
         # Jobs this peer was running when it died (kill -9, power loss): requeue them now
@@ -67,12 +68,20 @@ class JobRunner:
     def wake(self) -> None:
         self._wake.set()
 
-    async def stop(self) -> None:
+    async def stop(self, *, drain_s: float = 0.0) -> None:
+        """Stop. With ``drain_s``, claim nothing new and give the job in flight that long
+        to finish first (``mesh rotate``); a job still running then goes back to the queue."""
+        if self._task is None:
+            return
+        if drain_s > 0:
+            self._draining = True
+            self._wake.set()
+            await asyncio.wait({self._task}, timeout=drain_s)
         await cancel_and_wait(self._task)
 
     async def _loop(self) -> None:
         last_prune = 0.0
-        while True:
+        while not self._draining:
             now = self._clock()
             if now - last_prune >= PRUNE_EVERY_S:
                 last_prune = now

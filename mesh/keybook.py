@@ -11,7 +11,9 @@ address this peer dials needs one. Where they come from, strongest first:
 
 A weaker source never replaces a stronger one for the same address, so a spoofed mDNS
 record cannot redirect a member's connections (attack: announce a victim's address with
-a key of one's own). A wrong key costs only a failed handshake: nothing is sent in the
+a key of one's own). Between two certified keys for one address, the one from the more
+recently issued certificate stands: after ``mesh rotate`` the peer at that address has
+a new key, and the old record that gossip may still carry must not bring the old one back. A wrong key costs only a failed handshake: nothing is sent in the
 clear, and the server behind the address cannot read what it cannot decrypt.
 
 Bounded: ``max_entries`` addresses, least recently learned dropped first.
@@ -37,21 +39,29 @@ class KeyBook:
     def __init__(self, *, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         self.max_entries = max_entries
         self._keys: OrderedDict[str, tuple[bytes, KeySource]] = OrderedDict()
+        self._issued: dict[str, int] = {}  # address -> issued_at of the certificate behind a CERTIFIED key
 
     def __len__(self) -> int:
         return len(self._keys)
 
-    def learn(self, address: str, key: bytes, source: KeySource) -> bool:
-        """Remember ``key`` for ``address`` unless a stronger source named another. True if changed."""
+    def learn(self, address: str, key: bytes, source: KeySource, *, issued_at: int = 0) -> bool:
+        """Remember ``key`` for ``address`` unless a stronger source named another, or (both
+        certified) a certificate issued after ``issued_at`` did. True if changed."""
         if not isinstance(key, bytes) or len(key) != KEY_BYTES:
             return False
         old = self._keys.get(address)
         if old is not None and old[1] > source:
             return False
+        if old is not None and old[0] != key and old[1] is source is KeySource.CERTIFIED \
+                and issued_at < self._issued.get(address, 0):
+            return False
         self._keys[address] = (key, max(source, old[1]) if old and old[0] == key else source)
+        if source is KeySource.CERTIFIED:
+            self._issued[address] = max(issued_at, self._issued.get(address, 0)) if old and old[0] == key else issued_at
         self._keys.move_to_end(address)
         while len(self._keys) > self.max_entries:
-            self._keys.popitem(last=False)
+            gone, _ = self._keys.popitem(last=False)
+            self._issued.pop(gone, None)
         return old is None or old[0] != key
 
     def key_for(self, address: str) -> bytes | None:

@@ -128,9 +128,11 @@ class Membership:
             asyncio.create_task(self._meta_loop(), name="gossip-meta"),
         ]
 
-    async def stop(self, *, announce_leave: bool = True) -> None:
+    async def stop(self, *, announce_leave: bool = True, leave_meta: dict | None = None) -> None:
+        """Stop gossiping; first tell the mesh this peer left (with ``leave_meta`` in its
+        last record when given)."""
         if announce_leave and not self.swim.left:
-            self._apply(self.swim.leave(self._clock()))
+            self._apply(self.swim.leave(self._clock(), meta=leave_meta))
             await asyncio.sleep(0.2)  # let the "left" news leave the sockets
         for task in self._tasks:
             await cancel_and_wait(task)
@@ -219,7 +221,7 @@ class Membership:
             self.rejected_records += 1
         elif cert.curve_public and record.peer_id != self.identity.peer_id:
             for address in record.addresses:  # the owner signed these; its certificate names the key
-                self.keybook.learn(address, cert.curve_public, KeySource.CERTIFIED)
+                self.keybook.learn(address, cert.curve_public, KeySource.CERTIFIED, issued_at=cert.issued_at)
         return ok
 
     # -- outbound -----------------------------------------------------------------------

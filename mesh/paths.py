@@ -58,6 +58,14 @@ class DataDir:
         return self.root / "revocations.json"
 
     @property
+    def rotation_journal(self) -> Path:  # a `mesh rotate` under way: the new keys until they are in use, 0600
+        return self.root / "rotation.json"
+
+    @property
+    def rotations(self) -> Path:  # beside the authority key: which peer key was rotated to which
+        return self.root / "rotations.json"
+
+    @property
     def jobs_db(self) -> Path:  # durable jobs (SQLite, WAL)
         return self.root / "jobs.db"
 

@@ -31,16 +31,17 @@ import ipaddress
 import json
 import logging
 import os
+import random
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import zmq.asyncio
 
 from mesh import capabilities
 from mesh.config import PeerConfig
 from mesh.discovery.seeds import RememberedPeers
-from mesh.errors import CertificateError, ConfigError, IdentityError, MeshError
+from mesh.errors import CertificateError, ConfigError, IdentityError, InvalidRequest, MeshError
 from mesh.faults import FaultInjector
 from mesh.discovery.hints import Hint, Source
 from mesh.discovery.seeds import split_seed_text
@@ -53,7 +54,7 @@ from mesh.identity.peerkeys import PeerKeys
 from mesh.identity.renewal import RENEW_METHOD
 from mesh.identity.revocation import RevocationList, load_revocations
 from mesh.identity.tokens import JoinToken
-from mesh.identity.transport import TransportKeys, derived_public
+from mesh.identity.transport import TransportKeys, derived_public, key_text
 from mesh.identity.trust import TrustStore
 from mesh.keybook import KeyBook, KeySource
 from mesh.inference.backend import Backend
@@ -68,7 +69,13 @@ from mesh.paths import DataDir
 from mesh.peerpool import PeerPool
 from mesh.renewal import Renewer, renew_meta, serve_renewal
 from mesh.revocations import RevocationService
+from mesh.identity.rotation import ROTATE_METHOD, RotationJournal, accept_rotation, rotation_request
+from mesh.renewal import ask_authority
+from mesh.rotation import ROTATE_LOCAL_METHOD, install_rotation, resume_rotation, rotate_here, serve_rotation
+from mesh.rpc.server import CallContext, unary
+from mesh.rpc.tasks import cancel_and_wait
 from mesh.router import Router
+from mesh.routing.successors import ROTATING_META_KEY
 from mesh.rpc.codec import FrameCodec
 from mesh.rpc.server import RpcServer
 from mesh.service import PeerService
@@ -133,6 +140,9 @@ class Peer:
         self.http = None  # mesh.http.HttpServer when config.http_port is set
         self.metrics = PeerMetrics(clock=clock)  # this peer's own Prometheus registry and recent requests
         self.http_url: str | None = None
+        self._rotation: asyncio.Task | None = None  # the switch to new keys (rotate), while it runs
+        self.rotations = 0
+        self.last_rotation: dict[str, Any] | None = None
         self._cloud = cloud
         if cloud is None and config.cloud_url and config.cloud_model:
             from mesh.inference.openai_backend import OpenAIBackend
@@ -152,14 +162,13 @@ class Peer:
         if not 0.5 <= self.config.renew_at < 1:
             raise ConfigError(f"renew_at must be in [0.5, 1), got {self.config.renew_at}")
         self.data.ensure()
+        rotation = resume_rotation(self.data)  # a `mesh rotate` interrupted after the authority answered
         self.identity, created = Identity.load_or_create(self.data.identity_key)
         if created:
             log.info("created identity %s in %s", self.identity.peer_id_text, self.data.identity_key)
         self.transport, created = TransportKeys.load_or_create(self.data.transport_key)
         if created:
             log.info("created transport key %s in %s", self.transport.public_text, self.data.transport_key)
-        trust = TrustStore(self.data.trust_file, own_public_raw=self.identity.public_raw)
-        enrol_local_client(self.data, trust)
         self._ctx = zmq.asyncio.Context()
         try:
             self.membership = await self._join_or_create_mesh()
@@ -187,9 +196,58 @@ class Peer:
             await self._backend.aclose()
             self._ctx.term()
             raise
-        verifier = CertificateVerifier(
+        self.verifier = CertificateVerifier(
             self.membership.authority_public, skew_s=self.config.cert_skew_s, revocations=self.revocations
         )
+        self.verifier.on_successor = self._on_successor
+        remembered = RememberedPeers.load(self.data.known_peers)
+        try:
+            self.keybook = self._initial_keybook()
+            seeds = self._seed_addresses(remembered)
+            if self.config.jobs:
+                self.jobs = JobStore(self.data.jobs_db, local_peer=self.identity.peer_id_text, clock=self._clock)
+                if rotation is not None:  # the switch was interrupted: own jobs follow the new id
+                    self.jobs.rename_peer(rotation.old_peer_id_text, self.identity.peer_id_text)
+            await self._start_stack(f"tcp://{self.config.rpc_host}:{self.config.rpc_port}", seeds, remembered)
+        except BaseException:
+            await self._backend.aclose()
+            if self.jobs is not None:
+                self.jobs.close()
+            self._ctx.term()
+            raise
+        self.metrics.attach(self)
+        if self.config.http_port is not None:
+            from mesh.http import HttpServer
+
+            self.http = HttpServer(self, host=self.config.http_host, port=self.config.http_port)
+            self.http_url = await self.http.start()
+            log.info("HTTP API, metrics and dashboard at %s", self.http_url)
+        if self.config.write_peer_file:
+            self._write_peer_file()
+        caps = self._backend.capabilities
+        log.info(
+            "mesh-peer ready: peer %s (%s) at %s, mesh %s, model %s (%s, ctx %d, %.1f tok/s), data dir %s",
+            self.identity.peer_id_text, self.config.name, self.endpoint, self.membership.mesh_id_text, caps.model,
+            caps.quantisation or "?", caps.context_length, caps.tokens_per_s, self.data.root,
+        )
+        if self._cloud is not None:
+            cloud = self._cloud.capabilities
+            log.info("cloud escalation: %s at %s", cloud.model, cloud.extra.get("endpoint", "?"))
+        if rotation is not None:
+            self._publish_rotation(rotation)
+        return self.endpoint
+
+    async def _start_stack(
+        self, bind: str, seeds: list[str], remembered: RememberedPeers | None, *, bind_retry_s: float = 0.0,
+    ) -> None:
+        """Everything that speaks for this peer's identity: the RPC server (bound to
+        ``bind``), gossip, revocations, renewal, the connection pool, the router, job
+        sync and the job runner, mDNS. Built again by ``rotate`` with the new keys; the
+        backend, the job store, the HTTP server and the metrics stay."""
+        assert self.identity is not None and self.membership is not None
+        trust = TrustStore(self.data.trust_file, own_public_raw=self.identity.public_raw)
+        enrol_local_client(self.data, trust)
+        verifier = self.verifier
         self.keys = PeerKeys(
             MeshKeys(self.identity.public_raw, trust=trust, certificates=verifier), certificates=verifier
         )
@@ -203,28 +261,18 @@ class Peer:
             threshold=self.config.threshold, transport_key=self.transport.public_text,
         )
         self._codec = codec
+        is_local = lambda sender: trust.key_for(sender) is not None  # noqa: E731 - this machine's CLI
         methods = {
             **service.methods(), ENROL_METHOD: serve_enrolment(self.data, clock=self._clock),
             RENEW_METHOD: serve_renewal(self.data, verifier, clock=self._clock),
+            ROTATE_METHOD: serve_rotation(self.data, verifier, clock=self._clock),
+            ROTATE_LOCAL_METHOD: unary(self._serve_rotate_local(is_local)),
         }
         self.server = RpcServer(
             codec=codec, methods=methods, config=self.config.rpc, ctx=self._ctx, authenticated=self.keys.authenticated,
             curve=self.transport, transport_ok=_transport_binding(verifier, trust),
         )
-        remembered = RememberedPeers.load(self.data.known_peers)
-        try:
-            self.keybook = self._initial_keybook()
-            seeds = self._seed_addresses(remembered)
-        except BaseException:
-            await self._backend.aclose()
-            self._ctx.term()
-            raise
-        try:
-            bound = await self.server.start(f"tcp://{self.config.rpc_host}:{self.config.rpc_port}")
-        except BaseException:
-            await self._backend.aclose()
-            self._ctx.term()
-            raise
+        bound = await self.server.start(bind, retry_s=bind_retry_s)
         self.endpoint = _reachable(bound)
         port = int(bound.rsplit(":", 1)[1])
         self.advertise = advertise_endpoints(self.config.rpc_host, port, explicit=self.config.advertise)
@@ -240,7 +288,7 @@ class Peer:
         self.revocation_service = RevocationService(
             revocations=self.revocations, path=self.data.revocations, verifier=verifier,
             membership=self.membership_service, authority_key=self.data.authority_key,
-            self_id=self.identity.peer_id, is_local=lambda sender: trust.key_for(sender) is not None,
+            self_id=self.identity.peer_id, is_local=is_local,
             interval_s=self.config.gossip.reconnect_interval_s, clock=self._clock,
         )
         self.server.methods.update(self.revocation_service.methods())
@@ -256,9 +304,7 @@ class Peer:
             fraction=self.config.renew_at, check_s=self.config.renew_check_s, skew_s=self.config.cert_skew_s,
             clock=self._clock,
         )
-        self.metrics.attach(self)
-        if self.config.jobs:
-            self.jobs = JobStore(self.data.jobs_db, local_peer=self.identity.peer_id_text, clock=self._clock)
+        if self.jobs is not None:
             self.job_sync = JobSync(
                 store=self.jobs, membership=self.membership_service, pool=self.pool,
                 self_id=self.identity.peer_id_text, reservations=self.router.reservations,
@@ -281,24 +327,153 @@ class Peer:
         self.renewer.start()
         if self.config.mdns:
             await self._start_mdns(port)
-        if self.config.http_port is not None:
-            from mesh.http import HttpServer
 
-            self.http = HttpServer(self, host=self.config.http_host, port=self.config.http_port)
-            self.http_url = await self.http.start()
-            log.info("HTTP API, metrics and dashboard at %s", self.http_url)
-        if self.config.write_peer_file:
-            self._write_peer_file()
-        caps = self._backend.capabilities
-        log.info(
-            "mesh-peer ready: peer %s (%s) at %s, mesh %s, model %s (%s, ctx %d, %.1f tok/s), data dir %s",
-            self.identity.peer_id_text, self.config.name, self.endpoint, self.membership.mesh_id_text, caps.model,
-            caps.quantisation or "?", caps.context_length, caps.tokens_per_s, self.data.root,
-        )
-        if self._cloud is not None:
-            cloud = self._cloud.capabilities
-            log.info("cloud escalation: %s at %s", cloud.model, cloud.extra.get("endpoint", "?"))
-        return self.endpoint
+    async def _stop_stack(
+        self, grace: float, *, drain_jobs_s: float = 0.0, close_pool: bool = True, leave_meta: dict | None = None,
+    ) -> None:
+        """Stop what ``_start_stack`` started, in order: the job runner (a job in flight
+        gets ``drain_jobs_s`` to finish, then goes back to the queue) and job sync, mDNS,
+        renewal, revocations, gossip (announcing "left"), then the RPC server (in-flight
+        calls get ``grace``), then the connection pool unless ``close_pool`` is False."""
+        if self.job_runner is not None:
+            await self.job_runner.stop(drain_s=drain_jobs_s)
+        if self.job_sync is not None:
+            await self.job_sync.stop()
+        if self.discovery is not None:
+            await self.discovery.aclose()
+            self.discovery = None
+        if self.renewer is not None:
+            await self.renewer.stop()
+        if self.revocation_service is not None:
+            await self.revocation_service.stop()
+        if self.membership_service is not None:
+            await self.membership_service.stop(leave_meta=leave_meta)
+        if self.server is not None:
+            n = self.server.in_flight
+            if n:
+                log.info("waiting up to %gs for %d request(s) in flight", grace, n)
+            await self.server.close(grace_s=grace)
+        if self.pool is not None and close_pool:
+            await self.pool.aclose()
+
+    # -- key rotation (mesh rotate) ----------------------------------------------------------
+
+    def _serve_rotate_local(self, is_local: Callable[[bytes], bool]):
+        async def rotate(args: dict, ctx: CallContext) -> dict:
+            if not is_local(ctx.sender):
+                raise InvalidRequest("peer.rotate is for the mesh CLI on this peer's machine")
+            return await self.rotate()
+
+        return rotate
+
+    async def rotate(self) -> dict[str, Any]:
+        """Roll this peer's identity and transport keys without stopping it.
+
+        First (the caller waits): new keys, journalled in ``rotation.json`` before anything
+        leaves; the authority (this data dir's key, or a member holding it) certifies them
+        under the same name as this peer's successor and hands back the revocation of the
+        old key. Then (``_switch``, in the background) the peer changes over; the returned
+        summary names the old and the new peer id."""
+        if self._rotation is not None and not self._rotation.done():
+            raise InvalidRequest("a key rotation is already under way on this peer")
+        if self._stopped:
+            raise InvalidRequest("this peer is stopping")
+        assert self.identity is not None and self.membership is not None
+        journal = RotationJournal.load(self.data.rotation_journal)
+        if journal is None or journal.old_public != self.identity.public_raw or journal.certificate:
+            journal = RotationJournal.begin(self.identity.public_raw)
+            journal.save(self.data.rotation_journal)  # before asking: a crash retries with these keys
+        args = rotation_request(journal.identity, journal.transport.public, old_public=self.identity.public_raw,
+                                mesh_id=self.membership.mesh_id)
+        try:
+            if self.data.authority_key.exists():
+                reply = rotate_here(self.data, args, self.certificate, now=self._clock())
+            else:
+                reply = await ask_authority(self.membership_service, self.pool, ROTATE_METHOD, args,
+                                            rng=random.Random(), timeout_s=10.0)
+            cert, rev = accept_rotation(
+                reply, current=self.certificate, new_public=journal.identity.public_raw,
+                new_curve=journal.transport.public, authority_public_raw=self.membership.authority_public,
+                now=self._clock(), skew_s=self.config.cert_skew_s,
+            )
+        except MeshError as e:
+            raise MeshError(f"key rotation refused: {e}") from None
+        journal = journal.issued(cert, rev)
+        journal.save(self.data.rotation_journal)
+        old = self.identity.peer_id_text
+        self._rotation = asyncio.create_task(self._switch(journal), name="rotate-switch")
+        return {
+            "old_peer_id": old, "peer_id": cert.peer_id_text, "name": cert.name,
+            "transport_key": key_text(cert.curve_public), "expires_at": cert.expires_at,
+        }
+
+    async def _switch(self, journal: RotationJournal) -> None:
+        """Change over to the journal's keys. Order: the new keys go to disk; the old
+        stack stops taking work (gossip says "left" under the old id, the job runner
+        finishes the job in flight, calls in flight get ``shutdown_grace_s``); a new stack
+        binds the same port with the new keys and joins the members the old one knew;
+        prompts still streaming through the old router finish on its connections (signed
+        by the old key, still valid); then the old key's revocation goes out. The backend,
+        the job store, the HTTP server and the metrics carry on throughout; HTTP requests
+        that arrive during the change are served by the old router until the new one is
+        in place."""
+        t0 = time.monotonic()
+        grace = self.config.shutdown_grace_s
+        old_id = self.identity.peer_id_text
+        try:
+            seeds = list(dict.fromkeys([*self.membership_service.live_addresses().values(),
+                                        *(split_seed_text(s)[0] for s in self.config.seeds)]))
+            port = int(self.endpoint.rsplit(":", 1)[1])
+            old_router, old_pool = self.router, self.pool
+            self.membership = install_rotation(self.data, journal, seeds=self.membership.seeds)
+            if self.job_runner is not None:  # the job in flight finishes while this peer is still routable
+                await self.job_runner.stop(drain_s=grace)
+            away = time.monotonic()
+            # the last record under the old id says "left, rotating": routers wait for the new id
+            leave_meta = {**(self.membership_service.swim.own_record.meta or {}), ROTATING_META_KEY: True}
+            await self._stop_stack(grace, close_pool=False, leave_meta=leave_meta)
+            self.identity, self.transport = journal.identity, journal.transport
+            self.certificate = self.membership.verify(peer_public_raw=self.identity.public_raw, now=self._clock())
+            if self.jobs is not None:
+                self.jobs.rename_peer(old_id, self.identity.peer_id_text)
+            await self._start_stack(f"tcp://{self.config.rpc_host}:{port}", seeds,
+                                    RememberedPeers.load(self.data.known_peers), bind_retry_s=5.0)
+            self.router.rename_peer(old_id, self.identity.peer_id_text)
+            away = time.monotonic() - away
+            if self.config.write_peer_file:
+                self._write_peer_file()
+            switched = time.monotonic() - t0
+            deadline = time.monotonic() + grace
+            while old_router.active and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            await old_pool.aclose()
+            self._publish_rotation(journal)
+        except Exception:
+            # the new keys are on disk and the journal is kept: a restart comes up with them
+            # and publishes the revocation
+            log.exception("key rotation failed while switching to the new keys; restart mesh-peer to finish it")
+            raise
+        self.rotations += 1
+        self.last_rotation = {"switch_s": round(switched, 3), "away_s": round(away, 3), "old_peer_id": old_id}
+        log.info("keys rotated: peer %s is now %s (transport key %s); switched in %.2fs, of which %.2fs away "
+                 "from routing", old_id[:12], self.identity.peer_id_text, self.transport.public_text, switched, away)
+
+    def _publish_rotation(self, journal: RotationJournal) -> None:
+        """Spread the old key's revocation (every member refuses it from then on) and
+        close the journal."""
+        if self.revocation_service is not None and journal.revocation:
+            self.revocation_service.accept([journal.revocation], push_to_all=True)
+        self.data.rotation_journal.unlink(missing_ok=True)
+
+    def _on_successor(self, cert) -> None:
+        """A certificate naming a predecessor arrived (a member ran ``mesh rotate``): its
+        jobs and sessions follow it to its new id."""
+        old, new = peer_id_text(cert.predecessor_id), cert.peer_id_text
+        moved = self.jobs.rename_peer(old, new) if self.jobs is not None else 0
+        if self.router is not None:
+            self.router.rename_peer(old, new)
+        log.info("member %s rotated its keys: now %s%s", old[:12], new[:12],
+                 f" ({moved} job record(s) follow it)" if moved else "")
 
     def _renewed(self, membership: MeshMembership, cert) -> None:
         """A renewed certificate (already saved in mesh.json): present it from now on."""
@@ -439,29 +614,14 @@ class Peer:
             return
         self._stopped = True
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
+        if self._rotation is not None:  # let a key switch under way finish: half a switch is worse
+            await asyncio.wait({self._rotation}, timeout=2 * grace + 10)
+            await cancel_and_wait(self._rotation)
         if self.config.write_peer_file:
             self._remove_peer_file()
         if self.http is not None:
             await self.http.stop()
-        if self.job_runner is not None:
-            await self.job_runner.stop()
-        if self.job_sync is not None:
-            await self.job_sync.stop()
-        if self.discovery is not None:
-            await self.discovery.aclose()
-        if self.renewer is not None:
-            await self.renewer.stop()
-        if self.revocation_service is not None:
-            await self.revocation_service.stop()
-        if self.membership_service is not None:
-            await self.membership_service.stop()
-        if self.server is not None:
-            n = self.server.in_flight
-            if n:
-                log.info("stopping: waiting up to %gs for %d request(s) in flight", grace, n)
-            await self.server.close(grace_s=grace)
-        if self.pool is not None:
-            await self.pool.aclose()
+        await self._stop_stack(grace)
         if self._backend is not None:
             await self._backend.aclose()
         if self._cloud is not None:

@@ -137,18 +137,27 @@ class Renewer:
     async def _obtain(self, now: float) -> dict:
         if self.data.authority_key.exists():
             return handle_renew(self.current, authority=MeshAuthority.load(self.data.authority_key), now=now)
-        holders = [
-            m["addresses"][0] for m in self.members.view()
-            if not m["self"] and m["state"] == "alive" and m["addresses"]
-            and isinstance(m.get("meta"), dict) and m["meta"].get(RENEW_META_KEY) is True
-        ]
-        if not holders:
-            raise MeshError("no live member holds the mesh authority key (is its device on?)")
-        self._rng.shuffle(holders)
-        errors = []
-        for address in holders:
-            try:
-                return await self.pool.client(address).call(RENEW_METHOD, {}, timeout_s=self.call_timeout_s)
-            except MeshError as e:
-                errors.append(f"{address}: {e}")
-        raise MeshError("; ".join(errors))
+        return await ask_authority(self.members, self.pool, RENEW_METHOD, {}, rng=self._rng,
+                                   timeout_s=self.call_timeout_s)
+
+
+async def ask_authority(
+    members: Membership, pool: PeerPool, method: str, args: dict, *, rng: random.Random, timeout_s: float
+) -> dict:
+    """Call ``method`` on a live member holding the authority key (its gossip meta says
+    ``renew: true``), trying each in random order; the first answer wins."""
+    holders = [
+        m["addresses"][0] for m in members.view()
+        if not m["self"] and m["state"] == "alive" and m["addresses"]
+        and isinstance(m.get("meta"), dict) and m["meta"].get(RENEW_META_KEY) is True
+    ]
+    if not holders:
+        raise MeshError("no live member holds the mesh authority key (is its device on?)")
+    rng.shuffle(holders)
+    errors = []
+    for address in holders:
+        try:
+            return await pool.client(address).call(method, args, timeout_s=timeout_s)
+        except MeshError as e:
+            errors.append(f"{address}: {e}")
+    raise MeshError("; ".join(errors))

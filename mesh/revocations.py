@@ -251,6 +251,9 @@ class RevocationService:
                 raise InvalidRequest("that is this peer itself: the authority's own peer cannot be revoked")
             raise InvalidRequest(f"no member of this mesh is named {target!r} or has an id starting with it "
                                  "(see `mesh peers`)")
+        if len(matches) > 1:  # a name outlives a key (mesh rotate): the member not yet revoked is meant
+            live = {pid: c for pid, c in matches.items() if pid not in self.membership.revoked}
+            matches = live or matches
         if len(matches) > 1:
             names = ", ".join(f"{c.name} ({c.peer_id_text[:12]})" for c in matches.values())
             raise InvalidRequest(f"{target!r} matches several members: {names}; give more of the peer id")

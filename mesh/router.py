@@ -47,6 +47,7 @@ from mesh.routing import (
     next_step,
     retry_plan,
 )
+from mesh.routing.successors import ROTATION_WAIT_S, Successors
 from mesh.rpc.server import Final
 
 log = logging.getLogger("mesh.router")
@@ -82,6 +83,8 @@ class Router:
         self._rng = rng or random.Random()
         self.breakers = BreakerBook(cfg=self.cfg)
         self.affinity = SessionAffinity(max_sessions=self.cfg.max_sessions)
+        self.active = 0  # prompts being answered through this router now
+        self.successors = Successors()  # peers that rotated their keys: old id -> new id
         self.reservations: Counter[str] = Counter()
         self.choices: Counter[str] = Counter()  # routing choices per peer, for metrics
 
@@ -106,7 +109,10 @@ class Router:
     def resolve_peer(self, prefix: str) -> str:
         """A peer id from a prefix of it or a member's name (``mesh ask --peer``)."""
         view = self.membership.view()
-        hits = {m["peer_id"] for m in view if m["peer_id"].startswith(prefix) or m.get("name") == prefix}
+        matches = [m for m in view if m["peer_id"].startswith(prefix) or m.get("name") == prefix]
+        hits = {m["peer_id"] for m in matches}
+        if len(hits) > 1:  # a name outlives a key (mesh rotate): the member in the mesh now is meant
+            hits = {m["peer_id"] for m in matches if m["state"] in ("alive", "suspect") and not m.get("revoked")}
         if len(hits) != 1:
             raise InvalidRequest(
                 f"--peer {prefix!r} matches {'no member' if not hits else f'{len(hits)} members'}; see `mesh peers`"
@@ -155,8 +161,47 @@ class Router:
     def ask(self, gen: GenerationRequest, route: RouteRequest, *, entry: str | None = None) -> AsyncIterator[Any]:
         """The events of one prompt (see the module docstring). ``entry``: where it came in
         (rpc, http, job), for metrics; None lets the observer tell from the context."""
-        events = self._ask(gen, route)
+        events = self._counted(self._ask_across_rotation(gen, route))
         return events if self.observer is None else self.observer.watch(events, gen, entry=entry)
+
+    def rename_peer(self, old: str, new: str) -> None:
+        """Peer ``old`` is ``new`` now (``mesh rotate``): prompts pinned to it and sessions
+        on it follow it."""
+        self.successors.learn(old, new)
+        self.affinity.rename_peer(old, new)
+
+    async def _counted(self, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        self.active += 1
+        try:
+            async for ev in events:
+                yield ev
+        finally:
+            self.active -= 1
+
+    async def _ask_across_rotation(self, gen: GenerationRequest, route: RouteRequest) -> AsyncIterator[Any]:
+        """``_ask``; when nothing could answer and no text went out, but a member that
+        could have is rotating its keys (left moments ago, successor not here yet), wait
+        for its successor and ask once more (see ``mesh.routing.successors``)."""
+        if route.pinned_peer:
+            route = replace(route, pinned_peer=self.successors.current(route.pinned_peer))
+        streamed = False
+        try:
+            async for ev in self._ask(gen, route):
+                streamed = streamed or (isinstance(ev, dict) and "t" in ev)
+                yield ev
+            return
+        except NoAnswer:
+            waiting = self.successors.awaiting(self.membership.view())
+            if streamed or not waiting:
+                raise
+            log.info("nothing could answer while %d peer(s) rotate their keys; waiting for them", len(waiting))
+            deadline = time.monotonic() + ROTATION_WAIT_S
+            while self.successors.awaiting(self.membership.view()) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+        if route.pinned_peer:
+            route = replace(route, pinned_peer=self.successors.current(route.pinned_peer))
+        async for ev in self._ask(gen, route):
+            yield ev
 
     async def _ask(self, gen: GenerationRequest, route: RouteRequest) -> AsyncIterator[Any]:
         seen = {"busy": False}  # per prompt: some fit peer said busy

@@ -88,3 +88,13 @@ def run_mesh(*args: str, data_dir: Path | None = None, input: str | None = None,
         cmd += ["--data-dir", str(data_dir)]
     return subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
+
+
+def wait_until(cond, timeout_s: float = 60.0, *, every_s: float = 0.2) -> None:
+    """Poll ``cond`` (blocking, for tests driving processes) until true or fail the test."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(every_s)
+    raise AssertionError("condition not reached in time")

@@ -2,11 +2,10 @@
 the other, which every peer then refuses; anywhere else the command refuses clearly."""
 
 import json
-import time
 
 import pytest
 
-from peerproc import PeerProcess, run_mesh
+from peerproc import PeerProcess, run_mesh, wait_until as wait
 
 pytestmark = [pytest.mark.model, pytest.mark.subprocess]
 
@@ -15,15 +14,6 @@ def members(data_dir) -> dict[str, dict]:
     r = run_mesh("peers", "--json", data_dir=data_dir)
     assert r.returncode == 0, r.stderr
     return {m["name"]: m for m in json.loads(r.stdout)}
-
-
-def wait(cond, timeout_s=60.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.2)
-    raise AssertionError("condition not reached in time")
 
 
 def test_mesh_revoke(tmp_path):

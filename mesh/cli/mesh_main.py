@@ -5,6 +5,7 @@
     mesh info                    what the local peer is and how it is doing
     mesh keys create NAME        an API key for the OpenAI-compatible HTTP API (list, revoke)
     mesh revoke PEER             revoke a member's certificate (where `mesh init` ran)
+    mesh rotate                  roll this peer's keys without stopping it (the old key is revoked)
 """
 
 from __future__ import annotations
@@ -117,6 +118,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_dir(revoke)
     revoke.add_argument("peer", help="the member's name or a peer id prefix (see `mesh peers`)")
     revoke.add_argument("--json", action="store_true", help="print JSON")
+
+    rotate = sub.add_parser("rotate", help="give the local peer new identity and transport keys without stopping "
+                            "it; the mesh authority certifies them and revokes the old key")
+    add_data_dir(rotate)
+    rotate.add_argument("--wait", type=float, default=120.0, metavar="S",
+                        help="how long to wait for the peer to finish switching (default 120)")
+    rotate.add_argument("--json", action="store_true", help="print JSON")
 
     keys = sub.add_parser("keys", help="API keys of this peer's OpenAI-compatible HTTP API (create, list, revoke)")
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION")
@@ -447,6 +455,58 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_rotate(args: argparse.Namespace) -> int:
+    import asyncio
+    import time
+
+    from mesh.client import Client
+    from mesh.paths import resolve_data_dir
+    from mesh.rotation import ROTATE_LOCAL_METHOD
+
+    data = resolve_data_dir(args.data_dir)
+    with Client(args.data_dir) as client:
+        async def once():
+            try:
+                rpc = await client._connection()
+                return await rpc.call(ROTATE_LOCAL_METHOD, {}, timeout_s=30)
+            finally:
+                await client.aclose()
+
+        doc = asyncio.run(once())
+    # the peer switches in the background: it is done when peer.json names the new id
+    deadline, now_running = time.monotonic() + max(0.0, args.wait), None
+    while time.monotonic() < deadline:
+        try:
+            now_running = json.loads(data.peer_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            now_running = None
+        if now_running and now_running.get("peer_id") == doc["peer_id"]:
+            break
+        time.sleep(0.1)
+    switched = bool(now_running and now_running.get("peer_id") == doc["peer_id"])
+    doc["switched"] = switched
+    if switched:
+        doc["endpoint"] = now_running.get("endpoint")
+        advertise = now_running.get("advertise") or []
+        doc["join"] = f"{advertise[0].removeprefix('tcp://')}@{doc['transport_key']}" if advertise else None
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        rows = [("name", doc["name"]), ("old peer id", f"{doc['old_peer_id']} (revoked once the switch is done)"),
+                ("new peer id", doc["peer_id"]), ("transport key", doc["transport_key"])]
+        if doc.get("join"):
+            rows.append(("join here with", f"--join {doc['join']}"))
+        width = max(len(k) for k, _ in rows)
+        print("rotated the keys of this peer" if switched else "new keys certified; the peer is still switching")
+        for k, v in rows:
+            print(f"  {k.ljust(width)}  {v}")
+        print("Seeds written as HOST:PORT@KEY for this peer elsewhere need the new key.", file=sys.stderr)
+    if not switched:
+        return fail(f"the peer did not finish switching within {args.wait:g}s; see its log "
+                    "(a restart of mesh-peer completes the switch)")
+    return EXIT_OK
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     import time
 
@@ -516,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         "init": cmd_init, "invite": cmd_invite, "join": cmd_join,
         "submit": cmd_submit, "jobs": cmd_jobs, "result": cmd_result, "cancel": cmd_cancel,
         "doctor": cmd_doctor, "keys": cmd_keys, "revoke": cmd_revoke,
+        "rotate": cmd_rotate,
     }
     try:
         if args.command in commands:

@@ -166,8 +166,8 @@ class RememberedPeers:
     def merge(self, hints: Iterable[Hint]) -> bool:
         """Remember these (hints without a peer id are skipped: seeds are given each start).
 
-        A peer's newer sighting replaces its older one; past ``max_entries`` the least
-        recently seen are forgotten. Returns True if anything changed."""
+        A peer's newer sighting replaces its older one, and an older sighting of another
+        peer at the same address; past ``max_entries`` the least recently seen are forgotten. Returns True if anything changed."""
         changed = False
         for h in hints:
             if h.peer_id is None or not is_peer_id(h.peer_id) or not math.isfinite(h.seen_at):
@@ -183,6 +183,12 @@ class RememberedPeers:
                        transport_key=h.transport_key)
             if new != old:
                 self._by_id[h.peer_id] = new
+                changed = True
+            # one peer per address: an older sighting of another peer there (it restarted
+            # with a new identity, or rotated its keys) would bring back a stale key
+            for pid in [p for p, o in self._by_id.items()
+                        if p != h.peer_id and o.address == address and o.seen_at <= h.seen_at]:
+                del self._by_id[pid]
                 changed = True
         if len(self._by_id) > self.max_entries:
             keep = self.hints()[: self.max_entries]

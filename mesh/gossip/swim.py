@@ -252,8 +252,10 @@ class Swim:
         self._send_join(now)
         return self._drain()
 
-    def leave(self, now: float) -> list[Effect]:
-        """Announce an owner-signed ``left`` record; stop probing and refuting.
+    def leave(self, now: float, *, meta: dict | None = None) -> list[Effect]:
+        """Announce an owner-signed ``left`` record (carrying ``meta`` when given, e.g.
+        that the peer is rotating its keys and comes back under a new id); stop probing
+        and refuting.
 
         The shell should keep calling ``tick`` until ``pending_news`` is 0 or a grace
         period (a few ``gossip_interval_s``) passes, then stop.
@@ -261,7 +263,7 @@ class Swim:
         if not self._left:
             self._left = True
             self._prober.stop()
-            self._own = self._resign(left=True)
+            self._own = self._resign(left=True, **({"meta": meta} if meta is not None else {}))
             self._state.queue_news(m.Alive(self._own), urgent=True)
             self._gossip_round(now)
         return self._drain()

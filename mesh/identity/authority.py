@@ -61,6 +61,7 @@ class MeshAuthority:
         now: float,
         ttl_s: float = DEFAULT_CERT_TTL_S,
         curve_public: bytes = b"",
+        predecessor: bytes = b"",
     ) -> bytes:
         """Sign a certificate for ``peer_public_raw`` valid from ``now`` for ``ttl_s`` seconds."""
         if not 0 < ttl_s <= MAX_CERT_TTL_S:
@@ -75,5 +76,6 @@ class MeshAuthority:
             expires_at=issued_at + max(1, int(ttl_s)),
             serial=secrets.token_bytes(SERIAL_BYTES),
             curve_public=curve_public,
+            predecessor=predecessor,
         )
         return cert.to_bytes()

@@ -16,6 +16,9 @@ newer certificates)::
     exp  int    expires at, seconds since the Unix epoch (> iat)
     s    bin16  serial, random; names this certificate (revocation)
     c    bin    the peer's CurveZMQ public key: 32 bytes, or empty until transport keys exist
+    p    bin32  optional: the Ed25519 public key this one replaces (``mesh rotate``): the
+                authority says the peer that held ``p`` is now this one, so jobs and
+                sessions naming the old peer id follow the new one
 
 ``verify_certificate`` checks, in this order, and stops at the first failure (each
 failure is a ``CertificateError`` whose ``reason`` is a ``CertReason``):
@@ -115,10 +118,16 @@ class Certificate:
     curve_public: bytes
     signature: bytes = field(repr=False)
     payload: bytes = field(repr=False)  # the exact signed bytes
+    predecessor: bytes = b""  # the public key this one replaced (mesh rotate), or empty
 
     @property
     def peer_id(self) -> bytes:
         return peer_id_from_public(self.peer_public)
+
+    @property
+    def predecessor_id(self) -> bytes | None:
+        """The peer id this certificate's peer was before ``mesh rotate``, if it was rotated."""
+        return peer_id_from_public(self.predecessor) if self.predecessor else None
 
     @property
     def peer_id_text(self) -> str:
@@ -184,6 +193,11 @@ def _typed(doc: Any, payload: bytes, signature: bytes) -> Certificate:
     curve = doc.get("c")
     if not isinstance(curve, bytes) or len(curve) not in (0, KEY_BYTES):
         raise rejected(CertReason.MALFORMED, f"field 'c' must be empty or {KEY_BYTES} bytes")
+    predecessor = doc.get("p", b"")
+    if not isinstance(predecessor, bytes) or len(predecessor) not in (0, KEY_BYTES):
+        raise rejected(CertReason.MALFORMED, f"field 'p' must be {KEY_BYTES} bytes when present")
+    if predecessor == doc["k"]:
+        raise rejected(CertReason.MALFORMED, "a key cannot replace itself")
     problem = check_name(doc.get("n"))
     if problem:
         raise rejected(CertReason.MALFORMED, problem)
@@ -202,6 +216,7 @@ def _typed(doc: Any, payload: bytes, signature: bytes) -> Certificate:
         curve_public=curve,
         signature=signature,
         payload=payload,
+        predecessor=predecessor,
     )
 
 
@@ -214,6 +229,7 @@ def sign_certificate(
     expires_at: int,
     serial: bytes,
     curve_public: bytes = b"",
+    predecessor: bytes = b"",
 ) -> Certificate:
     """Build and sign one certificate. Pure: the serial and times are passed in."""
     problem = check_name(name)
@@ -225,23 +241,25 @@ def sign_certificate(
         raise CertificateError(f"a serial is {SERIAL_BYTES} bytes")
     if len(curve_public) not in (0, KEY_BYTES):
         raise CertificateError(f"a CurveZMQ public key is {KEY_BYTES} bytes (or empty)")
+    if len(predecessor) not in (0, KEY_BYTES) or predecessor == bytes(peer_public_raw):
+        raise CertificateError(f"a predecessor is another peer's {KEY_BYTES}-byte public key (or empty)")
     if not (_int(issued_at) and _int(expires_at) and 0 <= issued_at < expires_at <= MAX_TIME_S):
         raise CertificateError("need 0 <= issued_at < expires_at")
     authority_public = authority.public_raw
-    payload = msgpack.packb(
-        {
-            "v": CERT_VERSION,
-            "m": mesh_id_for(authority_public),
-            "a": authority_public,
-            "k": bytes(peer_public_raw),
-            "n": name,
-            "iat": issued_at,
-            "exp": expires_at,
-            "s": bytes(serial),
-            "c": bytes(curve_public),
-        },
-        use_bin_type=True,
-    )
+    fields = {
+        "v": CERT_VERSION,
+        "m": mesh_id_for(authority_public),
+        "a": authority_public,
+        "k": bytes(peer_public_raw),
+        "n": name,
+        "iat": issued_at,
+        "exp": expires_at,
+        "s": bytes(serial),
+        "c": bytes(curve_public),
+    }
+    if predecessor:  # only rotated certificates carry it: older peers' bytes stay as they were
+        fields["p"] = bytes(predecessor)
+    payload = msgpack.packb(fields, use_bin_type=True)
     data = payload + authority.sign(DOMAIN + payload)
     if len(data) > MAX_CERT_BYTES:  # cannot happen with a 64-character name; guard the invariant
         raise CertificateError(f"certificate would be {len(data)} bytes > {MAX_CERT_BYTES}")

@@ -33,7 +33,9 @@ drops what was learned from the revoked peer at once.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import OrderedDict
+from typing import Callable
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -50,6 +52,8 @@ from mesh.identity.certificate import (
 from mesh.identity.keys import load_public_raw
 from mesh.identity.revocation import Revocation, RevocationList
 from mesh.identity.trust import KeyResolver, StaticKeys
+
+log = logging.getLogger("mesh.identity")
 
 DEFAULT_MAX_ENTRIES = 4096  # verified certificates remembered (~0.5 KB each)
 DEFAULT_MAX_PEERS = 4096  # peers whose key this verifier can vouch for
@@ -84,6 +88,9 @@ class CertificateVerifier:
         self._cache: OrderedDict[bytes, Certificate] = OrderedDict()  # sha256(cert bytes) -> cert
         self._peers: OrderedDict[bytes, Certificate] = OrderedDict()  # peer id -> most recent cert
         self._now = float("-inf")  # high-water mark of the clock readings given to us
+        # called once per newly admitted certificate that names a predecessor (mesh rotate),
+        # before the frame or record that carried it is acted on
+        self.on_successor: Callable[[Certificate], None] | None = None
         self.hits = 0  # verifications answered from the cache
         self.cache_evictions = 0
         self.peer_evictions = 0
@@ -104,6 +111,7 @@ class CertificateVerifier:
             raise rejected(CertReason.OVERSIZE, f"{len(cert_bytes)} bytes > {MAX_CERT_BYTES}")
         digest = hashlib.sha256(cert_bytes).digest()
         cert = self._cache.get(digest)
+        fresh = False
         if cert is not None:
             try:
                 check_validity(cert, now=now, skew_s=self.skew_s)
@@ -121,11 +129,17 @@ class CertificateVerifier:
             while len(self._cache) > self.max_entries:
                 self._cache.popitem(last=False)
                 self.cache_evictions += 1
+            fresh = True
         if self.revocations is not None and self.revocations.revokes(cert):
             # after the signature: only a certificate of this mesh can be called revoked
             self._cache.pop(digest, None)
             raise rejected(CertReason.REVOKED, f"the mesh authority revoked {cert.name} ({cert.peer_id_text[:12]})")
         self._remember_peer(cert, now)
+        if fresh and cert.predecessor and self.on_successor is not None:
+            try:
+                self.on_successor(cert)
+            except Exception:  # a listener's bug must not refuse a valid certificate
+                log.exception("successor listener failed for %s", cert.peer_id_text[:12])
         return cert
 
     def certified_peer(self, cert_bytes: bytes, now: float) -> bytes:

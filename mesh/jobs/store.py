@@ -464,6 +464,21 @@ class JobStore:
             )
             return cur.rowcount == 1
 
+    def rename_peer(self, old: str, new: str) -> int:
+        """Peer ``old`` is now ``new`` (``mesh rotate``: the mesh authority certified ``new``
+        as its successor): its jobs (as owner) and its leases (as the peer running a job)
+        follow it. Idempotent; returns how many jobs changed."""
+        check_name(old, "peer id", self.limits)
+        check_name(new, "peer id", self.limits)
+        if old == new:
+            return 0
+        with self._tx() as c:
+            owned = c.execute("UPDATE jobs SET owner = ? WHERE owner = ?", (new, old)).rowcount
+            held = c.execute("UPDATE jobs SET lease_holder = ? WHERE lease_holder = ?", (new, old)).rowcount
+        if self.local_peer == old:
+            self.local_peer = new
+        return owned + held
+
     def handed_over(self, *, limit: int = 1000) -> list[Job]:
         """This peer's own jobs running on other peers (handed over), oldest first."""
         if self.local_peer is None:

@@ -43,6 +43,13 @@ class SessionAffinity:
     def forget(self, session_id: str) -> None:
         self._peers.pop(session_id, None)
 
+    def rename_peer(self, old: str, new: str) -> int:
+        """Peer ``old`` is ``new`` now (``mesh rotate``): its sessions stay with it."""
+        moved = [s for s, p in self._peers.items() if p == old]
+        for s in moved:
+            self._peers[s] = new
+        return len(moved)
+
     def forget_peer(self, peer_id: str) -> int:
         """Forget every session on a peer that failed; returns how many."""
         gone = [s for s, p in self._peers.items() if p == peer_id]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -147,7 +148,11 @@ class RpcServer:
         self._cast_rate = RateLimiter(rate_per_s=config.casts_per_sender_per_s, burst=config.casts_burst,
                                       max_keys=config.max_senders_tracked)
 
-    async def start(self, endpoint: str) -> str:
+    async def start(self, endpoint: str, *, retry_s: float = 0.0) -> str:
+        """Bind and serve. ``retry_s``: keep trying that long while the address is still
+        held (a server on this context was just closed, e.g. by ``mesh rotate``:
+        ZeroMQ releases a closed socket's endpoints in its own thread, a moment later)."""
+        deadline = time.monotonic() + retry_s
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         # zmq itself drops (and disconnects) only far-oversize messages; frames between
@@ -156,18 +161,29 @@ class RpcServer:
         if self.curve is not None:
             apply_server(sock, self.curve)
             self._zap = ZapResponder(self._ctx)
+            while True:
+                try:
+                    self._zap.start()
+                    break
+                except MeshError:
+                    if time.monotonic() < deadline:
+                        await asyncio.sleep(0.05)
+                        continue
+                    sock.close(0)
+                    raise
+        while True:
             try:
-                self._zap.start()
-            except MeshError:
+                sock.bind(endpoint)
+                break
+            except zmq.ZMQError as e:
+                if e.errno == zmq.EADDRINUSE and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                    continue
                 sock.close(0)
-                raise
-        try:
-            sock.bind(endpoint)
-        except zmq.ZMQError as e:
-            sock.close(0)
-            if self._zap is not None:
-                await self._zap.close()
-            raise MeshError(f"cannot listen on {endpoint}: {e.strerror}; pick another --rpc-port (0 = any free)") from e
+                if self._zap is not None:
+                    await self._zap.close()
+                raise MeshError(
+                    f"cannot listen on {endpoint}: {e.strerror}; pick another --rpc-port (0 = any free)") from e
         self._sock = sock
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._accepting = True

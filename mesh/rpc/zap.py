@@ -108,5 +108,9 @@ class ZapResponder:
         await cancel_and_wait(self._task)
         self._task = None
         if self._sock is not None:
+            try:
+                self._sock.unbind(ZAP_ENDPOINT)  # inproc: released now, not when the socket is reaped
+            except zmq.ZMQError:
+                pass
             self._sock.close(0)
             self._sock = None
