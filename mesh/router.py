@@ -111,8 +111,11 @@ class Router:
         view = self.membership.view()
         matches = [m for m in view if m["peer_id"].startswith(prefix) or m.get("name") == prefix]
         hits = {m["peer_id"] for m in matches}
-        if len(hits) > 1:  # a name outlives a key (mesh rotate): the member in the mesh now is meant
-            hits = {m["peer_id"] for m in matches if m["state"] in ("alive", "suspect") and not m.get("revoked")}
+        if len(hits) > 1:  # a name outlives a key (mesh rotate): the member in the mesh now is meant,
+            # else the one not revoked (rotating right now: the router waits for its successor)
+            current = [m for m in matches if not m.get("revoked")]
+            live = [m for m in current if m["state"] in ("alive", "suspect")]
+            hits = {m["peer_id"] for m in (live or current)}
         if len(hits) != 1:
             raise InvalidRequest(
                 f"--peer {prefix!r} matches {'no member' if not hits else f'{len(hits)} members'}; see `mesh peers`"

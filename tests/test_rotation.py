@@ -293,3 +293,30 @@ def test_remembered_peers_keep_one_peer_per_address(tmp_path):
                       transport_key=new_key)])
     # the peer there rotated: only its new id and key are remembered, so a restart dials the right key
     assert [(h.peer_id, h.transport_key) for h in known.hints()] == [(new_id, new_key)]
+
+
+def test_a_name_pins_the_member_that_holds_it_now():
+    from mesh.router import Router
+    from mesh.testing import ScriptedBackend
+
+    class View:  # the member table as gossip left it mid-rotation
+        def __init__(self, members):
+            self.members = members
+
+        def view(self):
+            return self.members
+
+        def rtts(self):
+            return {}
+
+    revoked = {"peer_id": "aaaa1111", "name": "laptop", "state": "dead", "revoked": True}
+    rotating = {"peer_id": "bbbb2222", "name": "laptop", "state": "left", "meta": {"rotating": True}}
+    arrived = {"peer_id": "cccc3333", "name": "laptop", "state": "alive"}
+    router = Router(self_id="self", backend=ScriptedBackend(), membership=View([revoked, rotating]), pool=None)
+    assert router.resolve_peer("laptop") == "bbbb2222"  # its successor is awaited by the router
+    router.membership = View([revoked, rotating, arrived])
+    assert router.resolve_peer("laptop") == "cccc3333"
+    assert router.resolve_peer("aaaa") == "aaaa1111"  # an id prefix still means that id
+    router.membership = View([revoked, {**arrived, "peer_id": "dddd4444"}, arrived])
+    with pytest.raises(InvalidRequest, match="2 members"):
+        router.resolve_peer("laptop")  # two live members named alike: say so
