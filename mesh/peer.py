@@ -261,6 +261,7 @@ class Peer:
             threshold=self.config.threshold, transport_key=self.transport.public_text,
         )
         self._codec = codec
+        service.certificate_info = self._certificate_info
         is_local = lambda sender: trust.key_for(sender) is not None  # noqa: E731 - this machine's CLI
         methods = {
             **service.methods(), ENROL_METHOD: serve_enrolment(self.data, clock=self._clock),
@@ -474,6 +475,15 @@ class Peer:
             self.router.rename_peer(old, new)
         log.info("member %s rotated its keys: now %s%s", old[:12], new[:12],
                  f" ({moved} job record(s) follow it)" if moved else "")
+
+    def _certificate_info(self) -> dict[str, Any]:
+        cert = self.certificate
+        return {
+            "issued_at": cert.issued_at, "expires_at": cert.expires_at, "serial": cert.serial.hex(),
+            "predecessor": peer_id_text(cert.predecessor_id) if cert.predecessor_id else None,
+            "renews_at": cert.issued_at + self.config.renew_at * (cert.expires_at - cert.issued_at),
+            "rotations": self.rotations,
+        }
 
     def _renewed(self, membership: MeshMembership, cert) -> None:
         """A renewed certificate (already saved in mesh.json): present it from now on."""

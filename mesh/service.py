@@ -55,6 +55,7 @@ class PeerService:
         self._clock = clock
         self._started = clock()
         self.answers = 0
+        self.certificate_info: Callable[[], dict | None] = lambda: None  # set by the peer: this peer's certificate
 
     def methods(self) -> dict[str, Method]:
         return {
@@ -157,6 +158,7 @@ class PeerService:
             "name": self.name,
             "mesh": self.mesh,
             "transport_key": self.transport_key,
+            "certificate": self.certificate_info(),
             "version": __version__,
             "protocol": PROTOCOL_VERSION,
             "uptime_s": self._clock() - self._started,

@@ -40,8 +40,12 @@ def test_mesh_rotate(tmp_path):
         assert r.returncode == 0, r.stderr + b.log()[-3000:]
         assert "rotated the keys of this peer" in r.stdout and old["peer_id"] in r.stdout
         assert "join here with" in r.stdout and "need the new key" in r.stderr
-        new_id = info(b.data_dir)["peer"]
+        mine = info(b.data_dir)
+        new_id = mine["peer"]
         assert new_id != old["peer_id"] and new_id in r.stdout
+        assert mine["certificate"]["predecessor"] == old["peer_id"] and mine["certificate"]["rotations"] == 1
+        status = run_mesh("status", data_dir=b.data_dir)
+        assert status.returncode == 0 and f"rotated from {old['peer_id'][:12]}" in status.stdout, status.stdout
         doc = json.loads((b.data_dir / "peer.json").read_text())
         assert doc["endpoint"] == old["endpoint"] and doc["transport_key"] != old["transport_key"]
         assert not (b.data_dir / "rotation.json").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from mesh.api import Answer
 
 
@@ -150,6 +152,7 @@ def status_screen(info: dict, members: dict, *, endpoint: str) -> str:
         ("name", str(info.get("name") or me.get("name") or "-")),
         ("mesh", str(info.get("mesh") or "-")),
         ("join here with", _join_line(me.get("addresses") or [], info.get("transport_key"))),
+        ("certificate", _certificate(info.get("certificate"))),
         ("incarnation", str(me.get("incarnation", "-"))),
         ("members", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "just this peer"),
         ("jobs", ", ".join(f"{n} {s}" for s, n in sorted((info.get("jobs") or {}).items()) if n) or "none"),
@@ -165,6 +168,17 @@ def _join_line(addresses: list, transport_key: str | None) -> str:
     if not addresses or not transport_key:
         return "-"
     return f"--join {str(addresses[0]).removeprefix('tcp://')}@{transport_key}"
+
+
+def _certificate(cert: dict | None) -> str:
+    """Validity, renewal and (after mesh rotate) the peer id this one succeeded."""
+    if not cert:
+        return "-"
+    day = lambda t: time.strftime("%Y-%m-%d %H:%M", time.localtime(t))  # noqa: E731
+    text = f"valid until {day(cert['expires_at'])}, renews from {day(cert['renews_at'])}"
+    if cert.get("predecessor"):
+        text += f"; rotated from {short_id(cert['predecessor'])}"
+    return text
 
 
 def _sync(sync: dict | None) -> str:
