@@ -176,6 +176,8 @@ class PeerCollector(Collector):
             yield from self._routing(p)
         if p.server is not None:
             yield from self._rpc(p.server)
+        if getattr(p, "verifier", None) is not None:
+            yield from self._identity(p)
         if p.jobs is not None:
             yield from self._jobs(p.jobs.counts())
 
@@ -270,6 +272,23 @@ class PeerCollector(Collector):
         for reason, n in server.codec.rejections.snapshot().items():
             rej.add_metric([reason], n)
         yield rej
+
+    def _identity(self, p):
+        v = p.verifier
+        ev = CounterMetricFamily(
+            "mesh_cache_evictions", "Entries pushed out of a bounded cache (nonce: replay window; certificate: "
+            "verified certificates; peer_key: peers whose key this peer vouches for)", labels=["cache"])
+        ev.add_metric(["nonce"], p.server.codec.replay.evictions if p.server is not None else 0)
+        ev.add_metric(["certificate"], v.cache_evictions)
+        ev.add_metric(["peer_key"], v.peer_evictions)
+        yield ev
+        yield GaugeMetricFamily("mesh_revocations", "Authority-signed revocations this peer holds and enforces",
+                                value=len(p.revocations))
+        yield CounterMetricFamily("mesh_key_rotations", "Times this peer rotated its keys (mesh rotate) since it "
+                                  "started", value=p.rotations)
+        cert = p.certificate
+        yield GaugeMetricFamily("mesh_certificate_expiry_seconds", "When this peer's certificate expires (Unix time)",
+                                value=cert.expires_at)
 
     def _jobs(self, counts: dict[str, int]):
         from mesh.jobs import JobState

@@ -2,6 +2,7 @@
 after real traffic: `mesh ask` over RPC and a prompt over HTTP."""
 
 import json
+import time
 import urllib.request
 
 import pytest
@@ -55,6 +56,9 @@ def test_metrics_move_with_real_traffic(tmp_path):
         assert s[("mesh_backend_requests", (("state", "waiting"),))] == 0
         assert s[("mesh_rpc_rejections_total", (("reason", "bad_signature"),))] == 0
         assert s[("process_resident_memory_bytes", ())] > 0
+        assert s[("mesh_cache_evictions_total", (("cache", "nonce"),))] == 0
+        assert s[("mesh_revocations", ())] == 0 and s[("mesh_key_rotations_total", ())] == 0
+        assert s[("mesh_certificate_expiry_seconds", ())] > time.time() + 20 * 86400
         info = next(dict(k[1]) for k in s if k[0] == "mesh_peer_info")
         assert info["name"] == "alpha" and info["model"].startswith("SmolLM2")
 
