@@ -40,6 +40,7 @@ class RpcConfig:
     max_connections_busy: int = 1024  # connections with calls in flight at once; more: "busy"
     notices_per_s: float = 50.0  # signed "you were refused" notices sent per second, all senders ...
     notices_burst: int = 100  # ... after this burst; past it a refused frame is only counted
+    handshake_timeout_s: float = 10.0  # a connection that has not finished its CurveZMQ handshake by then is closed
 
     @classmethod
     def lan(cls) -> "RpcConfig":

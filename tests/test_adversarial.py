@@ -27,9 +27,11 @@ import pytest
 import zmq.asyncio
 from loopmesh import run, wait_for
 
+from mesh.config import RpcConfig
 from mesh.errors import DeadlineExceeded
 from mesh.identity.keys import Identity
 from mesh.identity.transport import TransportKeys
+from mesh.peer import Peer
 from mesh.rpc.client import RpcClient
 from mesh.rpc.zap import CurveClient
 from mesh.testing import ScriptedBackend
@@ -363,8 +365,36 @@ def test_slowloris_connections_hold_no_call_and_do_not_block_honest_calls(tmp_pa
             assert (await late.call("ping", {}, timeout_s=DEADLINE_S))["peer"] == p0.identity.peer_id_text
             await late.close()
             assert p0.server.in_flight == 0 and rejections(p0) == before  # nothing reached the envelope checks
-            assert loris.still_open() > 0  # they were still hanging on meanwhile (ZeroMQ's handshake timeout is 30 s)
+            assert loris.still_open() > 0  # they were still hanging on meanwhile (handshake timeout: 10 s)
         finally:
             loris.close()
             await stop_all([p0, p1], ctx, honest)
     run(main())
+
+
+def test_a_connection_that_never_finishes_its_handshake_is_closed(tmp_path):
+    async def main():
+        p0 = Peer(loopmesh.config(tmp_path, "p0", rpc=RpcConfig(handshake_timeout_s=0.5)), backend=ScriptedBackend())
+        await p0.start()
+        loris = adv.Slowloris(p0.endpoint, 12)
+        try:
+            await asyncio.sleep(0.1)
+            assert sum(not _closed(s) for s in loris.socks) == 12
+            await wait_for(lambda: all(_closed(s) for s in loris.socks), 10)  # the peer hung up on each
+        finally:
+            loris.close()
+            await p0.stop(grace_s=0)
+    run(main())
+
+
+def _closed(sock) -> bool:
+    """Whether the other side closed ``sock`` (its greeting read and thrown away)."""
+    sock.setblocking(False)
+    try:
+        while True:
+            if sock.recv(4096) == b"":
+                return True
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True

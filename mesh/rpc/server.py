@@ -158,6 +158,8 @@ class RpcServer:
         # zmq itself drops (and disconnects) only far-oversize messages; frames between
         # max_frame_bytes and this are read and counted as OVERSIZE by the codec.
         sock.setsockopt(zmq.MAXMSGSIZE, 2 * self.config.max_frame_bytes + 1024)
+        # a connection that never completes its handshake (slowloris) is closed after this
+        sock.setsockopt(zmq.HANDSHAKE_IVL, max(1, int(self.config.handshake_timeout_s * 1000)))
         if self.curve is not None:
             apply_server(sock, self.curve)
             self._zap = ZapResponder(self._ctx)
