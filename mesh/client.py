@@ -178,6 +178,8 @@ class Client:
         self._conn: tuple[asyncio.AbstractEventLoop, zmq.asyncio.Context, RpcClient] | None = None
         self._embedded: _EmbeddedPeer | None = None
         self.address: PeerAddress | None = None
+        self._peer_file_stamp: int | None = None  # peer.json's mtime when it was last read
+        self._conn_address: PeerAddress | None = None  # where the open connection goes
 
     # -- embedded peer -------------------------------------------------------------------
 
@@ -204,15 +206,26 @@ class Client:
     # -- connection ----------------------------------------------------------------------
 
     def _resolve(self) -> PeerAddress:
-        if self.address is None:
+        """Where the peer is. A running mesh-peer's file is read again whenever it changed
+        (the peer restarted, or rotated its keys with ``mesh rotate``)."""
+        if self._embedded is not None:
+            return self.address
+        try:
+            stamp = self.data.peer_file.stat().st_mtime_ns
+        except OSError:
+            stamp = None
+        if self.address is None or stamp != self._peer_file_stamp:
             self.address = read_peer_file(self.data)
+            self._peer_file_stamp = stamp
         return self.address
 
     async def _connection(self) -> RpcClient:
         loop = asyncio.get_running_loop()
-        if self._conn is not None and self._conn[0] is loop:
-            return self._conn[2]
         addr = self._resolve()
+        if self._conn is not None and self._conn[0] is loop and self._conn_address == addr:
+            return self._conn[2]
+        if self._conn is not None and self._conn[0] is loop:  # the peer has new keys or a new address
+            await self.aclose()
         if not addr.transport_public:
             raise PeerUnavailable(
                 f"{self.data.peer_file} names no transport key: the running mesh-peer is an older version; restart it"
@@ -226,7 +239,7 @@ class Client:
         curve = CurveClient(TransportKeys.derived_from(identity), addr.transport_public)
         rpc = RpcClient(codec=codec, endpoint=addr.endpoint, ctx=ctx, curve=curve)
         rpc.connect()
-        self._conn = (loop, ctx, rpc)
+        self._conn, self._conn_address = (loop, ctx, rpc), addr
         return rpc
 
     async def aclose(self) -> None:

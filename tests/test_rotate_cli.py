@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from mesh.client import Client
 from peerproc import PeerProcess, run_mesh, wait_until as wait
 
 pytestmark = [pytest.mark.model, pytest.mark.subprocess]
@@ -36,10 +37,14 @@ def test_mesh_rotate(tmp_path):
         old = b.wait_ready()
         wait(lambda: members(a.data_dir).get(old["peer_id"], {}).get("state") == "alive")
 
+        app = Client(b.data_dir, timeout_s=60)  # an application's long-lived client of the laptop's peer
+        assert app.ask("Say hi.", max_tokens=2, temperature=0.0, no_escalate=True).peer == old["peer_id"]
         r = run_mesh("rotate", "--wait", "60", data_dir=b.data_dir)
         assert r.returncode == 0, r.stderr + b.log()[-3000:]
         assert "rotated the keys of this peer" in r.stdout and old["peer_id"] in r.stdout
         assert "join here with" in r.stdout and "need the new key" in r.stderr
+        # the same client object follows the peer to its new keys
+        assert app.ask("Say hi.", max_tokens=2, temperature=0.0, no_escalate=True, local_only=True).text
         mine = info(b.data_dir)
         new_id = mine["peer"]
         assert new_id != old["peer_id"] and new_id in r.stdout
