@@ -213,3 +213,32 @@ def test_a_rotation_interrupted_after_the_authority_answered_finishes_at_the_nex
                 await p.stop(grace_s=0)
 
     run(main(), timeout_s=120)
+
+
+def test_without_the_authority_online_rotation_is_refused_and_retried_with_the_same_keys(tmp_path):
+    async def main():
+        peers = await loopmesh.start_mesh(tmp_path, [ScriptedBackend(model="m0"), ScriptedBackend(model="m1")])
+        p0, p1 = peers
+        try:
+            await all_alive(peers)
+            old_id = p1.identity.peer_id_text
+            await p0.stop(grace_s=0)  # the device holding the authority key goes away
+            await wait_for(lambda: by_id(p1)[p0.identity.peer_id_text]["state"] == "left", 10)
+            with pytest.raises(MeshError, match="no live member holds the mesh authority key"):
+                await p1.rotate()
+            assert p1.identity.peer_id_text == old_id and p1._rotation is None  # still serving as before
+            pending = RotationJournal.load(p1.data.rotation_journal)
+            assert pending is not None and not pending.certificate  # kept: the next try uses these keys
+            p0 = peers[0] = Peer(config(tmp_path, "p0", seeds=(seed_text(p1.endpoint, p1.transport.public),)),
+                                 backend=ScriptedBackend(model="m0"))
+            await p0.start()
+            await wait_for(lambda: by_id(p1).get(p0.identity.peer_id_text, {}).get("state") == "alive"
+                           and by_id(p1)[p0.identity.peer_id_text].get("meta", {}).get("renew"), 15)
+            out = await p1.rotate()
+            assert out["peer_id"] == pending.identity.peer_id_text  # the keys journalled at the first try
+            await asyncio.wait_for(p1._rotation, 30)
+        finally:
+            for p in reversed(peers):
+                await p.stop(grace_s=0)
+
+    run(main(), timeout_s=120)
