@@ -2,9 +2,10 @@
 root needed): while a client on h0 keeps asking (each ask with a 20 s deadline) and
 submitting durable jobs, the other peers are killed with SIGKILL and restarted, stalled
 with SIGSTOP for less than the suspicion timeout, and cut off (link down) and restored,
-and every peer drops --loss of its gossip (seeded fault layer).
+and every peer drops --loss of its gossip (seeded fault layer). With --rotate, some of
+the faults are `mesh rotate` on a peer instead (new keys and peer id while it works).
 
-    .venv/bin/python bench/chaos.py [--peers 4] [--duration 300] [--jobs 60] [--seed 1]
+    .venv/bin/python bench/chaos.py [--peers 4] [--duration 300] [--jobs 60] [--seed 1] [--rotate]
 
 Checks, reported (and asserted by tests/test_netns_chaos.py at a small size):
 - every ask ended with an answer or a clear, typed error (busy, no answer, unavailable,
@@ -12,7 +13,8 @@ Checks, reported (and asserted by tests/test_netns_chaos.py at a small size):
 - every job completed exactly once: one job per idempotency key at its owner, done, with
   a result (lost and duplicated must be 0);
 - no peer was declared dead by another while merely stalled (SIGSTOP) for less than the
-  suspicion timeout.
+  suspicion timeout;
+- every `mesh rotate` finished.
 Prints a report, then one line of JSON with the figures.
 """
 
@@ -68,16 +70,23 @@ def start_mesh(lab, root: Path, n: int, loss: float) -> list[Host]:
     return hosts
 
 
-def chaos(lab, hosts: list[Host], rng: random.Random, duration_s: float, events: list) -> None:
-    """Faults on h1.. for ``duration_s``; h0 (the client's peer) is left alone."""
+def chaos(lab, hosts: list[Host], rng: random.Random, duration_s: float, events: list, *,
+          rotate: bool = False) -> None:
+    """Faults on h1.. for ``duration_s``; h0 (the client's peer, holding the authority
+    key) is left alone. With ``rotate``, some events are ``mesh rotate`` on a peer."""
     end = time.monotonic() + duration_s
     victims = hosts[1:]
     while time.monotonic() < end:
         time.sleep(rng.uniform(2.0, 5.0))
         h = rng.choice(victims)
-        kind = rng.choice(["kill", "stall", "stall", "link"])
+        kind = rng.choice(["kill", "stall", "stall", "link", *(["rotate"] if rotate else [])])
         t0 = time.time()
-        if kind == "kill":
+        if kind == "rotate":
+            r = h.mesh("rotate", "--json", "--wait", "30", check=False)
+            if r.returncode != 0:
+                kind = "rotate_failed"
+                say(f"  mesh rotate on {h.name} failed: {r.stderr.strip()[-300:]}")
+        elif kind == "kill":
             h.kill9()
             time.sleep(rng.uniform(1.0, 3.0))
             h.start()
@@ -130,7 +139,8 @@ def job_verdict(h0: Host, owner: str, keys: list[str]) -> dict:
     }
 
 
-def run(lab, root: Path, *, peers: int, duration_s: float, jobs: int, seed: int, loss: float) -> dict:
+def run(lab, root: Path, *, peers: int, duration_s: float, jobs: int, seed: int, loss: float,
+        rotate: bool = False) -> dict:
     rng = random.Random(seed)
     hosts = start_mesh(lab, root, peers, loss)
     h0 = hosts[0]
@@ -140,7 +150,7 @@ def run(lab, root: Path, *, peers: int, duration_s: float, jobs: int, seed: int,
                           stdout=subprocess.PIPE, text=True)
     t0 = time.monotonic()
     try:
-        chaos(lab, hosts, rng, duration_s, events)
+        chaos(lab, hosts, rng, duration_s, events, rotate=rotate)
         lines = [json.loads(line) for line in client.stdout]  # the client ends once its jobs are in
         client.wait(120)
         chaos_s = time.monotonic() - t0
@@ -190,6 +200,7 @@ def report(f: dict) -> bool:
         f"{f['jobs_retried']} ran more than once")
     say(f"  false deaths of stalled peers: {len(f['false_deaths'])}")
     ok = (f["hung"] == 0 and f["unexpected"] == 0 and f["jobs_lost"] == 0 and f["jobs_duplicated"] == 0
+          and not f["events"].get("rotate_failed")
           and f["jobs_done"] == f["jobs_jobs"] == f["jobs_with_result"] and not f["false_deaths"])
     say("  verdict     " + ("nothing lost, nothing duplicated, nothing hung" if ok else "FAILED"))
     return ok
@@ -202,12 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=60)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--loss", type=float, default=0.02, help="fraction of gossip each peer drops")
+    p.add_argument("--rotate", action="store_true", help="mix `mesh rotate` of peers into the faults")
     args = p.parse_args(argv)
     import tempfile
 
     with netns.Lab(args.peers) as lab:
         f = run(lab, Path(tempfile.mkdtemp(prefix="chaos-")), peers=args.peers, duration_s=args.duration,
-                jobs=args.jobs, seed=args.seed, loss=args.loss)
+                jobs=args.jobs, seed=args.seed, loss=args.loss, rotate=args.rotate)
     ok = report(f)
     print(json.dumps(f, sort_keys=True))
     return 0 if ok else 1

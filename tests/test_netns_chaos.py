@@ -1,7 +1,8 @@
-"""Chaos at a small size (bench/chaos.py): peers on simulated hosts killed, stalled and
-cut off, with seeded gossip loss, while a client asks and submits jobs. Every ask ends
-with an answer or a clear error, every job completes exactly once, and a peer stalled
-for less than the suspicion timeout is never declared dead."""
+"""Chaos at a small size (bench/chaos.py): peers on simulated hosts killed, stalled, cut
+off and rotating their keys (`mesh rotate`), with seeded gossip loss, while a client asks
+and submits jobs. Every ask ends with an answer or a clear error, every job completes
+exactly once, every rotation finishes, and a peer stalled for less than the suspicion
+timeout is never declared dead."""
 
 from __future__ import annotations
 
@@ -25,12 +26,14 @@ lab_factory = netns.netns_lab  # fails (never skips) where namespaces cannot be 
 
 def test_chaos_nothing_lost_nothing_duplicated_nothing_hung(lab_factory, tmp_path):
     lab = lab_factory(4)
-    f = chaos.run(lab, tmp_path, peers=4, duration_s=35, jobs=12, seed=random.Random().randrange(1000), loss=0.02)
+    f = chaos.run(lab, tmp_path, peers=4, duration_s=35, jobs=12, seed=random.Random().randrange(1000), loss=0.02,
+                  rotate=True)
     ok = chaos.report(f)
     assert f["events"], "no faults were injected"
     assert f["hung"] == 0 and f["unexpected"] == 0, f
     assert f["jobs_lost"] == 0 and f["jobs_duplicated"] == 0, f
     assert f["jobs_done"] == f["jobs_jobs"] == f["jobs_with_result"] == 12, f
     assert not f["false_deaths"], f["false_deaths"]
+    assert not f["events"].get("rotate_failed"), f
     assert f["answered"] > 0
     assert ok
