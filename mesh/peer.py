@@ -381,13 +381,15 @@ class Peer:
             raise InvalidRequest("this peer is stopping")
         assert self.identity is not None and self.membership is not None
         journal = RotationJournal.load(self.data.rotation_journal)
-        if journal is None or journal.old_public != self.identity.public_raw or journal.certificate:
+        if journal is None or journal.old_public != self.identity.public_raw:
             journal = RotationJournal.begin(self.identity.public_raw)
             journal.save(self.data.rotation_journal)  # before asking: a crash retries with these keys
         args = rotation_request(journal.identity, journal.transport.public, old_public=self.identity.public_raw,
                                 mesh_id=self.membership.mesh_id)
         try:
-            if self.data.authority_key.exists():
+            if journal.certificate:  # answered before, but the switch did not happen: use that answer
+                reply = {"certificate": journal.certificate, "revocation": journal.revocation}
+            elif self.data.authority_key.exists():
                 reply = rotate_here(self.data, args, self.certificate, now=self._clock())
             else:
                 reply = await ask_authority(self.membership_service, self.pool, ROTATE_METHOD, args,

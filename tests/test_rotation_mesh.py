@@ -180,6 +180,39 @@ def test_the_authoritys_own_peer_rotates_and_a_stolen_old_key_cannot_rotate_agai
     run(main(), timeout_s=120)
 
 
+async def answered_journal(authority: Peer, member: Peer) -> Certificate:
+    """What ``member``'s rotation.json holds once the authority answered, before the switch."""
+    old = member.certificate
+    journal = RotationJournal.begin(old.peer_public)
+    journal.save(member.data.rotation_journal)
+    args = rotation_request(journal.identity, journal.transport.public, old_public=old.peer_public,
+                            mesh_id=old.mesh_id)
+    reply = await member.pool.client(authority.endpoint).call("mesh.rotate", args, timeout_s=5)
+    cert, rev = accept_rotation(reply, current=old, new_public=journal.identity.public_raw,
+                                new_curve=journal.transport.public,
+                                authority_public_raw=member.membership.authority_public, now=old.issued_at + 5)
+    journal.issued(cert, rev).save(member.data.rotation_journal)
+    return cert
+
+
+def test_a_rotation_answered_but_not_switched_is_finished_by_the_next_mesh_rotate(tmp_path):
+    async def main():
+        peers = await loopmesh.start_mesh(tmp_path, [ScriptedBackend(model="m0"), ScriptedBackend(model="m1")])
+        p0, p1 = peers
+        try:
+            await all_alive(peers)
+            cert = await answered_journal(p0, p1)  # the switch never ran (it failed before installing)
+            out = await p1.rotate()  # the authority would refuse new keys now: the journalled answer is used
+            assert out["peer_id"] == cert.peer_id_text
+            await asyncio.wait_for(p1._rotation, 30)
+            assert p1.identity.peer_id_text == cert.peer_id_text
+        finally:
+            for p in reversed(peers):
+                await p.stop(grace_s=0)
+
+    run(main(), timeout_s=120)
+
+
 def test_a_rotation_interrupted_after_the_authority_answered_finishes_at_the_next_start(tmp_path):
     async def main():
         peers = await loopmesh.start_mesh(tmp_path, [ScriptedBackend(model="m0"), ScriptedBackend(model="m1")])
@@ -188,15 +221,7 @@ def test_a_rotation_interrupted_after_the_authority_answered_finishes_at_the_nex
             await all_alive(peers)
             old = p1.certificate
             # p1 asked and was answered, then died before switching (the journal is all it kept)
-            journal = RotationJournal.begin(old.peer_public)
-            journal.save(p1.data.rotation_journal)
-            args = rotation_request(journal.identity, journal.transport.public, old_public=old.peer_public,
-                                    mesh_id=old.mesh_id)
-            reply = await p1.pool.client(p0.endpoint).call("mesh.rotate", args, timeout_s=5)
-            cert, rev = accept_rotation(reply, current=old, new_public=journal.identity.public_raw,
-                                        new_curve=journal.transport.public,
-                                        authority_public_raw=p1.membership.authority_public, now=old.issued_at + 5)
-            journal.issued(cert, rev).save(p1.data.rotation_journal)
+            cert = await answered_journal(p0, p1)
             await p1.stop(grace_s=0)
             assert MeshMembership.load(p1.data.membership).certificate == old.to_bytes()  # not installed yet
 
