@@ -55,6 +55,8 @@ from mesh.rpc.client import RpcClient
 from mesh.rpc.codec import FrameCodec
 from mesh.rpc.zap import CurveClient
 
+CONNECT_TIMEOUT_S = 5.0  # a local peer whose connection does not come up (handshake included) in this is unavailable
+
 _HOW_TO_START = (
     "start one with `bin/mesh-up` (or `.venv/bin/mesh-peer`), "
     "or run this prompt in-process with `mesh ask --embedded`"
@@ -128,23 +130,35 @@ class AnswerStream:
         self._parts: list[str] = []
         self.steps: list[dict] = []
         self.answer: Answer | None = None
+        self._retried = False
 
     def __aiter__(self) -> "AnswerStream":
         return self
 
+    async def _start(self) -> None:
+        self._rpc = await self._client._connection()
+        args = ask_args(self._request)
+        if self._route:
+            args["route"] = self._route
+        self._call = self._rpc.stream("ask", args, timeout_s=self._timeout_s)
+
     async def __anext__(self) -> str:
         if self._call is None:
-            self._rpc = await self._client._connection()
-            args = ask_args(self._request)
-            if self._route:
-                args["route"] = self._route
-            self._call = self._rpc.stream("ask", args, timeout_s=self._timeout_s)
+            await self._start()
         while True:
             try:
                 chunk = await self._call.__anext__()
             except StopAsyncIteration:
                 self.answer = answer_from_wire("".join(self._parts), self._call.result or {})
                 raise
+            except PeerUnavailable:
+                # nothing came yet and the peer is elsewhere now (it restarted, or is
+                # switching to new keys: `mesh rotate`): ask it there, once
+                if self._retried or self.steps or self._parts or not await self._client._peer_moved():
+                    raise
+                self._retried = True
+                await self._start()
+                continue
             step = chunk.get("step")
             if isinstance(step, dict):
                 self.steps.append(step)
@@ -237,10 +251,30 @@ class Client:
         codec = FrameCodec(identity, StaticKeys([addr.public_raw]), config=self.rpc_config)
         ctx = zmq.asyncio.Context()
         curve = CurveClient(TransportKeys.derived_from(identity), addr.transport_public)
-        rpc = RpcClient(codec=codec, endpoint=addr.endpoint, ctx=ctx, curve=curve)
+        # watched: a call to a peer that went away, or whose keys changed under us,
+        # fails within CONNECT_TIMEOUT_S instead of at its deadline
+        rpc = RpcClient(codec=codec, endpoint=addr.endpoint, ctx=ctx, curve=curve, watch=True,
+                        connect_timeout_s=CONNECT_TIMEOUT_S)
         rpc.connect()
         self._conn, self._conn_address = (loop, ctx, rpc), addr
         return rpc
+
+    async def _peer_moved(self, wait_s: float = 5.0) -> bool:
+        """Whether the local peer's file changes within ``wait_s`` (a restart, or the end
+        of a key rotation); the next connection then follows it."""
+        if self._embedded is not None:
+            return False
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                stamp = self.data.peer_file.stat().st_mtime_ns
+            except OSError:
+                stamp = None
+            if stamp is not None and stamp != self._peer_file_stamp:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
 
     async def aclose(self) -> None:
         if self._conn is not None:

@@ -65,7 +65,7 @@ class InvalidRequest(MeshError):
 
 
 class PeerUnavailable(MeshError):
-    pass
+    code = "unavailable"  # on the wire: the peer is shutting down or switching keys; try again
 
 
 class NoAnswer(MeshError):
@@ -111,6 +111,7 @@ def error_from_wire(code: str, message: str) -> MeshError:
         TokenError.code: TokenError,
         NoAnswer.code: NoAnswer,
         CertificateError.code: CertificateError,
+        PeerUnavailable.code: PeerUnavailable,
     }
     if code in simple:
         return simple[code](message)

@@ -11,6 +11,7 @@ import pytest
 import loopmesh
 from loopmesh import config, run, wait_for
 from mesh.discovery.seeds import seed_text
+from mesh.client import Client
 from mesh.errors import CertificateError, InvalidRequest, MeshError
 from mesh.identity.certificate import Certificate
 from mesh.identity.keys import Identity
@@ -262,6 +263,33 @@ def test_without_the_authority_online_rotation_is_refused_and_retried_with_the_s
             out = await p1.rotate()
             assert out["peer_id"] == pending.identity.peer_id_text  # the keys journalled at the first try
             await asyncio.wait_for(p1._rotation, 30)
+        finally:
+            for p in reversed(peers):
+                await p.stop(grace_s=0)
+
+    run(main(), timeout_s=120)
+
+
+def test_the_local_client_keeps_answering_through_the_switch(tmp_path):
+    """The mesh CLI and the embeddable client talk to their own peer's RPC server, which
+    is rebound with the new keys: a prompt asked while that happens is asked again at
+    the new keys (the peer file says where), never left hanging to its deadline."""
+    async def main():
+        peers = await loopmesh.start_mesh(tmp_path, [ScriptedBackend(model="m0"),
+                                                     ScriptedBackend(["a"] * 5, delay_s=0.01, model="m1")])
+        p0, p1 = peers
+        try:
+            await all_alive(peers)
+            client = Client(p1.data.root, timeout_s=60)
+            assert (await client.aask("hi", max_tokens=8, model="m1")).text == "a" * 5
+            await p1.rotate()
+            answers = []
+            while not p1._rotation.done():
+                answers.append((await asyncio.wait_for(client.aask("hi", max_tokens=8, model="m1"), 30)).text)
+            await p1._rotation
+            answers.append((await client.aask("hi", max_tokens=8, model="m1")).text)
+            assert len(answers) >= 2 and set(answers) == {"a" * 5}
+            await client.aclose()
         finally:
             for p in reversed(peers):
                 await p.stop(grace_s=0)

@@ -205,3 +205,27 @@ def test_a_join_seed_without_a_known_transport_key_is_not_tried(tmp_path, caplog
             await a.stop()
 
     run(main())
+
+
+def test_a_call_over_a_stale_transport_key_fails_fast_instead_of_hanging(tmp_path):
+    """A peer that dials a member with a key it no longer holds (stale, or the member just
+    rotated): TCP connects, the CurveZMQ handshake never completes. The call must fail
+    within the connect timeout with PeerUnavailable, not wait for ever in its send."""
+    async def main():
+        peers = await start_mesh(tmp_path, [ScriptedBackend(model="m0"), ScriptedBackend(model="m1")])
+        p0, p1 = peers
+        try:
+            stale = RpcClient(codec=p1._codec, endpoint=p0.endpoint, ctx=p1._ctx, watch=True, connect_timeout_s=1.0,
+                              curve=CurveClient(p1.transport, TransportKeys.generate().public))
+            stale.connect()
+            started = time.monotonic()
+            with pytest.raises(PeerUnavailable, match="handshake|cannot reach"):
+                await asyncio.wait_for(stale.call("ping", {}, timeout_s=30), 20)
+            assert time.monotonic() - started < 10
+            await stale.close()
+            good = p1.pool.client(p0.endpoint)  # the right key still works at once
+            assert (await good.call("ping", {}, timeout_s=5))["peer"] == p0.identity.peer_id_text
+        finally:
+            for p in peers:
+                await p.stop(grace_s=0)
+    run(main())

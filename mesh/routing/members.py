@@ -95,6 +95,9 @@ def _read(entry: Any, *, rtts: Mapping[str, Any], self_id: str) -> list[Candidat
     peer_id = _text(entry.get("peer_id"), MAX_PEER_ID_CHARS, BAD_ENTRY)
     name = _text(entry.get("name"), MAX_NAME_CHARS, BAD_ENTRY)
     status = entry.get("state")
+    own = peer_id == self_id or entry.get("self") is True
+    if own and status in NOT_LIVE_STATUSES:
+        status = "alive"  # this peer's own backend still serves what reaches it while it leaves
     if status in NOT_LIVE_STATUSES:
         raise _Bad(_NOT_LIVE)
     if status not in LIVE_STATUSES:
@@ -122,7 +125,7 @@ def _read(entry: Any, *, rtts: Mapping[str, Any], self_id: str) -> list[Candidat
     models = meta.get("models")
     if not isinstance(models, list) or not 0 < len(models) <= MAX_MODELS_PER_PEER:
         raise _Bad(BAD_MODELS)
-    is_local = peer_id == self_id or entry.get("self") is True
+    is_local = own
     rtt_s = 0.0 if is_local else _rtt(rtts, peer_id)
     out: list[Candidate] = []
     seen: set[str] = set()

@@ -68,6 +68,7 @@ class RpcClient:
         self._pending: dict[bytes, asyncio.Queue] = {}
         self._recv_task: asyncio.Task | None = None
         self._failure: Exception | None = None
+        self._ready_event = zmq.EVENT_CONNECTED
 
     async def __aenter__(self) -> "RpcClient":
         self.connect()
@@ -93,7 +94,12 @@ class RpcClient:
             sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 3000)
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-            monitor = sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED)
+            # with CurveZMQ a connection is usable once its handshake succeeded, not when TCP
+            # connected: a wrong server key (stale, or the peer rotated) connects and then
+            # never completes, and calls must then fail within connect_timeout_s
+            ready = zmq.EVENT_HANDSHAKE_SUCCEEDED if self.curve is not None else zmq.EVENT_CONNECTED
+            self._ready_event = ready
+            monitor = sock.get_monitor_socket(ready | zmq.EVENT_DISCONNECTED)
             self._monitor_task = asyncio.create_task(self._monitor_loop(monitor), name="rpc-client-monitor")
         try:
             sock.connect(self.endpoint)
@@ -107,7 +113,7 @@ class RpcClient:
         try:
             while True:
                 event = parse_monitor_message(await monitor.recv_multipart())["event"]
-                if event == zmq.EVENT_CONNECTED:
+                if event == self._ready_event:
                     self._connected.set()
                 elif event == zmq.EVENT_DISCONNECTED:
                     self._connected.clear()
@@ -182,7 +188,14 @@ class RpcClient:
         queue: asyncio.Queue = asyncio.Queue()
         self._pending[call_id] = queue
         frame = self.codec.seal("call", Call(method, args, int(timeout_s * 1000)).to_wire(), msg_id=call_id)
-        await self._sock.send_multipart(self.codec.parts(frame))
+        try:
+            # bounded: with no usable connection (IMMEDIATE, a handshake that never
+            # completes) the send itself would wait for ever
+            await asyncio.wait_for(self._sock.send_multipart(self.codec.parts(frame)), timeout_s)
+        except TimeoutError:
+            self._pending.pop(call_id, None)
+            raise PeerUnavailable(f"cannot reach the peer at {self.endpoint} (no connection completed its "
+                                  "handshake: is its transport key the one this peer has?)") from None
         return call_id, queue
 
     async def _send_cancel(self, call_id: bytes) -> None:
