@@ -37,15 +37,19 @@ SWITCH_LINE = re.compile(r"keys rotated: peer (\w+) is now (\w+) .*switched in (
 
 
 class Traffic:
-    """Client threads asking through one peer until stopped; every outcome is kept."""
+    """Client threads asking until stopped; every outcome is kept. ``clients`` threads ask
+    through the hub (a new Client per prompt, half pinned to the laptop), ``local``
+    threads ask the laptop's own peer with one long-lived Client each (the embeddable
+    client's case: it must follow its peer to its new keys)."""
 
-    def __init__(self, data_dir: Path, clients: int, max_tokens: int) -> None:
-        self.data_dir, self.max_tokens = data_dir, max_tokens
+    def __init__(self, hub_dir: Path, laptop_dir: Path, clients: int, local: int, max_tokens: int) -> None:
+        self.hub_dir, self.laptop_dir, self.max_tokens = hub_dir, laptop_dir, max_tokens
         self.phase = "calm"
-        self.records: list[dict] = []  # {phase, pinned, ok, latency_s, error}
+        self.records: list[dict] = []  # {phase, pinned, via, ok, latency_s, error}
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(clients)]
+        self._threads += [threading.Thread(target=self._run_local, daemon=True) for _ in range(local)]
 
     def start(self) -> None:
         for t in self._threads:
@@ -62,18 +66,26 @@ class Traffic:
         n = 0
         while not self._stop.is_set():
             pinned = (n + i) % 2 == 0
-            phase, t0, error = self.phase, time.monotonic(), None
-            try:
-                Client(self.data_dir, timeout_s=60).ask(
-                    f"Say a colour. ({n})", max_tokens=self.max_tokens, temperature=0.0, no_escalate=True,
-                    **({"peer": "laptop"} if pinned else {}),
-                )
-            except Exception as e:  # counted and shown: the bench's subject
-                error = f"{type(e).__name__}: {e}"[:160]
-            with self._lock:
-                self.records.append({"phase": phase, "pinned": pinned, "ok": error is None,
-                                     "latency_s": time.monotonic() - t0, "error": error})
+            self._ask(Client(self.hub_dir, timeout_s=60), n, "hub", pinned, {"peer": "laptop"} if pinned else {})
             n += 1
+
+    def _run_local(self) -> None:
+        from mesh.client import Client
+
+        client, n = Client(self.laptop_dir, timeout_s=60), 0
+        while not self._stop.is_set():
+            self._ask(client, n, "laptop", False, {"local_only": True})
+            n += 1
+
+    def _ask(self, client, n: int, via: str, pinned: bool, route: dict) -> None:
+        phase, t0, error = self.phase, time.monotonic(), None
+        try:
+            client.ask(f"Say a colour. ({n})", max_tokens=self.max_tokens, temperature=0.0, no_escalate=True, **route)
+        except Exception as e:  # counted and shown: the bench's subject
+            error = f"{type(e).__name__}: {e}"[:160]
+        with self._lock:
+            self.records.append({"phase": phase, "pinned": pinned, "via": via, "ok": error is None,
+                                 "latency_s": time.monotonic() - t0, "error": error})
 
     def summary(self, phase: str) -> dict:
         recs = [r for r in self.records if r["phase"] == phase]
@@ -81,6 +93,7 @@ class Traffic:
         return {
             "asked": len(recs), "answered": sum(r["ok"] for r in recs),
             "failed": sum(not r["ok"] for r in recs), "pinned": sum(r["pinned"] for r in recs),
+            "local": sum(r["via"] == "laptop" for r in recs),
             "p50_s": statistics.median(lat) if lat else None,
             "p95_s": lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else None,
             "errors": sorted({r["error"] for r in recs if r["error"]})[:5],
@@ -97,7 +110,9 @@ def main() -> None:
     ap.add_argument("--rotations", type=int, default=5)
     ap.add_argument("--every", type=float, default=6.0, help="seconds between rotations (default 6)")
     ap.add_argument("--calm", type=float, default=20.0, help="seconds of traffic before rotating (default 20)")
-    ap.add_argument("--clients", type=int, default=2, help="client threads asking without pause (default 2)")
+    ap.add_argument("--clients", type=int, default=2, help="client threads asking through the hub (default 2)")
+    ap.add_argument("--local", type=int, default=1,
+                    help="threads asking the laptop's own peer with one long-lived client each (default 1)")
     ap.add_argument("--max-tokens", type=int, default=4)
     args = ap.parse_args()
 
@@ -114,9 +129,10 @@ def main() -> None:
         first_id = laptop.wait_ready()["peer_id"]
         wait_until(lambda: members(hub.data_dir).get(first_id, {}).get("state") == "alive", 60)
 
-        traffic = Traffic(hub.data_dir, args.clients, args.max_tokens)
+        traffic = Traffic(hub.data_dir, laptop.data_dir, args.clients, args.local, args.max_tokens)
         traffic.start()
-        print(f"calm: {args.calm:g}s of prompts through the hub ({args.clients} clients) ...", flush=True)
+        print(f"calm: {args.calm:g}s of prompts ({args.clients} clients through the hub, {args.local} on the "
+              "laptop) ...", flush=True)
         time.sleep(args.calm)
         traffic.phase = "rotating"
         for i in range(args.rotations):
@@ -153,11 +169,13 @@ def main() -> None:
     calm, rot = traffic.summary("calm"), traffic.summary("rotating")
     ratio = {k: (rot[k] / calm[k] if rot[k] and calm[k] else None) for k in ("p50_s", "p95_s")}
     print()
-    print(f"{'phase':<10} {'asked':>6} {'answered':>9} {'failed':>7} {'pinned':>7} {'p50 s':>7} {'p95 s':>7}")
+    print(f"{'phase':<10} {'asked':>6} {'answered':>9} {'failed':>7} {'pinned':>7} {'local':>6} {'p50 s':>7} "
+          f"{'p95 s':>7}")
     for name, s in (("calm", calm), ("rotating", rot)):
         p50 = f"{s['p50_s']:.3f}" if s["p50_s"] else "-"
         p95 = f"{s['p95_s']:.3f}" if s["p95_s"] else "-"
-        print(f"{name:<10} {s['asked']:>6} {s['answered']:>9} {s['failed']:>7} {s['pinned']:>7} {p50:>7} {p95:>7}")
+        print(f"{name:<10} {s['asked']:>6} {s['answered']:>9} {s['failed']:>7} {s['pinned']:>7} {s['local']:>6} "
+              f"{p50:>7} {p95:>7}")
         for e in s["errors"]:
             print(f"    error: {e}")
     fmt = lambda v: f"{v:.2f}" if v else "-"  # noqa: E731
