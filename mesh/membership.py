@@ -72,6 +72,7 @@ class Membership:
         self.identity = identity
         self.transport = transport  # None: plain connections (in-process tests of the core only)
         self.keybook = keybook if keybook is not None else KeyBook()
+        self.successor: Callable[[str], str] | None = None  # peer id -> the id it goes by now (mesh rotate)
         self.no_transport_key = 0
         self.faults = faults
         self.addresses = list(addresses)
@@ -185,6 +186,9 @@ class Membership:
                 out[-1]["transport"] = key_text(key)
             if m.peer_id in self.revoked:
                 out[-1]["revoked"] = True
+            now_id = self.successor(out[-1]["peer_id"]) if self.successor is not None else None
+            if now_id and now_id != out[-1]["peer_id"]:
+                out[-1]["replaced_by"] = now_id  # it rotated its keys (mesh rotate): this is its id now
         return out
 
     # -- inbound ------------------------------------------------------------------------

@@ -75,7 +75,7 @@ from mesh.rotation import ROTATE_LOCAL_METHOD, install_rotation, resume_rotation
 from mesh.rpc.server import CallContext, unary
 from mesh.rpc.tasks import cancel_and_wait
 from mesh.router import Router
-from mesh.routing.successors import ROTATING_META_KEY
+from mesh.routing.successors import ROTATING_META_KEY, Successors
 from mesh.rpc.codec import FrameCodec
 from mesh.rpc.server import RpcServer
 from mesh.service import PeerService
@@ -142,6 +142,7 @@ class Peer:
         self.http_url: str | None = None
         self._rotation: asyncio.Task | None = None  # the switch to new keys (rotate), while it runs
         self.rotations = 0
+        self.successors = Successors()  # members that rotated their keys: old id -> new id
         self.last_rotation: dict[str, Any] | None = None
         self._cloud = cloud
         if cloud is None and config.cloud_url and config.cloud_model:
@@ -285,6 +286,7 @@ class Peer:
             faults=FaultInjector(self.config.faults) if self.config.faults and self.config.faults.active else None,
             transport=self.transport, keybook=self.keybook,
         )
+        self.membership_service.successor = self.successors.current
         self.server.methods.update(self.membership_service.methods())
         self.revocation_service = RevocationService(
             revocations=self.revocations, path=self.data.revocations, verifier=verifier,
@@ -297,6 +299,7 @@ class Peer:
         self.router = Router(
             self_id=self.identity.peer_id_text, backend=self._backend, membership=self.membership_service,
             pool=self.pool, cloud=self._cloud, cfg=self.config.routing, clock=self._clock, observer=self.metrics,
+            successors=self.successors,
         )
         service.router = self.router
         self.renewer = Renewer(

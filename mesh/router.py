@@ -69,6 +69,7 @@ class Router:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         observer=None,
+        successors: Successors | None = None,
     ) -> None:
         self.self_id = self_id
         # mesh.metrics.PeerMetrics (or None): sees every prompt's events once, whoever entered it
@@ -84,7 +85,8 @@ class Router:
         self.breakers = BreakerBook(cfg=self.cfg)
         self.affinity = SessionAffinity(max_sessions=self.cfg.max_sessions)
         self.active = 0  # prompts being answered through this router now
-        self.successors = Successors()  # peers that rotated their keys: old id -> new id
+        # peers that rotated their keys: old id -> new id (the peer's, kept across its own rotations)
+        self.successors = successors if successors is not None else Successors()
         self.reservations: Counter[str] = Counter()
         self.choices: Counter[str] = Counter()  # routing choices per peer, for metrics
 

@@ -58,6 +58,9 @@ def test_mesh_rotate(tmp_path):
         # the hub knows the laptop under its new id; the old one is revoked
         wait(lambda: members(a.data_dir).get(new_id, {}).get("state") == "alive", 30)
         wait(lambda: members(a.data_dir).get(old["peer_id"], {}).get("revoked") is True, 30)
+        assert members(a.data_dir)[old["peer_id"]]["replaced_by"] == new_id
+        table = run_mesh("peers", data_dir=a.data_dir).stdout
+        assert f"rotated -> {new_id[:12]}" in table, table
         # a prompt pinned to the laptop by name reaches it under its new keys
         r = run_mesh("ask", "--json", "--peer", "laptop", "--max-tokens", "4", "--temperature", "0",
                      "--no-escalate", "Say hi.", data_dir=a.data_dir)

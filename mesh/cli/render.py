@@ -131,13 +131,21 @@ def peers_table(members: list[dict]) -> str:
             str(m.get("name") or "-") + (" (this peer)" if m.get("self") else ""),
             short_id(str(m.get("peer_id", ""))),
             addrs[0].removeprefix("tcp://") if addrs else "-",
-            str(m.get("state", "?")),
+            _state(m),
             _models(meta.get("models") or []),
             _hardware(meta.get("hw") or {}),
             _load(meta.get("load") or {}, meta.get("models") or []),
             _ago(m.get("last_heard_s")),
         ])
     return grid(["NAME", "PEER", "ADDRESS", "STATE", "MODELS", "HARDWARE", "LOAD", "LAST HEARD"], rows)
+
+
+def _state(m: dict) -> str:
+    if m.get("replaced_by"):
+        return f"rotated -> {short_id(str(m['replaced_by']))}"
+    if m.get("revoked"):
+        return "revoked"
+    return str(m.get("state", "?"))
 
 
 def status_screen(info: dict, members: dict, *, endpoint: str) -> str:
