@@ -272,6 +272,8 @@ class PeerCollector(Collector):
         for reason, n in server.codec.rejections.snapshot().items():
             rej.add_metric([reason], n)
         yield rej
+        yield CounterMetricFamily("mesh_rpc_handshakes_refused", "CurveZMQ handshakes refused: the client's key is "
+                                  "a revoked member's transport key", value=server.handshakes_refused)
 
     def _identity(self, p):
         v = p.verifier

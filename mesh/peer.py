@@ -273,6 +273,7 @@ class Peer:
         self.server = RpcServer(
             codec=codec, methods=methods, config=self.config.rpc, ctx=self._ctx, authenticated=self.keys.authenticated,
             curve=self.transport, transport_ok=_transport_binding(verifier, trust),
+            refuse_transport=verifier.transport_revoked,
         )
         bound = await self.server.start(bind, retry_s=bind_retry_s)
         self.endpoint = _reachable(bound)

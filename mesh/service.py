@@ -184,6 +184,7 @@ class PeerService:
                 "casts_rate_limited": stats.casts_rate_limited if stats else 0,
                 "errors": dict(stats.by_error) if stats else {},
                 "rejections": self.codec.rejections.snapshot(),
+                "handshakes_refused": server.handshakes_refused if server else 0,
                 "replay_cache": len(self.codec.replay),
             },
         }

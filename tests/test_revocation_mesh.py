@@ -92,6 +92,8 @@ def test_revoked_peer_is_refused_everywhere_and_stays_refused_after_restarts(tmp
             await wait_for(lambda: refused(p0) > 0 and refused(p1) > 0, 10)
             with pytest.raises(MeshError, match="revoked"):
                 await ping(p2, p0)
+            # new connections over its transport key do not even complete their handshake now
+            await wait_for(lambda: p0.server.handshakes_refused > 0, 10)
             await asyncio.sleep(1.5)
             for p in (p0, p1):
                 assert states(p).get("p2") in (None, "dead")

@@ -91,6 +91,7 @@ class CertificateVerifier:
         # called once per newly admitted certificate that names a predecessor (mesh rotate),
         # before the frame or record that carried it is acted on
         self.on_successor: Callable[[Certificate], None] | None = None
+        self._revoked_transport: OrderedDict[bytes, None] = OrderedDict()  # CurveZMQ keys of revoked certificates
         self.hits = 0  # verifications answered from the cache
         self.cache_evictions = 0
         self.peer_evictions = 0
@@ -133,6 +134,7 @@ class CertificateVerifier:
         if self.revocations is not None and self.revocations.revokes(cert):
             # after the signature: only a certificate of this mesh can be called revoked
             self._cache.pop(digest, None)
+            self._note_revoked_transport(cert)
             raise rejected(CertReason.REVOKED, f"the mesh authority revoked {cert.name} ({cert.peer_id_text[:12]})")
         self._remember_peer(cert, now)
         if fresh and cert.predecessor and self.on_successor is not None:
@@ -179,10 +181,23 @@ class CertificateVerifier:
         self.forget(revocation.peer_id)
 
     def forget(self, peer_id: bytes) -> None:
-        """Drop everything learned about ``peer_id`` (for revocation)."""
-        self._peers.pop(peer_id, None)
+        """Drop everything learned about ``peer_id`` (for revocation); remember the
+        transport keys its certificates named, so its connections can be refused."""
+        gone = [c for c in (self._peers.pop(peer_id, None),) if c is not None]
         for digest in [d for d, c in self._cache.items() if c.peer_id == peer_id]:
-            del self._cache[digest]
+            gone.append(self._cache.pop(digest))
+        for cert in gone:
+            self._note_revoked_transport(cert)
+
+    def _note_revoked_transport(self, cert: Certificate) -> None:
+        if cert.curve_public:
+            self._revoked_transport[cert.curve_public] = None
+            while len(self._revoked_transport) > self.max_entries:
+                self._revoked_transport.popitem(last=False)
+
+    def transport_revoked(self, key: bytes) -> bool:
+        """Whether ``key`` is the CurveZMQ key of a certificate the authority revoked."""
+        return key in self._revoked_transport
 
     def prune(self, *, now: float) -> int:
         """Drop expired certificates; advance the clock ``key_for`` judges by. Returns how many went."""

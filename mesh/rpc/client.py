@@ -69,6 +69,7 @@ class RpcClient:
         self._recv_task: asyncio.Task | None = None
         self._failure: Exception | None = None
         self._ready_event = zmq.EVENT_CONNECTED
+        self._refused: PeerUnavailable | None = None  # the server's ZAP handler refused our key
 
     async def __aenter__(self) -> "RpcClient":
         self.connect()
@@ -99,7 +100,7 @@ class RpcClient:
             # never completes, and calls must then fail within connect_timeout_s
             ready = zmq.EVENT_HANDSHAKE_SUCCEEDED if self.curve is not None else zmq.EVENT_CONNECTED
             self._ready_event = ready
-            monitor = sock.get_monitor_socket(ready | zmq.EVENT_DISCONNECTED)
+            monitor = sock.get_monitor_socket(ready | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
             self._monitor_task = asyncio.create_task(self._monitor_loop(monitor), name="rpc-client-monitor")
         try:
             sock.connect(self.endpoint)
@@ -115,6 +116,12 @@ class RpcClient:
                 event = parse_monitor_message(await monitor.recv_multipart())["event"]
                 if event == self._ready_event:
                     self._connected.set()
+                    self._refused = None
+                elif event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                    self._refused = PeerUnavailable(
+                        f"the peer at {self.endpoint} refused this peer's transport key: its certificate may have "
+                        "been revoked by the mesh authority (see `mesh status` there)")
+                    self._fail_all(self._refused)
                 elif event == zmq.EVENT_DISCONNECTED:
                     self._connected.clear()
                     self._fail_all(PeerUnavailable(f"lost the connection to the peer at {self.endpoint}"))
@@ -183,6 +190,8 @@ class RpcClient:
             try:
                 await asyncio.wait_for(self._connected.wait(), self.connect_timeout_s)
             except TimeoutError:
+                if self._refused is not None:
+                    raise self._refused from None
                 raise PeerUnavailable(f"cannot reach the peer at {self.endpoint}") from None
         call_id = new_id()
         queue: asyncio.Queue = asyncio.Queue()

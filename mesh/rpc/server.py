@@ -119,9 +119,12 @@ class RpcServer:
         authenticated: Callable[[bytes], bool] | None = None,
         curve: TransportKeys | None = None,
         transport_ok: Callable[[bytes, bytes | None], bool] | None = None,
+        refuse_transport: Callable[[bytes], bool] | None = None,
     ) -> None:
         self.codec = codec
         self.curve = curve
+        # CurveZMQ client keys whose handshake fails (revoked members' transport keys)
+        self._refuse_transport = refuse_transport
         # Whether a sender's frames may come over a transport key (None: any key).
         self._transport_ok = transport_ok
         self._zap: ZapResponder | None = None
@@ -162,7 +165,7 @@ class RpcServer:
         sock.setsockopt(zmq.HANDSHAKE_IVL, max(1, int(self.config.handshake_timeout_s * 1000)))
         if self.curve is not None:
             apply_server(sock, self.curve)
-            self._zap = ZapResponder(self._ctx)
+            self._zap = ZapResponder(self._ctx, refuse=self._refuse_transport)
             while True:
                 try:
                     self._zap.start()
@@ -191,6 +194,11 @@ class RpcServer:
         self._accepting = True
         self._recv_task = asyncio.create_task(self._recv_loop(), name="rpc-recv")
         return self.endpoint
+
+    @property
+    def handshakes_refused(self) -> int:
+        """CurveZMQ handshakes refused because the client's key belongs to a revoked member."""
+        return self._zap.refused_revoked if self._zap is not None else 0
 
     @property
     def in_flight(self) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import zmq
 import zmq.asyncio
@@ -70,12 +71,16 @@ def user_key(frame: zmq.Frame) -> bytes | None:
 class ZapResponder:
     """Answers the context's ZAP requests; one per context (the endpoint is per context)."""
 
-    def __init__(self, ctx: zmq.asyncio.Context) -> None:
+    def __init__(self, ctx: zmq.asyncio.Context, *, refuse: Callable[[bytes], bool] | None = None) -> None:
+        """``refuse(client_key)``: True for a CurveZMQ key that must not connect at all (the
+        transport key of a revoked member): its handshake fails, nothing it sends is read."""
         self._ctx = ctx
+        self._refuse = refuse
         self._sock: zmq.asyncio.Socket | None = None
         self._task: asyncio.Task | None = None
         self.handshakes = 0
         self.refused = 0
+        self.refused_revoked = 0
 
     def start(self) -> None:
         sock = self._ctx.socket(zmq.REP)
@@ -97,8 +102,12 @@ class ZapResponder:
                 continue
             version, request_id, _domain, _address, _identity, mechanism, *creds = msg
             if version == b"1.0" and mechanism == b"CURVE" and len(creds) == 1 and len(creds[0]) == KEY_BYTES:
-                self.handshakes += 1
-                reply = [b"1.0", request_id, b"200", b"OK", z85.encode(creds[0]), b""]
+                if self._refuse is not None and self._refuse(creds[0]):
+                    self.refused_revoked += 1
+                    reply = [b"1.0", request_id, b"400", b"revoked", b"", b""]
+                else:
+                    self.handshakes += 1
+                    reply = [b"1.0", request_id, b"200", b"OK", z85.encode(creds[0]), b""]
             else:  # only CURVE clients reach a mesh server
                 self.refused += 1
                 reply = [b"1.0", request_id, b"400", b"CURVE only", b"", b""]
