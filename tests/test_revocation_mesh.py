@@ -33,6 +33,11 @@ def refused(p: Peer) -> int:
     return p.server.codec.rejections.snapshot()["revoked"]
 
 
+def turned_away(p: Peer) -> int:
+    """Everything of a revoked member refused: frames, and handshakes over its transport key."""
+    return refused(p) + p.server.handshakes_refused
+
+
 async def ping(frm: Peer, to: Peer) -> dict:
     return await frm.pool.client(to.endpoint).call("ping", {}, timeout_s=3)
 
@@ -51,6 +56,7 @@ def test_revoked_peer_is_refused_everywhere_and_stays_refused_after_restarts(tmp
             with pytest.raises(InvalidRequest):
                 p0.revocation_service.revoke("nobody")
 
+            before = turned_away(p1)
             started = time.monotonic()
             out = p0.revocation_service.revoke("p2")
             assert out["name"] == "p2" and out["peer_id"] == p2.identity.peer_id_text and not out["already"]
@@ -64,9 +70,9 @@ def test_revoked_peer_is_refused_everywhere_and_stays_refused_after_restarts(tmp
             # p2's calls are refused (and it is told why at once, not left to its deadline)
             with pytest.raises(MeshError, match="revoked"):
                 await ping(p2, p1)
-            # its gossip is refused and counted; the others stay alive
-            before = refused(p1)
-            await wait_for(lambda: refused(p1) > before, 10)
+            # what it sends is refused and counted (frame by frame over a connection it
+            # already had, or at the handshake of a new one); the others stay alive
+            await wait_for(lambda: turned_away(p1) > before, 10)
             await asyncio.sleep(1.0)
             assert states(p1)["p0"] == "alive" and states(p0)["p1"] == "alive"
             assert states(p1)["p2"] == "dead" and states(p0)["p2"] == "dead"
@@ -89,7 +95,7 @@ def test_revoked_peer_is_refused_everywhere_and_stays_refused_after_restarts(tmp
             p2 = peers[2] = Peer(config(tmp_path, "p2", seeds=(_seed(p0), _seed(p1))), backend=ScriptedBackend())
             await p2.start()
             await wait_for(lambda: states(p1).get("p0") == "alive" and states(p0).get("p1") == "alive")
-            await wait_for(lambda: refused(p0) > 0 and refused(p1) > 0, 10)
+            await wait_for(lambda: turned_away(p0) > 0 and turned_away(p1) > 0, 10)
             with pytest.raises(MeshError, match="revoked"):
                 await ping(p2, p0)
             # new connections over its transport key do not even complete their handshake now
