@@ -141,6 +141,7 @@ class Peer:
         self.metrics = PeerMetrics(clock=clock)  # this peer's own Prometheus registry and recent requests
         self.http_url: str | None = None
         self._rotation: asyncio.Task | None = None  # the switch to new keys (rotate), while it runs
+        self.service: PeerService | None = None
         self.rotations = 0
         self.successors = Successors()  # members that rotated their keys: old id -> new id
         self.last_rotation: dict[str, Any] | None = None
@@ -263,6 +264,9 @@ class Peer:
         )
         self._codec = codec
         service.certificate_info = self._certificate_info
+        if self.service is not None:  # built again (mesh rotate): uptime and counts are the process's
+            service._started, service.answers = self.service._started, self.service.answers
+        self.service = service
         is_local = lambda sender: trust.key_for(sender) is not None  # noqa: E731 - this machine's CLI
         methods = {
             **service.methods(), ENROL_METHOD: serve_enrolment(self.data, clock=self._clock),

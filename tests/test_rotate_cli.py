@@ -49,6 +49,7 @@ def test_mesh_rotate(tmp_path):
         new_id = mine["peer"]
         assert new_id != old["peer_id"] and new_id in r.stdout
         assert mine["certificate"]["predecessor"] == old["peer_id"] and mine["certificate"]["rotations"] == 1
+        assert mine["answers"] == 2 and mine["uptime_s"] > 1  # the process's (both asks above), not the new stack's
         status = run_mesh("status", data_dir=b.data_dir)
         assert status.returncode == 0 and f"rotated from {old['peer_id'][:12]}" in status.stdout, status.stdout
         doc = json.loads((b.data_dir / "peer.json").read_text())
