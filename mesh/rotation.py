@@ -20,8 +20,6 @@ import logging
 import time
 from typing import Callable
 
-from cryptography.hazmat.primitives import serialization
-
 from mesh.errors import MeshError
 from mesh.identity.authority import DEFAULT_CERT_TTL_S, MeshAuthority
 from mesh.identity.certificate import Certificate
@@ -69,11 +67,8 @@ def serve_rotation(
 def install_rotation(data: DataDir, journal: RotationJournal, *, seeds: tuple[str, ...] = ()) -> MeshMembership:
     """Replace this data dir's keys and certificate with the journal's (issued) ones."""
     assert journal.certificate, "only an issued rotation is installed"
-    pem = journal.identity.private_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
     membership = MeshMembership.from_certificate(journal.certificate, seeds=seeds)
-    write_atomic(data.identity_key, pem)
+    write_atomic(data.identity_key, journal.identity.to_pem())
     journal.transport.save(data.transport_key)
     membership.save(data.membership)
     return membership

@@ -107,12 +107,26 @@ class Identity:
                 f"key file {path} is readable by others (mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {path}"
             )
         try:
-            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+            return cls.from_pem(path.read_bytes())
         except (ValueError, TypeError, OSError) as e:
             raise IdentityError(f"cannot read key {path}: {e}; move it away to create a new identity") from e
+        except IdentityError:
+            raise IdentityError(f"key {path} is not an Ed25519 key") from None
+
+    @classmethod
+    def from_pem(cls, pem: bytes) -> "Identity":
+        """The identity in a PKCS#8 PEM private key. ``ValueError`` / ``TypeError`` when it is
+        not a key, ``IdentityError`` when it is not an Ed25519 one."""
+        key = serialization.load_pem_private_key(pem, password=None)
         if not isinstance(key, Ed25519PrivateKey):
-            raise IdentityError(f"key {path} is not an Ed25519 key")
+            raise IdentityError("not an Ed25519 key")
         return cls(key)
+
+    def to_pem(self) -> bytes:
+        """The private key as unencrypted PKCS#8 PEM (what ``identity.key`` holds)."""
+        return self.private_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
 
     @classmethod
     def load_or_create(cls, path: Path) -> tuple["Identity", bool]:
@@ -120,9 +134,7 @@ class Identity:
         if path.exists():
             return cls.load(path), False
         ident = cls.generate()
-        pem = ident.private_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        pem = ident.to_pem()
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -37,9 +37,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from mesh.errors import CertificateError, IdentityError, InvalidRequest
 from mesh.identity.authority import DEFAULT_CERT_TTL_S, MeshAuthority
 from mesh.identity.certificate import (
@@ -225,11 +222,8 @@ class RotationJournal:
         return peer_id_text(peer_id_from_public(self.old_public))
 
     def to_bytes(self) -> bytes:
-        pem = self.identity.private_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
         return json.dumps({
-            "old": _b64(self.old_public), "identity": pem.decode("ascii"), "transport": _b64(self.transport.secret),
+            "old": _b64(self.old_public), "identity": self.identity.to_pem().decode("ascii"), "transport": _b64(self.transport.secret),
             "certificate": _b64(self.certificate), "revocation": _b64(self.revocation),
         }, indent=1).encode("utf-8")
 
@@ -243,11 +237,8 @@ class RotationJournal:
         data = read_private(path, max_bytes=MAX_JOURNAL_BYTES, what="rotation journal")
         try:
             doc = json.loads(data)
-            key = serialization.load_pem_private_key(doc["identity"].encode("ascii"), password=None)
-            if not isinstance(key, Ed25519PrivateKey):
-                raise ValueError("not an Ed25519 key")
             journal = cls(
-                old_public=_unb64(doc["old"]), identity=Identity(key),
+                old_public=_unb64(doc["old"]), identity=Identity.from_pem(doc["identity"].encode("ascii")),
                 transport=TransportKeys.from_secret(_unb64(doc["transport"])),
                 certificate=_unb64(doc["certificate"]), revocation=_unb64(doc["revocation"]),
             )
