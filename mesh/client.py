@@ -224,10 +224,7 @@ class Client:
         (the peer restarted, or rotated its keys with ``mesh rotate``)."""
         if self._embedded is not None:
             return self.address
-        try:
-            stamp = self.data.peer_file.stat().st_mtime_ns
-        except OSError:
-            stamp = None
+        stamp = self._peer_file_now()
         if self.address is None or stamp != self._peer_file_stamp:
             self.address = read_peer_file(self.data)
             self._peer_file_stamp = stamp
@@ -259,6 +256,13 @@ class Client:
         self._conn, self._conn_address = (loop, ctx, rpc), addr
         return rpc
 
+    def _peer_file_now(self) -> int | None:
+        """peer.json's modification time (ns), None while there is none."""
+        try:
+            return self.data.peer_file.stat().st_mtime_ns
+        except OSError:
+            return None
+
     async def _peer_moved(self, wait_s: float = 5.0) -> bool:
         """Whether the local peer's file changes within ``wait_s`` (a restart, or the end
         of a key rotation); the next connection then follows it."""
@@ -266,10 +270,7 @@ class Client:
             return False
         deadline = time.monotonic() + wait_s
         while True:
-            try:
-                stamp = self.data.peer_file.stat().st_mtime_ns
-            except OSError:
-                stamp = None
+            stamp = self._peer_file_now()
             if stamp is not None and stamp != self._peer_file_stamp:
                 return True
             if time.monotonic() >= deadline:

@@ -439,7 +439,7 @@ class Peer:
             self.membership = install_rotation(self.data, journal, seeds=self.membership.seeds)
             if self.job_runner is not None:  # the job in flight finishes while this peer is still routable
                 await self.job_runner.stop(drain_s=grace)
-            away = time.monotonic()
+            left_at = time.monotonic()
             # the last record under the old id says "left, rotating": routers wait for the new id
             leave_meta = {**(self.membership_service.swim.own_record.meta or {}), ROTATING_META_KEY: True}
             await self._stop_stack(grace, close_pool=False, leave_meta=leave_meta)
@@ -450,7 +450,7 @@ class Peer:
             await self._start_stack(f"tcp://{self.config.rpc_host}:{port}", seeds,
                                     RememberedPeers.load(self.data.known_peers), bind_retry_s=5.0)
             self.router.rename_peer(old_id, self.identity.peer_id_text)
-            away = time.monotonic() - away
+            away = time.monotonic() - left_at
             if self.config.write_peer_file:
                 self._write_peer_file()
             switched = time.monotonic() - t0

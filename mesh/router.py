@@ -187,11 +187,9 @@ class Router:
         """``_ask``; when nothing could answer and no text went out, but a member that
         could have is rotating its keys (left moments ago, successor not here yet), wait
         for its successor and ask once more (see ``mesh.routing.successors``)."""
-        if route.pinned_peer:
-            route = replace(route, pinned_peer=self.successors.current(route.pinned_peer))
         streamed = False
         try:
-            async for ev in self._ask(gen, route):
+            async for ev in self._ask(gen, self._following(route)):
                 streamed = streamed or (isinstance(ev, dict) and "t" in ev)
                 yield ev
             return
@@ -203,10 +201,14 @@ class Router:
             deadline = time.monotonic() + ROTATION_WAIT_S
             while self.successors.awaiting(self.membership.view()) and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
-        if route.pinned_peer:
-            route = replace(route, pinned_peer=self.successors.current(route.pinned_peer))
-        async for ev in self._ask(gen, route):
+        async for ev in self._ask(gen, self._following(route)):
             yield ev
+
+    def _following(self, route: RouteRequest) -> RouteRequest:
+        """``route`` pinned to the id its pinned peer goes by now (it may have rotated)."""
+        if not route.pinned_peer:
+            return route
+        return replace(route, pinned_peer=self.successors.current(route.pinned_peer))
 
     async def _ask(self, gen: GenerationRequest, route: RouteRequest) -> AsyncIterator[Any]:
         seen = {"busy": False}  # per prompt: some fit peer said busy

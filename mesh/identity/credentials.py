@@ -183,11 +183,11 @@ class CertificateVerifier:
     def forget(self, peer_id: bytes) -> None:
         """Drop everything learned about ``peer_id`` (for revocation); remember the
         transport keys its certificates named, so its connections can be refused."""
-        gone = [c for c in (self._peers.pop(peer_id, None),) if c is not None]
+        latest = self._peers.pop(peer_id, None)
+        if latest is not None:
+            self._note_revoked_transport(latest)
         for digest in [d for d, c in self._cache.items() if c.peer_id == peer_id]:
-            gone.append(self._cache.pop(digest))
-        for cert in gone:
-            self._note_revoked_transport(cert)
+            self._note_revoked_transport(self._cache.pop(digest))
 
     def _note_revoked_transport(self, cert: Certificate) -> None:
         if cert.curve_public:
