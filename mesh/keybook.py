@@ -13,8 +13,9 @@ A weaker source never replaces a stronger one for the same address, so a spoofed
 record cannot redirect a member's connections (attack: announce a victim's address with
 a key of one's own). Between two certified keys for one address, the one from the more
 recently issued certificate stands: after ``mesh rotate`` the peer at that address has
-a new key, and the old record that gossip may still carry must not bring the old one back. A wrong key costs only a failed handshake: nothing is sent in the
-clear, and the server behind the address cannot read what it cannot decrypt.
+a new key, and the old record that gossip may still carry must not bring the old one
+back. A wrong key costs only a failed handshake: nothing is sent in the clear, and the
+server behind the address cannot read what it cannot decrypt.
 
 Bounded: ``max_entries`` addresses, least recently learned dropped first.
 """
@@ -38,8 +39,8 @@ class KeySource(enum.IntEnum):
 class KeyBook:
     def __init__(self, *, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
         self.max_entries = max_entries
-        self._keys: OrderedDict[str, tuple[bytes, KeySource]] = OrderedDict()
-        self._issued: dict[str, int] = {}  # address -> issued_at of the certificate behind a CERTIFIED key
+        # address -> (key, strongest source that named it, issued_at of the certificate behind it)
+        self._keys: OrderedDict[str, tuple[bytes, KeySource, int]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -50,18 +51,18 @@ class KeyBook:
         if not isinstance(key, bytes) or len(key) != KEY_BYTES:
             return False
         old = self._keys.get(address)
-        if old is not None and old[1] > source:
-            return False
-        if old is not None and old[0] != key and old[1] is source is KeySource.CERTIFIED \
-                and issued_at < self._issued.get(address, 0):
-            return False
-        self._keys[address] = (key, max(source, old[1]) if old and old[0] == key else source)
-        if source is KeySource.CERTIFIED:
-            self._issued[address] = max(issued_at, self._issued.get(address, 0)) if old and old[0] == key else issued_at
+        if old is not None:
+            old_key, old_source, old_issued = old
+            if old_source > source:
+                return False
+            if old_key == key:
+                source, issued_at = max(source, old_source), max(issued_at, old_issued)
+            elif old_source is source is KeySource.CERTIFIED and issued_at < old_issued:
+                return False
+        self._keys[address] = (key, source, issued_at)
         self._keys.move_to_end(address)
         while len(self._keys) > self.max_entries:
-            gone, _ = self._keys.popitem(last=False)
-            self._issued.pop(gone, None)
+            self._keys.popitem(last=False)
         return old is None or old[0] != key
 
     def key_for(self, address: str) -> bytes | None:
