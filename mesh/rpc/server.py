@@ -166,29 +166,20 @@ class RpcServer:
         if self.curve is not None:
             apply_server(sock, self.curve)
             self._zap = ZapResponder(self._ctx, refuse=self._refuse_transport)
-            while True:
-                try:
-                    self._zap.start()
-                    break
-                except MeshError:
-                    if time.monotonic() < deadline:
-                        await asyncio.sleep(0.05)
-                        continue
-                    sock.close(0)
-                    raise
-        while True:
             try:
-                sock.bind(endpoint)
-                break
-            except zmq.ZMQError as e:
-                if e.errno == zmq.EADDRINUSE and time.monotonic() < deadline:
-                    await asyncio.sleep(0.05)
-                    continue
+                await _retrying(self._zap.start, until=deadline, when=lambda e: isinstance(e, MeshError))
+            except MeshError:
                 sock.close(0)
-                if self._zap is not None:
-                    await self._zap.close()
-                raise MeshError(
-                    f"cannot listen on {endpoint}: {e.strerror}; pick another --rpc-port (0 = any free)") from e
+                raise
+        try:
+            await _retrying(lambda: sock.bind(endpoint), until=deadline,
+                            when=lambda e: isinstance(e, zmq.ZMQError) and e.errno == zmq.EADDRINUSE)
+        except zmq.ZMQError as e:
+            sock.close(0)
+            if self._zap is not None:
+                await self._zap.close()
+            raise MeshError(
+                f"cannot listen on {endpoint}: {e.strerror}; pick another --rpc-port (0 = any free)") from e
         self._sock = sock
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._accepting = True
@@ -424,3 +415,16 @@ class RpcServer:
         if self._zap is not None:
             await self._zap.close()
             self._zap = None
+
+
+async def _retrying(attempt: Callable[[], object], *, until: float, when: Callable[[Exception], bool]) -> None:
+    """Call ``attempt`` until it succeeds, retrying every 50 ms while it fails as ``when``
+    says and ``until`` (monotonic) is not reached; then its error stands."""
+    while True:
+        try:
+            attempt()
+            return
+        except Exception as e:
+            if not when(e) or time.monotonic() >= until:
+                raise
+        await asyncio.sleep(0.05)
