@@ -194,16 +194,11 @@ class Peer:
                     f"refuse it. To take part again, move {self.data.membership} and {self.data.revocations} "
                     "away and join with a new token from `mesh invite`"
                 )
-        except BaseException:
-            await self._backend.aclose()
-            self._ctx.term()
-            raise
-        self.verifier = CertificateVerifier(
-            self.membership.authority_public, skew_s=self.config.cert_skew_s, revocations=self.revocations
-        )
-        self.verifier.on_successor = self._on_successor
-        remembered = RememberedPeers.load(self.data.known_peers)
-        try:
+            self.verifier = CertificateVerifier(
+                self.membership.authority_public, skew_s=self.config.cert_skew_s, revocations=self.revocations
+            )
+            self.verifier.on_successor = self._on_successor
+            remembered = RememberedPeers.load(self.data.known_peers)
             self.keybook = self._initial_keybook()
             seeds = self._seed_addresses(remembered)
             if self.config.jobs:
