@@ -2,16 +2,19 @@
 
     .venv/bin/python bench/rpc_overhead.py [--rounds 20] [--tokens 128] [--latency-samples 40] [--pings 2000]
 
-1. Tokens/s of the default model called directly in this process vs through the RPC
-   protocol (what `mesh ask` does) to a `mesh-peer` in another process on loopback.
-   Rounds pair a direct run with an RPC run (ABBA order) with the same prompt, seed and
-   temperature 0, so both generate the same tokens; the figure is the median of the
-   per-pair ratios. Target: ratio >= 0.97.
+1. Tokens/s of the default model three ways: llama-cpp-python alone (a plain script in
+   its own process, the user's real alternative), mesh's own backend in this process,
+   and through the RPC protocol (what `mesh ask` does) to a `mesh-peer` in another
+   process on loopback. Rounds run the three in rotating order with the same prompt and
+   temperature 0; the figures are medians of the per-round ratios. Target: RPC / direct
+   >= 0.97.
 2. Added latency per request: how much longer the caller waits for the first token
    beyond the serving backend's own time to first token, through RPC minus in-process,
    paired per sample, max_tokens=1. Target: median < 2 ms.
 3. Signed RPC round trips per second with a small body (`ping`), one at a time and 32
-   in flight on one connection.
+   in flight on one connection. The peer runs with `--rpc-rate 0` (no per-sender call
+   limit): thousands of pings a second from one sender is what the limit exists to
+   refuse, and a benchmark of the protocol must not measure the limiter instead.
 
 Prints a readable report, then one line of JSON with the figures.
 """
@@ -34,6 +37,8 @@ from mesh.inference.backend import FinalStats, GenerationRequest, TextChunk  # n
 from mesh.inference.llama import LlamaBackend  # noqa: E402
 from mesh.inference.models import default_model_path  # noqa: E402
 from peerproc import PeerProcess  # noqa: E402
+
+import engine as engine_bench  # noqa: E402  (bench/engine.py: the plain llama-cpp-python process)
 
 PROMPT = "Explain in a few sentences why the sky is blue."
 
@@ -84,8 +89,13 @@ async def main_async(args: argparse.Namespace) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="mesh-bench-"))
     say("loading the default model in this process ...")
     backend = LlamaBackend(default_model_path(), n_ctx=2048)
-    say("starting a mesh-peer process on loopback ...")
-    peer = PeerProcess(tmp / "peer")
+    from mesh.inference.cpu_variant import backend_env, ensure_cpu_variant
+    from mesh.inference.engine import default_threads
+
+    say("starting llama-cpp-python alone in a process of its own ...")
+    raw = engine_bench.Baseline(str(default_model_path()), default_threads(), backend_env(ensure_cpu_variant()))
+    say("starting a mesh-peer process on loopback (--rpc-rate 0: see 3.) ...")
+    peer = PeerProcess(tmp / "peer", "--rpc-rate", "0")
     try:
         peer.wait_ready()
         client = Client(peer.data_dir)
@@ -95,27 +105,33 @@ async def main_async(args: argparse.Namespace) -> dict:
         await direct_run(backend, short_req)
         await rpc_run(client, short_req)
 
-        say(f"\n1. tokens/s, {args.rounds} alternating rounds of {args.tokens} tokens")
+        raw.run(8)
+        say(f"\n1. tokens/s, {args.rounds} rounds of {args.tokens} tokens, order rotating each round")
         d_wall: list[float] = []
         r_wall: list[float] = []
+        l_wall: list[float] = []
+        orders = [("direct", "rpc", "raw"), ("rpc", "raw", "direct"), ("raw", "direct", "rpc")]
         for i in range(args.rounds):
-            # ABBA order: whichever runs second in a pair is not favoured over the rounds
-            for which in (("direct", "rpc") if i % 2 == 0 else ("rpc", "direct")):
+            for which in orders[i % 3]:  # no side always runs after the same other
                 t0 = time.perf_counter()
                 if which == "direct":
                     _, n, _ = await direct_run(backend, long_req)
                     d_wall.append(n / (time.perf_counter() - t0))
-                else:
+                elif which == "rpc":
                     _, n, _ = await rpc_run(client, long_req)
                     r_wall.append(n / (time.perf_counter() - t0))
-            say(f"   round {i + 1}: direct {d_wall[-1]:.1f} tok/s, via RPC {r_wall[-1]:.1f} tok/s (as seen by caller)")
+                else:
+                    l_wall.append(raw.run(args.tokens)["e2e_tps"])
+            say(f"   round {i + 1}: llama-cpp-python {l_wall[-1]:.1f}, mesh backend in-process {d_wall[-1]:.1f}, "
+                f"via RPC {r_wall[-1]:.1f} tok/s (as seen by caller)")
         direct = statistics.median(d_wall)
         via_rpc = statistics.median(r_wall)
-        # paired: each round's RPC run against the direct run just before it, so drift in
-        # machine speed between rounds cancels out
+        llama_alone = statistics.median(l_wall)
+        # paired per round, so drift in machine speed between rounds cancels out
         ratios = [r / d for r, d in zip(r_wall, d_wall)]
         ratio = statistics.median(ratios)
-        say(f"   per-round ratios: {', '.join(f'{x:.3f}' for x in ratios)}")
+        raw_ratio = statistics.median([r / x for r, x in zip(r_wall, l_wall)])
+        say(f"   per-round RPC / in-process ratios: {', '.join(f'{x:.3f}' for x in ratios)}")
 
         say(f"\n2. added latency, {args.latency_samples} paired samples (max_tokens=1)")
         # Each sample's overhead is what the caller waited for its first token beyond the
@@ -148,6 +164,7 @@ async def main_async(args: argparse.Namespace) -> dict:
         await client.aclose()
     finally:
         peer.stop()
+        raw.close()
         await backend.aclose()
 
     figures = {
@@ -158,6 +175,8 @@ async def main_async(args: argparse.Namespace) -> dict:
         "rpc_tok_s": round(via_rpc, 2),
         "ratio": round(ratio, 4),
         "ratio_of_medians": round(via_rpc / direct, 4),
+        "llama_cpp_python_tok_s": round(llama_alone, 2),
+        "rpc_vs_llama_cpp_python": round(raw_ratio, 4),
         "added_latency_ms_median": round(lat_med, 3),
         "added_latency_ms_p95": round(lat_p95, 3),
         "ping_rt_per_s_serial": round(serial, 1),
@@ -166,6 +185,7 @@ async def main_async(args: argparse.Namespace) -> dict:
     say("\nsummary")
     say(f"   tokens/s direct {direct:.1f}, via RPC {via_rpc:.1f}: paired ratio {ratio:.3f} (target >= 0.97)"
         f" {'OK' if ratio >= 0.97 else 'MISSED'}")
+    say(f"   via RPC / llama-cpp-python alone: {raw_ratio:.3f} (llama-cpp-python {llama_alone:.1f} tok/s)")
     say(f"   added latency median {lat_med:.2f} ms (target < 2 ms) {'OK' if lat_med < 2 else 'MISSED'},"
         f" p95 {lat_p95:.2f} ms")
     say(f"   signed round trips/s: {serial:.0f} serial, {concurrent:.0f} with 32 in flight")

@@ -5,8 +5,10 @@ that gossip carries (signed by this peer) and routing reads. Kept small: it trav
 every refresh (about once a second for load).
 
     hardware  cpu_count, ram_total_mb, ram_available_mb, gpu (name or ""), on_battery (bool or None)
-    models    [{name, parameters, quantisation, context_length, tokens_per_s}]
+    models    [{name, parameters, quantisation, context_length, tokens_per_s}]  (empty while the engine
+              is not ready: a peer whose engine is restarting or failed offers no model)
     load      {running, waiting, parallel, queue_limit}
+    engine    {state, reason, restarts}  (state: ready, starting, restarting, failed)
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ def hardware() -> dict[str, Any]:
 
 
 def models(backend: Backend) -> list[dict[str, Any]]:
+    if not backend.status().serving:
+        return []
     caps = backend.capabilities
     return [
         {
@@ -73,4 +77,4 @@ def load(backend: Backend) -> dict[str, Any]:
 
 def snapshot(backend: Backend) -> dict[str, Any]:
     """The whole ``meta`` a peer gossips about itself."""
-    return {"hw": hardware(), "models": models(backend), "load": load(backend)}
+    return {"hw": hardware(), "models": models(backend), "load": load(backend), "engine": backend.status().to_wire()}

@@ -157,6 +157,9 @@ class PeerMetrics:
         self.recent.add(rec)
 
 
+ENGINE_STATES = ("ready", "starting", "restarting", "failed")
+
+
 class PeerCollector(Collector):
     """Reads, at scrape time, what the peer's parts already count."""
 
@@ -198,6 +201,14 @@ class PeerCollector(Collector):
         yield GaugeMetricFamily("mesh_backend_parallel", "Generations this backend runs at once", value=caps.parallel)
         yield GaugeMetricFamily("mesh_backend_queue_limit", "Requests this backend queues before refusing busy",
                                 value=caps.queue_limit)
+        status = p.backend.status()
+        st = GaugeMetricFamily("mesh_engine_state", "This peer's engine: 1 for the state it is in",
+                               labels=["state"])
+        for name in ENGINE_STATES:
+            st.add_metric([name], 1 if status.state == name else 0)
+        yield st
+        yield CounterMetricFamily("mesh_engine_restarts", "Times the engine process was restarted after it died",
+                                  value=status.restarts)
 
     def _members(self, p):
         counts = dict.fromkeys(MEMBER_STATES, 0)

@@ -84,8 +84,10 @@ log = logging.getLogger("mesh.peer")
 
 
 def load_backend(config: PeerConfig) -> Backend:
-    """The default engine: llama.cpp in-process on ``config.model_path`` (or the default
-    model); or, with ``engine_url``, an OpenAI-compatible engine this device runs."""
+    """The default engine: llama.cpp in an engine process of its own, supervised by this
+    peer, on ``config.model_path`` (or the default model); or, with ``engine_url``, an
+    OpenAI-compatible engine this device runs. The engine process is started by
+    ``Peer.start`` (``EngineBackend.start``)."""
     if config.engine_url:
         from mesh.inference.openai_backend import OpenAIBackend
 
@@ -93,11 +95,14 @@ def load_backend(config: PeerConfig) -> Backend:
             config.engine_url, config.engine_model or "", context_length=config.engine_context,
             queue_limit=config.queue_limit,
         )
-    from mesh.inference.llama import LlamaBackend
+    from mesh.inference.cpu_variant import default_threads
+    from mesh.inference.engine_backend import EngineBackend
     from mesh.inference.models import default_model_path
 
     path = Path(config.model_path) if config.model_path else default_model_path()
-    return LlamaBackend(path, n_ctx=config.n_ctx, n_threads=config.n_threads, queue_limit=config.queue_limit)
+    return EngineBackend(
+        path, n_ctx=config.n_ctx, n_threads=config.n_threads or default_threads(), queue_limit=config.queue_limit,
+    )
 
 
 def enrol_local_client(data: DataDir, trust: TrustStore) -> Identity:
@@ -180,6 +185,9 @@ class Peer:
                 self.certificate = self.membership.verify(peer_public_raw=self.identity.public_raw, now=self._clock())
             if self._backend is None:
                 self._backend = await asyncio.to_thread(self._backend_factory, self.config)
+            start_engine = getattr(self._backend, "start", None)
+            if start_engine is not None:  # an engine process: up, or running without a model and saying why
+                await start_engine()
         except BaseException:
             self._ctx.term()
             raise

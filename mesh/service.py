@@ -171,6 +171,7 @@ class PeerService:
                 "parallel": caps.parallel,
                 "queue_limit": caps.queue_limit,
             },
+            "engine": _engine_info(self.backend),
             "answers": self.answers,
             "jobs": jobs,
             "sync": self.job_sync.pending(jobs) if self.job_sync is not None and jobs is not None else None,
@@ -188,6 +189,15 @@ class PeerService:
                 "replay_cache": len(self.codec.replay),
             },
         }
+
+
+def _engine_info(backend: Backend) -> dict[str, Any]:
+    """The engine's state and why, its process and CPU variant, and this machine's CPU."""
+    from mesh.inference.cpu_variant import cpu_summary
+
+    st, load = backend.status(), backend.load()
+    return {**st.to_wire(), "reason": st.reason, "pid": st.pid, "build": st.engine, "cpu": cpu_summary(),
+            "load": {"running": load.running, "waiting": load.waiting}}
 
 
 def _check_servable(request: dict, route: dict, known: dict[str, int]) -> None:

@@ -68,7 +68,12 @@ class LlamaServer:
         self.stop()
 
     def start(self, timeout_s: float = 60.0) -> None:
-        self.proc = subprocess.Popen(self._args, stdout=self._log_file, stderr=subprocess.STDOUT)
+        # llama.cpp looks for its CPU variant libraries beside the Python executable; point
+        # it at the one mesh's own engine uses (mesh.inference.cpu_variant.backend_env)
+        from mesh.inference.cpu_variant import backend_env, ensure_cpu_variant
+
+        env = {**os.environ, **backend_env(ensure_cpu_variant())}
+        self.proc = subprocess.Popen(self._args, stdout=self._log_file, stderr=subprocess.STDOUT, env=env)
         try:
             self._wait_ready(timeout_s)
         except BaseException:

@@ -145,27 +145,74 @@ async def raw_answer(server, request: GenerationRequest, *, stream: bool):
         return text, lps, None
 
 
+class RecordingTransport(httpx.AsyncBaseTransport):
+    """The real HTTP transport, keeping a copy of every response body as it streams by."""
+
+    def __init__(self) -> None:
+        self._real = httpx.AsyncHTTPTransport()
+        self.bodies: list[bytearray] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self._real.handle_async_request(request)
+        body = bytearray()
+        self.bodies.append(body)
+        real_stream = response.stream
+
+        class Tee(httpx.AsyncByteStream):
+            async def __aiter__(self):
+                async for chunk in real_stream:
+                    body.extend(chunk)
+                    yield chunk
+
+            async def aclose(self) -> None:
+                await real_stream.aclose()
+
+        return httpx.Response(response.status_code, headers=response.headers, stream=Tee(),
+                              extensions=response.extensions, request=request)
+
+    async def aclose(self) -> None:
+        await self._real.aclose()
+
+
+def sse_answer(body: bytes) -> tuple[str, list[float]]:
+    """Text and chosen-token logprobs of one recorded SSE response, parsed independently."""
+    text, lps = "", []
+    for line in body.decode().splitlines():
+        if line.startswith("data: {"):
+            choice = json.loads(line[6:])["choices"][0]
+            text += choice["delta"].get("content") or ""
+            lps += [e["logprob"] for e in (choice.get("logprobs") or {}).get("content") or []]
+    return text, lps
+
+
 @pytest.mark.model
 def test_streamed_answer_matches_the_servers_own_answers_and_counts(server):
+    """What the backend makes of a stream is exactly what the server sent in that stream
+    (text, token count, confidence from its logprobs). Compared with the bytes of the same
+    response, not with a second request: a server may answer two identical greedy
+    requests differently (its prompt cache changes the arithmetic)."""
     request = GenerationRequest.from_prompt("Name three colours.", max_tokens=12, temperature=0.0, seed=7)
-    backend = real_backend(server)
+    transport = RecordingTransport()
 
     async def main():
-        items = await collect(backend, request)
-        plain, _, usage = await raw_answer(server, request, stream=False)
-        streamed, lps, _ = await raw_answer(server, request, stream=True)
-        return items, plain, usage, streamed, lps
+        async with httpx.AsyncClient(transport=transport, timeout=30) as client:
+            backend = real_backend(server, client=client)
+            items = await collect(backend, request)
+        _, _, usage = await raw_answer(server, request, stream=False)
+        return backend, items, usage
 
-    items, plain, usage, streamed, lps = asyncio.run(main())
+    backend, items, usage = asyncio.run(main())
+    assert len(transport.bodies) == 1
+    sent_text, lps = sse_answer(bytes(transport.bodies[0]))
     text, final = split(items)
     assert len(items) - 1 == final.completion_tokens  # one chunk per token from this server
-    assert text == plain == streamed
-    assert final.completion_tokens == usage["completion_tokens"] == len(lps)
+    assert text == sent_text and text
+    assert final.completion_tokens == len(lps) == 12 == usage["completion_tokens"]  # max_tokens reached both times
     # This server sends no usage when streaming: the prompt is estimated from its text. The
     # real count is higher: SmolLM2's template adds a default system turn no estimate sees.
     assert final.prompt_tokens == wire.estimate_prompt_tokens(request.messages, chars_per_token=4.0)
     assert 0 < final.prompt_tokens < usage["prompt_tokens"]
-    # Confidence from the server's own per-token logprobs.
+    # Confidence from the server's own per-token logprobs, of this very answer.
     assert final.confidence == pytest.approx(math.exp(sum(lps) / len(lps)))
     assert final.min_token_prob == pytest.approx(math.exp(min(lps)))
     assert 0 < final.min_token_prob <= final.confidence < 1

@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="OpenAI API requests per second per key, or per address without a key (default 5; 0: no limit)")
     p.add_argument("--http-burst", type=int, default=20, metavar="N",
                    help="requests a key may make at once before --http-rate applies (default 20)")
+    p.add_argument("--rpc-rate", type=float, default=None, metavar="PER_S",
+                   help="RPC calls one sender (a member, or this machine's CLI) may start per second (default 200; "
+                        "0: no limit)")
+    p.add_argument("--rpc-burst", type=int, default=None, metavar="N",
+                   help="calls a sender may start at once before --rpc-rate applies (default 400)")
     p.add_argument("--ctx", type=int, default=2048, metavar="TOKENS", help="context window (default 2048)")
     p.add_argument("--threads", type=int, default=None, help="generation threads (default: one per core)")
     p.add_argument("--queue", type=int, default=8, metavar="N",
@@ -97,6 +102,12 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         raise MeshError(f"--http-port must be 0..65535, got {args.http_port}")
     if args.http_rate < 0 or args.http_burst < 1:
         raise MeshError("--http-rate cannot be negative and --http-burst must be at least 1")
+    if (args.rpc_rate is not None and args.rpc_rate < 0) or (args.rpc_burst is not None and args.rpc_burst < 1):
+        raise MeshError("--rpc-rate cannot be negative and --rpc-burst must be at least 1")
+    if args.model and not Path(args.model).expanduser().is_file():
+        # a typo fails at once; a file that exists but no engine can load leaves a peer
+        # that runs without a model and says why (docs/engine.md)
+        raise MeshError(f"no model file at {Path(args.model).expanduser()}; pass --model PATH to a GGUF file")
     if args.ctx < 128:
         raise MeshError(f"--ctx must be at least 128 tokens, got {args.ctx}")
     if not 0 < args.jobs_keep_days <= 3650 or not 1 <= args.jobs_max_mb <= 1 << 20 or args.jobs_max_open < 1:
@@ -119,7 +130,17 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         faults = FaultConfig(loss=args.fault_loss, delay_s=args.fault_delay_ms / 1000, seed=args.fault_seed)
     except ValueError as e:
         raise MeshError(f"--fault-*: {e}") from None
+    import dataclasses
+
+    from mesh.config import RpcConfig
+
+    rpc = RpcConfig.lan()
+    if args.rpc_rate is not None:
+        rpc = dataclasses.replace(rpc, calls_per_sender_per_s=args.rpc_rate)
+    if args.rpc_burst is not None:
+        rpc = dataclasses.replace(rpc, calls_burst=args.rpc_burst)
     return PeerConfig(
+        rpc=rpc,
         faults=faults,
         threshold=args.threshold,
         cloud_url=args.cloud_url,

@@ -76,6 +76,7 @@ def info_table(doc: dict, *, endpoint: str) -> str:
         ("context", f"{model.get('context_length')} tokens"),
         ("speed", f"{model.get('tokens_per_s', 0):.1f} tok/s"),
         ("capacity", f"{model.get('parallel')} at once, {model.get('queue_limit')} queued before busy"),
+        *engine_rows(doc.get("engine")),
         ("answers", str(doc.get("answers"))),
         ("calls", f"{rpc.get('calls_ok', 0)} ok, {rpc.get('calls_failed', 0)} failed, "
                   f"{rpc.get('calls_cancelled', 0)} cancelled, {rpc.get('in_flight', 0)} in flight"),
@@ -83,6 +84,27 @@ def info_table(doc: dict, *, endpoint: str) -> str:
     refused = {k: v for k, v in rpc.get("rejections", {}).items() if v}
     rows.append(("refused frames", ", ".join(f"{k} {v}" for k, v in sorted(refused.items())) or "none"))
     return table(rows)
+
+
+def engine_rows(engine: dict | None) -> list[tuple[str, str]]:
+    """The engine's state (and why, when it is not ready), its CPU kernels and threads, the CPU."""
+    if not isinstance(engine, dict):
+        return []
+    state = str(engine.get("state", "?"))
+    if state != "ready" and engine.get("reason"):
+        state += f": {engine.get('reason')}"
+    if engine.get("restarts"):
+        state += f" ({engine.get('restarts')} restarts)"
+    rows = [("engine", state)]
+    build = engine.get("build") or {}
+    if build:
+        rows.append(("engine build", f"llama-cpp-python {build.get('llama_cpp_python', '?')}, CPU variant "
+                                     f"{build.get('variant', '?')} ({build.get('reason', '')}), "
+                                     f"{build.get('threads', '?')} threads, pid {engine.get('pid')}"))
+    cpu = engine.get("cpu") or {}
+    if cpu:
+        rows.append(("cpu", f"{cpu.get('model', '?')} [{cpu.get('arch', '?')}: {' '.join(cpu.get('flags') or [])}]"))
+    return rows
 
 
 def _ago(seconds: float | None) -> str:
@@ -145,7 +167,11 @@ def _state(m: dict) -> str:
         return f"rotated -> {short_id(str(m['replaced_by']))}"
     if m.get("revoked"):
         return "revoked"
-    return str(m.get("state", "?"))
+    engine = (m.get("meta") or {}).get("engine") if isinstance(m.get("meta"), dict) else None
+    state = str(m.get("state", "?"))
+    if isinstance(engine, dict) and engine.get("state") not in (None, "ready") and state == "alive":
+        state += f", engine {engine.get('state')}"
+    return state
 
 
 def status_screen(info: dict, members: dict, *, endpoint: str) -> str:

@@ -12,6 +12,7 @@ import math
 import re
 from collections import defaultdict
 
+from mesh.doctor.engine import engine_findings
 from mesh.doctor.model import Finding, Observations, Probe, Reach, Severity
 
 MDNS_FIX = ("multicast is blocked between you and {who} (a firewall dropping 5353/udp, Wi-Fi AP/client "
@@ -31,6 +32,7 @@ def diagnose(obs: Observations, *, window_s: float, versions: range) -> list[Fin
         out += _probe(obs, p, window_s=window_s, versions=versions)
     out += _multicast(obs)
     out += _interfaces(obs)
+    out += engine_findings(obs.engine)
     unique = list(dict.fromkeys(out))
     return sorted(unique, key=lambda f: (f.severity.rank, f.code, f.subject))
 

@@ -137,6 +137,16 @@ class Observations:
     probes: tuple[Probe, ...] = ()
     dropped_records: Mapping[str, int] = field(default_factory=dict)  # malformed mDNS records, by reason
     members: tuple[dict[str, Any], ...] = ()  # the running peer's member view (other peers only)
+    engine: "EngineView | None" = None  # this machine's CPU and engine build, and the running peer's engine
+
+
+@dataclass(frozen=True)
+class EngineView:
+    """What the doctor knows of the engine on this machine."""
+
+    cpu: Mapping[str, Any]  # mesh.inference.cpu_variant.cpu_summary()
+    variants: tuple[str, ...]  # CPU variant libraries the installed build ships (empty: a native build)
+    peer: Mapping[str, Any] | None = None  # the running peer's "engine" from `mesh info` (state, reason, build)
 
 
 def sighting_from_record(

@@ -40,6 +40,7 @@ from mesh.discovery.hints import SERVICE_TYPE, DropReason, is_mesh_fingerprint, 
 from mesh.discovery.seeds import RememberedPeers, parse_seed, parse_seed_with_key, split_seed_text
 from mesh.doctor.model import (
     MAX_SIGHTINGS,
+    EngineView,
     Interface,
     LocalView,
     Observations,
@@ -114,6 +115,29 @@ def _read_local(data: DataDir) -> _Local:
         if data.peer_file.exists():
             out.problems.append(str(e))
     return out
+
+
+async def _local_engine(data: DataDir, timeout_s: float, running: bool) -> EngineView:
+    """This machine's CPU and engine build, and the running peer's engine (``info`` RPC)."""
+    from mesh.client import Client
+    from mesh.inference.cpu_variant import cpu_summary, lib_dir, variant_files
+
+    try:
+        variants = tuple(sorted(variant_files(lib_dir())))
+    except MeshError:
+        variants = ()
+    peer = None
+    if running:
+        client = Client(data.root, timeout_s=timeout_s)
+        try:
+            rpc = await client._connection()
+            doc = await asyncio.wait_for(rpc.call("info", {}, timeout_s=timeout_s), timeout_s + 1)
+            peer = doc.get("engine") if isinstance(doc, dict) and isinstance(doc.get("engine"), dict) else None
+        except (MeshError, TimeoutError):
+            peer = None
+        finally:
+            await client.aclose()
+    return EngineView(cpu=cpu_summary(), variants=variants, peer=peer)
 
 
 async def _local_members(data: DataDir, timeout_s: float) -> tuple[list[dict[str, Any]], str | None]:
@@ -472,4 +496,5 @@ async def _observe(
         mdns_error=mdns_error,
         mdns_browsed_s=0.0 if mdns_error else wait_s,
     )
-    return Observations(view, tuple(sightings), tuple(probes), dict(dropped), tuple(others))
+    engine = await _local_engine(data, timeout_s, local.peer is not None)
+    return Observations(view, tuple(sightings), tuple(probes), dict(dropped), tuple(others), engine)

@@ -3,6 +3,7 @@
 from mesh.inference.backend import (
     Backend,
     Capabilities,
+    EngineStatus,
     FinalStats,
     GenerationRequest,
     Load,
@@ -10,4 +11,4 @@ from mesh.inference.backend import (
     TextChunk,
 )
 
-__all__ = ["Backend", "Capabilities", "FinalStats", "GenerationRequest", "Load", "Message", "TextChunk"]
+__all__ = ["Backend", "Capabilities", "EngineStatus", "FinalStats", "GenerationRequest", "Load", "Message", "TextChunk"]

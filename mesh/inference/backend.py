@@ -27,6 +27,12 @@ from typing import AsyncIterator, Protocol, runtime_checkable
 from mesh.errors import InvalidRequest
 
 ROLES = ("system", "user", "assistant")
+TPS_EWMA_ALPHA = 0.2  # weight of the newest request in Capabilities.tokens_per_s
+
+
+def ewma(previous: float, sample: float, alpha: float = TPS_EWMA_ALPHA) -> float:
+    """Exponentially weighted moving average; the first sample (previous <= 0) is taken as is."""
+    return sample if previous <= 0 else alpha * sample + (1 - alpha) * previous
 
 
 @dataclass(frozen=True)
@@ -112,12 +118,41 @@ class Load:
     waiting: int  # requests queued behind them
 
 
+@dataclass(frozen=True)
+class EngineStatus:
+    """Whether a backend can answer now, and if not, why (shown by status, peers, doctor).
+
+    ``state``: "ready"; "starting" (first load); "restarting" (its engine died and comes
+    back after a back-off); "failed" (it will not come back by itself: ``reason`` says
+    why and what to do).
+    """
+
+    state: str = "ready"
+    reason: str = ""
+    restarts: int = 0
+    pid: int | None = None  # the engine process, when it runs in one
+    engine: dict = field(default_factory=dict)  # CPU variant, threads, build (engine processes)
+
+    @property
+    def serving(self) -> bool:
+        return self.state == "ready"
+
+    def to_wire(self) -> dict:
+        """The short form gossip carries (the reason bounded)."""
+        return {"state": self.state, "reason": self.reason[:300], "restarts": self.restarts}
+
+
+READY = EngineStatus()
+
+
 @runtime_checkable
 class Backend(Protocol):
     @property
     def capabilities(self) -> Capabilities: ...
 
     def load(self) -> Load: ...
+
+    def status(self) -> EngineStatus: ...
 
     def stream(self, request: GenerationRequest) -> AsyncIterator[TextChunk | FinalStats]: ...
 

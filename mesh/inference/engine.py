@@ -12,7 +12,6 @@ from __future__ import annotations
 import codecs
 import ctypes
 import logging
-import os
 import re
 import threading
 import time
@@ -22,13 +21,13 @@ from typing import Callable, Sequence
 
 import jinja2
 import llama_cpp
-import psutil
 from llama_cpp import Llama, LogitsProcessorList
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from mesh.errors import GenerationError, InvalidRequest, ModelError
 from mesh.inference.backend import GenerationRequest
 from mesh.inference.confidence import ConfidenceMeter, LogitsRecorder
+from mesh.inference.cpu_variant import default_threads  # noqa: F401  (re-exported: benches and tests use it here)
 
 log = logging.getLogger(__name__)
 
@@ -248,12 +247,11 @@ def _sentinel(i: int) -> str:
 _SENTINEL = re.compile("(\x00mesh-content-[0-9]+\x00)")
 
 
-def default_threads() -> int:
-    """Physical cores (llama.cpp gains nothing from hyper-threads), else logical CPUs."""
-    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
-
-
 def load_llama(path: Path, *, n_ctx: int, n_threads: int) -> Llama:
+    """Load a GGUF model (after registering this machine's CPU variant with ggml)."""
+    from mesh.inference.cpu_variant import ensure_cpu_variant
+
+    ensure_cpu_variant()
     try:
         return Llama(
             model_path=str(path),

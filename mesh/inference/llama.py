@@ -1,27 +1,32 @@
-"""``LlamaBackend``: llama.cpp in-process (llama-cpp-python), one generation at a time.
+"""``LlamaBackend``: llama.cpp in this process (llama-cpp-python), one generation at a time.
+
+A peer runs its model in an engine process of its own (``mesh.inference.engine_backend``);
+this in-process backend serves ``mesh ask --embedded``, the engine process itself is
+built on the same ``ModelRunner``, and the conformance suite runs against both.
 
 Shape::
 
     stream() (event loop)                      worker thread "mesh-llama"
+                                                 load the model, warm up (ModelRunner)
       validate, admit or BackendBusy
-      format + tokenize (to_thread), fit check
       enqueue job  --------------------------->  pop the oldest waiting job
-      await job.out  <-- call_soon_threadsafe --  generate_once(): TextChunk ... FinalStats
+                                                 tokenize, fit check, generate
+      await job.out  <-- call_soon_threadsafe --  TextChunk ... FinalStats
       finally: abandon (stop event / dequeue)    release the slot, post _DONE
 
-- A llama context is not thread safe, so exactly one thread (the worker) touches it for
-  generation; ``parallel`` is 1. Up to ``queue_limit`` more requests wait in FIFO order;
-  beyond that ``stream()`` raises ``BackendBusy`` at its first ``__anext__``.
+- Every call into the model comes from the worker thread, from loading to closing:
+  llama.cpp's OpenMP thread team is tied to the thread that first computes, and a
+  model warmed up on one thread and run on another generated at a third of the speed.
+- ``parallel`` is 1. Up to ``queue_limit`` more requests wait in FIFO order; beyond
+  that ``stream()`` raises ``BackendBusy`` at its first ``__anext__``.
 - Closing the stream early or cancelling its consumer sets the job's ``threading.Event``;
   the worker checks it after every token, so generation stops within one token. A job
   still waiting is removed from the queue and never runs. Either way the stream's
   ``finally`` returns only once the slot is free.
 - Confidence is measured while generating by ``LogitsRecorder`` (a logits processor);
-  ``logits_all`` stays False and the ``logprobs`` path of ``create_completion`` (about
-  6x slower) is not used.
+  ``logits_all`` stays False.
 - Prompt + ``max_tokens`` must fit the context (``n_ctx``): a request that does not is
-  refused with ``InvalidRequest`` rather than silently given fewer tokens, so the Router
-  can send it to a peer with a larger context.
+  refused with ``InvalidRequest`` rather than silently given fewer tokens.
 - A seeded request evaluates its prompt from scratch so the same seed gives the same
   text; unseeded requests reuse the KV cache for the prompt prefix they share with the
   previous one, and draw their sampling seed from the injected ``rng``.
@@ -32,50 +37,41 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import logging
 import os
 import random
 import threading
 import time
+from pathlib import Path
 from typing import AsyncIterator, Callable
-
-import llama_cpp
 
 from mesh.errors import (
     BackendBusy,
     Cancelled,
     ConfigError,
     GenerationError,
-    ModelError,
+    MeshError,
 )
 from mesh.inference.backend import (
+    READY,
     Capabilities,
+    EngineStatus,
     FinalStats,
     GenerationRequest,
     Load,
     TextChunk,
 )
-from mesh.inference.engine import (
-    ChatPrompter,
-    default_threads,
-    generate_once,
-    load_llama,
-)
-from mesh.inference.models import check_model_file, default_model_path, model_info
-from mesh.inference.slots import check_fits
+from mesh.inference.engine import default_threads
+from mesh.inference.backend import ewma
+from mesh.inference.model_runner import WARMUP_PROMPT, ModelRunner
+from mesh.inference.models import check_model_file, default_model_path
 
 log = logging.getLogger(__name__)
 
 DEFAULT_N_CTX = 2048
 DEFAULT_QUEUE_LIMIT = 8
-WARMUP_PROMPT = "Say hello."
-TPS_EWMA_ALPHA = 0.2  # weight of the newest request in Capabilities.tokens_per_s
 
-
-def ewma(previous: float, sample: float, alpha: float = TPS_EWMA_ALPHA) -> float:
-    """Exponentially weighted moving average; the first sample (previous <= 0) is taken as is."""
-    return sample if previous <= 0 else alpha * sample + (1 - alpha) * previous
+__all__ = ["DEFAULT_N_CTX", "DEFAULT_QUEUE_LIMIT", "LlamaBackend", "WARMUP_PROMPT", "ewma"]
 
 
 # ---------------------------------------------------------------- the backend (async)
@@ -94,7 +90,6 @@ class _Job:
         self.out: asyncio.Queue = asyncio.Queue()
         self.stop = threading.Event()
         self.state = "preparing"
-        self.prompt: list[int] = []
         self.closed_by_backend = False
 
     def post(self, item) -> None:
@@ -110,7 +105,7 @@ class LlamaBackend:
 
     Construction is blocking (file check, model load, warm-up); from async code use
     ``await LlamaBackend.create(...)``. ``on_progress`` receives short human-readable
-    steps ("loading model ...", "warming up", "ready ...") from the constructing thread.
+    steps ("loading model ...", "warming up", "ready ...") from the worker thread.
     """
 
     def __init__(
@@ -137,39 +132,27 @@ class LlamaBackend:
         self._rng = rng if rng is not None else random.Random()
         self._queue_limit = queue_limit
 
-        path = check_model_file(default_model_path() if model_path is None else model_path)
-        self._progress(f"loading model {path.name} ({path.stat().st_size / 1e6:.0f} MB, {threads} threads)")
-        self._llm = load_llama(path, n_ctx=n_ctx, n_threads=threads)
-        try:
-            self._prompter = ChatPrompter(self._llm)
-            info = model_info(self._llm.metadata, path, n_params=llama_cpp.llama_model_n_params(self._llm.model))
-            self._caps = Capabilities(
-                model=info.name,
-                parameters=info.parameters,
-                quantisation=info.quantisation,
-                context_length=self._llm.n_ctx(),
-                tokens_per_s=0.0,
-                parallel=1,
-                queue_limit=queue_limit,
-                extra={"engine": "llama.cpp", "trained_context_length": info.context_length, "n_threads": threads},
-            )
-            if warmup_tokens > 0:
-                self._progress("warming up")
-                self._warm_up(warmup_tokens)
-        except BaseException:
-            self._llm.close()
-            raise
-        self._progress(f"ready: {info.name} {info.quantisation}, {self._caps.tokens_per_s:.0f} tokens/s")
-
         self._lock = threading.Condition()
         self._waiting: collections.deque[_Job] = collections.deque()
         self._running: _Job | None = None
         self._admitted = 0  # preparing + waiting + running
         self._started = 0
         self._closed = False
-        self._freed = False
-        self._thread = threading.Thread(target=self._worker_main, name="mesh-llama", daemon=True)
+        self._caps: Capabilities | None = None
+        self._runner: ModelRunner | None = None
+        self._load_error: BaseException | None = None
+        ready = threading.Event()
+
+        path = check_model_file(default_model_path() if model_path is None else model_path)
+        self._thread = threading.Thread(
+            target=self._worker_main, args=(path, n_ctx, threads, warmup_tokens, ready), name="mesh-llama",
+            daemon=True,
+        )
         self._thread.start()
+        ready.wait()
+        if self._load_error is not None:
+            self._thread.join()
+            raise self._load_error
 
     @classmethod
     async def create(cls, model_path: str | os.PathLike | None = None, **kwargs) -> "LlamaBackend":
@@ -186,8 +169,6 @@ class LlamaBackend:
         request.validate()
         job = self._admit(request)
         try:
-            job.prompt = await asyncio.to_thread(self._prompter.tokens, request)
-            self._check_fits(len(job.prompt), request.max_tokens)
             self._enqueue(job)
             while True:
                 item = await job.out.get()
@@ -216,12 +197,12 @@ class LlamaBackend:
         for job in dropped:
             job.post(Cancelled("the backend closed before this request started"))
             job.post(_DONE)
-        await asyncio.to_thread(self._thread.join)
-        if not self._freed:
-            self._freed = True
-            self._llm.close()
+        await asyncio.to_thread(self._thread.join)  # the worker frees the model as it ends
 
     # -- load, for schedulers and tests
+
+    def status(self) -> EngineStatus:
+        return READY
 
     def load(self) -> Load:
         return Load(running=self.running, waiting=self.waiting)
@@ -246,16 +227,6 @@ class LlamaBackend:
         if self._on_progress is not None:
             self._on_progress(message)
 
-    def _warm_up(self, n_tokens: int) -> None:
-        prompt = self._prompter.tokens(GenerationRequest.from_prompt(WARMUP_PROMPT))
-        try:
-            gen = generate_once(
-                self._llm, prompt, max_tokens=n_tokens, temperature=0.0, seed=0, reuse_cache=False, clock=self._clock
-            )
-        except GenerationError as e:
-            raise ModelError(f"the model loaded but could not generate: {e}") from e
-        self._caps = dataclasses.replace(self._caps, tokens_per_s=gen.decode_tokens_per_s)
-
     def _admit(self, request: GenerationRequest) -> _Job:
         with self._lock:
             if self._closed:
@@ -267,9 +238,6 @@ class LlamaBackend:
                 )
             self._admitted += 1
             return _Job(request, self._clock())
-
-    def _check_fits(self, prompt_tokens: int, max_tokens: int) -> None:
-        check_fits(prompt_tokens, max_tokens, self._caps.context_length)
 
     def _enqueue(self, job: _Job) -> None:
         with self._lock:
@@ -295,7 +263,34 @@ class LlamaBackend:
         while await job.out.get() is not _DONE:
             pass
 
-    def _worker_main(self) -> None:
+    def _worker_main(self, path: Path, n_ctx: int, threads: int, warmup_tokens: int, ready: threading.Event) -> None:
+        """The one thread that touches the model: load, warm up, serve, free."""
+        try:
+            self._progress(f"loading model {path.name} ({path.stat().st_size / 1e6:.0f} MB, {threads} threads)")
+            runner = ModelRunner(
+                path, n_ctx=n_ctx, n_threads=threads, queue_limit=self._queue_limit, clock=self._clock, rng=self._rng
+            )
+            try:
+                if warmup_tokens > 0:
+                    self._progress("warming up")
+                    runner.warm_up(warmup_tokens)
+            except BaseException:
+                runner.close()
+                raise
+        except BaseException as e:  # handed to the constructor, which raises it
+            self._load_error = e
+            ready.set()
+            return
+        self._runner = runner
+        self._caps = runner.caps
+        self._progress(f"ready: {runner.caps.model} {runner.caps.quantisation}, {runner.caps.tokens_per_s:.0f} tokens/s")
+        ready.set()
+        try:
+            self._serve()
+        finally:
+            runner.close()
+
+    def _serve(self) -> None:
         while True:
             with self._lock:
                 while not self._waiting and not self._closed:
@@ -317,47 +312,21 @@ class LlamaBackend:
                 job.post(_DONE)
 
     def _run(self, job: _Job) -> None:
-        request = job.request
-        seed = request.seed if request.seed is not None else self._rng.randrange(0, 0xFFFFFFFF)
+        assert self._runner is not None
         try:
-            gen = generate_once(
-                self._llm,
-                job.prompt,
-                max_tokens=request.max_tokens,
-                temperature=request.temperature,
-                top_p=request.top_p,
-                seed=seed,
-                reuse_cache=request.seed is None,
-                stop=job.stop,
-                on_text=lambda text: job.post(TextChunk(text)),
-                clock=self._clock,
+            outcome = self._runner.run(
+                job.request, admitted_at=job.admitted_at, stop=job.stop, on_text=lambda text: job.post(TextChunk(text))
             )
-        except GenerationError as e:
+        except MeshError as e:  # InvalidRequest (does not fit), GenerationError
             job.post(e)
             return
         except Exception as e:  # not silent: logged and reported, and the worker lives on
             log.exception("llama generation failed")
             job.post(GenerationError(f"generation failed: {e!r}"))
             return
-        if gen.finish_reason == "cancelled":
+        self._caps = self._runner.caps
+        if outcome.stats is None:
             if job.closed_by_backend:
                 job.post(Cancelled("the backend closed while generating this answer"))
             return
-        end = gen.last_token_at if gen.last_token_at is not None else self._clock()
-        first = gen.first_token_at if gen.first_token_at is not None else end
-        tps = gen.decode_tokens_per_s
-        if tps > 0:
-            self._caps = dataclasses.replace(self._caps, tokens_per_s=ewma(self._caps.tokens_per_s, tps))
-        job.post(
-            FinalStats(
-                model=self._caps.model,
-                prompt_tokens=len(job.prompt),
-                completion_tokens=len(gen.token_ids),
-                confidence=gen.confidence,
-                min_token_prob=gen.min_token_prob,
-                finish_reason=gen.finish_reason,
-                time_to_first_token_s=max(0.0, first - job.admitted_at),
-                generation_s=max(0.0, end - job.admitted_at),
-                tokens_per_s=tps,
-            )
-        )
+        job.post(outcome.stats)

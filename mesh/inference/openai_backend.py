@@ -84,7 +84,9 @@ from mesh.errors import (
 )
 from mesh.inference import openai_wire as wire
 from mesh.inference.backend import (
+    READY,
     Capabilities,
+    EngineStatus,
     FinalStats,
     GenerationRequest,
     Load,
@@ -305,6 +307,9 @@ class OpenAIBackend:
             await owned.aclose()
 
     # -- load, for schedulers and tests
+
+    def status(self) -> EngineStatus:
+        return READY
 
     def load(self) -> Load:
         return Load(running=self.running, waiting=self.waiting)

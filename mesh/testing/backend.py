@@ -38,7 +38,9 @@ from typing import AsyncIterator, Awaitable, Callable, Sequence
 
 from mesh.errors import Cancelled, GenerationError
 from mesh.inference.backend import (
+    READY,
     Capabilities,
+    EngineStatus,
     FinalStats,
     GenerationRequest,
     Load,
@@ -156,6 +158,9 @@ class ScriptedBackend:
         self._slots.close()
 
     # -- load
+
+    def status(self) -> EngineStatus:
+        return READY
 
     def load(self) -> Load:
         return Load(running=self.running, waiting=self.waiting)

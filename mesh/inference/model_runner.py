@@ -1,0 +1,151 @@
+"""``ModelRunner``: one loaded llama.cpp model and everything done with it, from one thread.
+
+Every call into a model (load, warm-up, tokenizing, generating, closing) must come from
+the same thread: llama.cpp's OpenMP build ties its thread team to the thread that first
+computes, and generation from another thread ran at a third of the speed (27 instead of
+79 tokens/s on 2 threads, issue 12). The runner records the thread that built it and
+refuses calls from any other with ``RuntimeError`` (a bug, not a user error).
+
+Used by the engine process (``mesh.inference.engine_main``, on its main thread) and by
+the in-process ``LlamaBackend`` (on its worker thread).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import llama_cpp
+
+from mesh.errors import GenerationError, ModelError
+from mesh.inference.backend import Capabilities, FinalStats, GenerationRequest, ewma
+from mesh.inference.engine import ChatPrompter, generate_once, load_llama
+from mesh.inference.models import model_info
+from mesh.inference.slots import check_fits
+
+log = logging.getLogger(__name__)
+
+WARMUP_PROMPT = "Say hello."
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What one request produced: its stats, or ``None`` when it was stopped."""
+
+    stats: FinalStats | None
+    prompt_tokens: int
+
+
+class ModelRunner:
+    """Load ``path`` and serve generations from the calling thread only."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        n_ctx: int,
+        n_threads: int,
+        queue_limit: int,
+        clock: Callable[[], float] = time.perf_counter,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._owner = threading.get_ident()
+        self._clock = clock
+        self._rng = rng if rng is not None else random.Random()
+        self._llm = load_llama(path, n_ctx=n_ctx, n_threads=n_threads)
+        try:
+            self._prompter = ChatPrompter(self._llm)
+            info = model_info(self._llm.metadata, path, n_params=llama_cpp.llama_model_n_params(self._llm.model))
+        except BaseException:
+            self._llm.close()
+            raise
+        self.caps = Capabilities(
+            model=info.name,
+            parameters=info.parameters,
+            quantisation=info.quantisation,
+            context_length=self._llm.n_ctx(),
+            tokens_per_s=0.0,
+            parallel=1,
+            queue_limit=queue_limit,
+            extra={"engine": "llama.cpp", "trained_context_length": info.context_length, "n_threads": n_threads},
+        )
+
+    def _check_thread(self) -> None:
+        if threading.get_ident() != self._owner:
+            raise RuntimeError("a ModelRunner is used from a thread other than the one that loaded it")
+
+    def warm_up(self, n_tokens: int) -> float:
+        """Generate ``n_tokens`` once (first-call costs paid here); returns decode tokens/s."""
+        self._check_thread()
+        prompt = self._prompter.tokens(GenerationRequest.from_prompt(WARMUP_PROMPT))
+        try:
+            gen = generate_once(
+                self._llm, prompt, max_tokens=n_tokens, temperature=0.0, seed=0, reuse_cache=False, clock=self._clock
+            )
+        except GenerationError as e:
+            raise ModelError(f"the model loaded but could not generate: {e}") from e
+        self.caps = _with_tps(self.caps, gen.decode_tokens_per_s, first=True)
+        return gen.decode_tokens_per_s
+
+    def run(
+        self,
+        request: GenerationRequest,
+        *,
+        admitted_at: float,
+        stop: threading.Event,
+        on_text: Callable[[str], None],
+    ) -> RunOutcome:
+        """Tokenize, check the context fits, generate. ``InvalidRequest`` for a prompt
+        that does not fit, ``GenerationError`` when llama.cpp fails. A stopped request
+        returns ``stats=None``."""
+        self._check_thread()
+        prompt = self._prompter.tokens(request)
+        check_fits(len(prompt), request.max_tokens, self.caps.context_length)
+        seed = request.seed if request.seed is not None else self._rng.randrange(0, 0xFFFFFFFF)
+        gen = generate_once(
+            self._llm,
+            prompt,
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            seed=seed,
+            reuse_cache=request.seed is None,
+            stop=stop,
+            on_text=on_text,
+            clock=self._clock,
+        )
+        if gen.finish_reason == "cancelled":
+            return RunOutcome(None, len(prompt))
+        end = gen.last_token_at if gen.last_token_at is not None else self._clock()
+        first = gen.first_token_at if gen.first_token_at is not None else end
+        tps = gen.decode_tokens_per_s
+        self.caps = _with_tps(self.caps, tps)
+        stats = FinalStats(
+            model=self.caps.model,
+            prompt_tokens=len(prompt),
+            completion_tokens=len(gen.token_ids),
+            confidence=gen.confidence,
+            min_token_prob=gen.min_token_prob,
+            finish_reason=gen.finish_reason,
+            time_to_first_token_s=max(0.0, first - admitted_at),
+            generation_s=max(0.0, end - admitted_at),
+            tokens_per_s=tps,
+        )
+        return RunOutcome(stats, len(prompt))
+
+    def close(self) -> None:
+        self._check_thread()
+        self._llm.close()
+
+
+def _with_tps(caps: Capabilities, tps: float, *, first: bool = False) -> Capabilities:
+    import dataclasses
+
+    if tps <= 0:
+        return caps
+    return dataclasses.replace(caps, tokens_per_s=tps if first else ewma(caps.tokens_per_s, tps))
