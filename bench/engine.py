@@ -146,8 +146,15 @@ async def main_async(args: argparse.Namespace) -> dict:
     say(f"   fastest: {best_threads} thread(s)")
 
     tmp = Path(tempfile.mkdtemp(prefix="mesh-bench-engine-"))
-    say(f"\n(b) starting mesh-peer (default settings{', ' + ' '.join(args.peer_arg) if args.peer_arg else ''}) ...")
-    peer = PeerProcess(tmp / "peer", *args.peer_arg)
+    extra = " ".join(args.peer_arg + args.peer_env)
+    say(f"\n(b) starting mesh-peer (default settings{', ' + extra if extra else ''}) ...")
+    saved = dict(os.environ)
+    os.environ.update(dict(kv.split("=", 1) for kv in args.peer_env))  # the peer (and its engine) only
+    try:
+        peer = PeerProcess(tmp / "peer", *args.peer_arg)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
     baseline = Baseline(model, best_threads, env)
     client = None
     try:
@@ -188,6 +195,8 @@ async def main_async(args: argparse.Namespace) -> dict:
         "cpu_variant": variant.name,
         "baseline_threads": best_threads,
         "peer_threads": build.get("threads"),
+        "peer_args": args.peer_arg,
+        "peer_env": args.peer_env,
         "thread_sweep_tok_s": {str(k): round(v, 2) for k, v in sweep.items()},
         "llama_cpp_python_tok_s": round(median([a["decode_tps"] for a in a_runs]), 2),
         "mesh_tok_s": round(median([b["decode_tps"] for b in b_runs]), 2),
@@ -212,6 +221,8 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--sweep-tokens", type=int, default=64)
     p.add_argument("--peer-arg", action="append", default=[], help="extra mesh-peer argument (repeatable)")
+    p.add_argument("--peer-env", action="append", default=[], metavar="K=V",
+                   help="environment for the peer and its engine only (repeatable)")
     p.add_argument("--baseline-worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, help=argparse.SUPPRESS)
