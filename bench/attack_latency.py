@@ -48,9 +48,8 @@ ATTACKS = ("garbage", "bad_signature", "foreign_mesh", "replay", "slowloris")
 
 
 async def serve(directory: Path) -> None:
-    import loopmesh
-
     from mesh.testing import ScriptedBackend
+    from support import loopmesh
 
     peers = await loopmesh.start_mesh(directory, [ScriptedBackend(model="m0"), ScriptedBackend(model="m1")])
     await loopmesh.wait_for(lambda: all(len(p.membership_service.view()) == 2 for p in peers), 30)
@@ -81,7 +80,7 @@ def p0_transport_key(directory: Path) -> bytes:
 async def attack(kind: str, endpoint: str, directory: Path) -> None:
     import zmq.asyncio
 
-    import adversary as adv
+    from support import adversary as adv
 
     ctx = zmq.asyncio.Context()
     if kind == "slowloris":
@@ -133,12 +132,12 @@ def pct(xs: list[float], q: float) -> float:
 async def measure(args, directory: Path, endpoint: str) -> dict:
     import zmq.asyncio
 
-    import adversary as adv
     from mesh.identity.keys import Identity
     from mesh.identity.transport import TransportKeys
     from mesh.paths import DataDir
     from mesh.rpc.client import RpcClient
     from mesh.rpc.zap import CurveClient
+    from support import adversary as adv
 
     identity, cert = member(directory)
     p0_key = Identity.load(DataDir(directory / "p0").identity_key).public_raw

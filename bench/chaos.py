@@ -36,10 +36,10 @@ from pathlib import Path
 TESTS = Path(__file__).resolve().parent.parent / "tests"
 sys.path.insert(0, str(TESTS))
 
-import netns  # noqa: E402
-from meshhosts import Host, wait_until  # noqa: E402
+from support import netns  # noqa: E402
+from support.meshhosts import Host, wait_until  # noqa: E402
 
-CLIENT = str(TESTS / "chaos_client.py")
+CLIENT = str(TESTS / "support" / "chaos_client.py")
 DEAD = re.compile(r"^(\d\d:\d\d:\d\d\.\d{3}) .*member (\S+) \(\w+\): \S+ -> dead")
 STALL_S = (0.3, 0.7)  # SIGSTOP lengths: below the LAN suspicion timeout (>= 1 s for 4 peers)
 

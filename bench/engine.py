@@ -123,7 +123,7 @@ async def main_async(args: argparse.Namespace) -> dict:
     from mesh.client import Client
     from mesh.inference.cpu_variant import backend_env, cpu_summary, ensure_cpu_variant
     from mesh.inference.models import default_model_path
-    from peerproc import PeerProcess
+    from support.peerproc import PeerProcess
 
     model = str(default_model_path())
     variant = ensure_cpu_variant()

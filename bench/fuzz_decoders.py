@@ -43,7 +43,7 @@ with atheris.instrument_imports(include=["mesh"]):
     import seeds
     import targets
 
-    from mesh.wirelimits import UNPACK_ERRORS, depth_exceeds, unpack_bounded
+    from mesh.rpc.limits import UNPACK_ERRORS, depth_exceeds, unpack_bounded
 
 TARGETS = ("envelope", "certificate", "token", "gossip", "jobs", "enrol", "hints")
 MODES = 3

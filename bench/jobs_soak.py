@@ -36,10 +36,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from peerproc import PeerProcess, free_port, run_mesh  # noqa: E402
-
 from mesh.client import Client  # noqa: E402
 from mesh.errors import MeshError  # noqa: E402
+from support.peerproc import PeerProcess, free_port, run_mesh  # noqa: E402
 
 PEER_ARGS = ("--threads", "1", "--ctx", "512", "--no-http")
 

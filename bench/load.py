@@ -36,10 +36,9 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from peerproc import PeerProcess, run_mesh  # noqa: E402
-
 from mesh.client import Client  # noqa: E402
 from mesh.errors import BackendBusy, MeshError, NoAnswer  # noqa: E402
+from support.peerproc import PeerProcess, run_mesh  # noqa: E402
 
 PEER_ARGS = ("--threads", "1", "--ctx", "512", "--http-rate", "0", "--queue", "8")
 PROMPT = [{"role": "user", "content": "Say one word."}]
@@ -162,7 +161,7 @@ async def measure(path: str, peers: list[PeerProcess], args) -> dict:
             for _ in range(args.rounds):
                 t0 = time.perf_counter()
 
-                async def timed(i: int):
+                async def timed(i: int, t0: float = t0):
                     out = await one(i)
                     return out, time.perf_counter() - t0
 

@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-import netns  # noqa: E402
-from meshhosts import Host, wait_until  # noqa: E402
+from support import netns  # noqa: E402
+from support.meshhosts import Host, wait_until  # noqa: E402
 
 EVENT = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) .*member (\S+) \(\w+\): (\S+) -> (\S+)")
 SERVING = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) INFO\s+(joined mesh|ready: )")  # model loaded
@@ -99,7 +99,7 @@ def main() -> None:
             h.start("--join-token", token)
             launched = to_day_seconds(h.launched_at)
             others = [x for x in hosts if x.proc is not None and x is not h]
-            wait_until(lambda: all_logged(others, h.name, "alive", launched) is not None, f"{h.name} listed", 60)
+            wait_until(lambda o=others, h=h, t=launched: all_logged(o, h.name, "alive", t) is not None, f"{h.name} listed", 60)
             listed = all_logged(others, h.name, "alive", launched)
             serving = serving_at(h)
             joins.append(listed - serving)
@@ -116,7 +116,7 @@ def main() -> None:
             t0 = now_day_seconds()
             victim.kill9()
             others = [x for x in hosts if x.proc is not None and x.proc.poll() is None]
-            wait_until(lambda: all_logged(others, victim.name, "dead", t0) is not None, f"{victim.name} dead", 60)
+            wait_until(lambda o=others, v=victim, t=t0: all_logged(o, v.name, "dead", t) is not None, f"{victim.name} dead", 60)
             dead = all_logged(others, victim.name, "dead", t0) - t0
             susp = all_logged(others, victim.name, "suspect", t0)
             deaths.append(dead)

@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 
-from peerproc import PeerProcess, run_mesh, wait_until  # noqa: E402
+from support.peerproc import PeerProcess, run_mesh, wait_until  # noqa: E402
 
 SWITCH_LINE = re.compile(r"keys rotated: peer (\w+) is now (\w+) .*switched in ([\d.]+)s, of which ([\d.]+)s away")
 

@@ -32,13 +32,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+import engine as engine_bench  # noqa: E402  (bench/engine.py: the plain llama-cpp-python process)
+
 from mesh.client import Client  # noqa: E402
 from mesh.inference.backend import FinalStats, GenerationRequest, TextChunk  # noqa: E402
 from mesh.inference.llama import LlamaBackend  # noqa: E402
 from mesh.inference.models import default_model_path  # noqa: E402
-from peerproc import PeerProcess  # noqa: E402
-
-import engine as engine_bench  # noqa: E402  (bench/engine.py: the plain llama-cpp-python process)
+from support.peerproc import PeerProcess  # noqa: E402
 
 PROMPT = "Explain in a few sentences why the sky is blue."
 

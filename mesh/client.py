@@ -37,14 +37,15 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import zmq.asyncio
 
 from mesh.api import Answer, answer_from_wire, ask_args, route_args
-from mesh.config import PeerConfig, RpcConfig
+from mesh.config import PeerConfig
 from mesh.errors import ConfigError, DeadlineExceeded, IdentityError, MeshError, PeerUnavailable
 from mesh.identity.keys import Identity, peer_id_from_public
 from mesh.identity.transport import TransportKeys, key_from_text
@@ -53,6 +54,7 @@ from mesh.inference.backend import GenerationRequest
 from mesh.paths import DataDir, resolve_data_dir
 from mesh.rpc.client import RpcClient
 from mesh.rpc.codec import FrameCodec
+from mesh.rpc.config import RpcConfig
 from mesh.rpc.zap import CurveClient
 
 CONNECT_TIMEOUT_S = 5.0  # a local peer whose connection does not come up (handshake included) in this is unavailable

@@ -78,7 +78,7 @@ class DataDir:
         return self.root / "mesh.toml"
 
     @property
-    def api_keys(self) -> Path:  # HTTP API keys (hashed only), 0600; see mesh.apikeys
+    def api_keys(self) -> Path:  # HTTP API keys (hashed only), 0600; see mesh.http.apikeys
         return self.root / "api_keys.json"
 
     def ensure(self) -> "DataDir":

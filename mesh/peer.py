@@ -33,51 +33,55 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import zmq.asyncio
 
-from mesh import capabilities
 from mesh.config import PeerConfig
-from mesh.discovery.seeds import RememberedPeers
-from mesh.errors import CertificateError, ConfigError, IdentityError, InvalidRequest, MeshError
-from mesh.faults import FaultInjector
 from mesh.discovery.hints import Hint, Source
-from mesh.discovery.seeds import split_seed_text
+from mesh.discovery.netaddr import advertise_endpoints
+from mesh.discovery.seeds import RememberedPeers, split_seed_text
+from mesh.errors import CertificateError, ConfigError, IdentityError, InvalidRequest, MeshError
+from mesh.gossip.service import Membership
+from mesh.http.metrics import PeerMetrics, entered
 from mesh.identity.authority import MeshAuthority
 from mesh.identity.credentials import CertificateVerifier, MeshKeys
 from mesh.identity.enrolment import ENROL_METHOD
+from mesh.identity.joining import create_mesh, enrol, load_membership, serve_enrolment
 from mesh.identity.keys import Identity, peer_id_from_public, peer_id_text, public_raw
 from mesh.identity.membership import MeshMembership
 from mesh.identity.peerkeys import PeerKeys
 from mesh.identity.renewal import RENEW_METHOD
+from mesh.identity.renewal_service import Renewer, ask_authority, renew_meta, serve_renewal
 from mesh.identity.revocation import RevocationList, load_revocations
+from mesh.identity.revocation_service import RevocationService
+from mesh.identity.rotation import ROTATE_METHOD, RotationJournal, accept_rotation, rotation_request
+from mesh.identity.rotation_service import (
+    ROTATE_LOCAL_METHOD,
+    install_rotation,
+    resume_rotation,
+    rotate_here,
+    serve_rotation,
+)
 from mesh.identity.tokens import JoinToken
 from mesh.identity.transport import TransportKeys, derived_public, key_text
 from mesh.identity.trust import TrustStore
-from mesh.keybook import KeyBook, KeySource
+from mesh.inference import capabilities
 from mesh.inference.backend import Backend
-from mesh.jobrunner import JobRunner
 from mesh.jobs import JobStore
-from mesh.jobsync import JobSync
-from mesh.joining import create_mesh, enrol, load_membership, serve_enrolment
-from mesh.membership import Membership
-from mesh.metrics import PeerMetrics, entered
-from mesh.netaddr import advertise_endpoints
+from mesh.jobs.runner import JobRunner
+from mesh.jobs.sync import JobSync
 from mesh.paths import DataDir
-from mesh.peerpool import PeerPool
-from mesh.renewal import Renewer, renew_meta, serve_renewal
-from mesh.revocations import RevocationService
-from mesh.identity.rotation import ROTATE_METHOD, RotationJournal, accept_rotation, rotation_request
-from mesh.renewal import ask_authority
-from mesh.rotation import ROTATE_LOCAL_METHOD, install_rotation, resume_rotation, rotate_here, serve_rotation
-from mesh.rpc.server import CallContext, unary
-from mesh.rpc.tasks import cancel_and_wait
-from mesh.router import Router
+from mesh.routing.router import Router
 from mesh.routing.successors import ROTATING_META_KEY, Successors
 from mesh.rpc.codec import FrameCodec
-from mesh.rpc.server import RpcServer
+from mesh.rpc.faults import FaultInjector
+from mesh.rpc.keybook import KeyBook, KeySource
+from mesh.rpc.pool import PeerPool
+from mesh.rpc.server import CallContext, RpcServer, unary
+from mesh.rpc.tasks import cancel_and_wait
 from mesh.service import PeerService
 
 log = logging.getLogger("mesh.peer")
@@ -88,6 +92,10 @@ def load_backend(config: PeerConfig) -> Backend:
     peer, on ``config.model_path`` (or the default model); or, with ``engine_url``, an
     OpenAI-compatible engine this device runs. The engine process is started by
     ``Peer.start`` (``EngineBackend.start``)."""
+    if config.no_model:
+        from mesh.inference.no_model import NoModel
+
+        return NoModel(queue_limit=config.queue_limit)
     if config.engine_url:
         from mesh.inference.openai_backend import OpenAIBackend
 

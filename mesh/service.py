@@ -8,7 +8,8 @@ generation within a token.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from mesh import __version__
 from mesh.api import final_to_wire, request_from_ask_args, route_args, route_from_args
@@ -41,7 +42,7 @@ class PeerService:
         self.router = router
         self.jobs = jobs
         self.on_submit = on_submit
-        self.job_sync = None  # mesh.jobsync.JobSync: what waits to sync, for info
+        self.job_sync = None  # mesh.jobs.sync.JobSync: what waits to sync, for info
         self.max_open_jobs = 10_000
         self.threshold = threshold
         self.name = name
@@ -110,7 +111,7 @@ class PeerService:
         return {"cancelled": store.cancel(job_id), "job": _job_wire(store.get(job_id))}
 
     async def ask(self, args: dict[str, Any], ctx: CallContext):
-        """A prompt entered at this peer: routed through the mesh (see mesh.router)."""
+        """A prompt entered at this peer: routed through the mesh (see mesh.routing.router)."""
         from mesh.routing import RouteRequest
 
         if self.router is None:  # a peer without a mesh view (not started yet): answer here

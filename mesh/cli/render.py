@@ -72,7 +72,8 @@ def info_table(doc: dict, *, endpoint: str) -> str:
         ("address", endpoint),
         ("version", f"{doc.get('version')} (protocol {doc.get('protocol')})"),
         ("uptime", f"{doc.get('uptime_s', 0):.0f} s"),
-        ("model", f"{model.get('name')} ({model.get('quantisation') or '?'}, {model.get('parameters', 0) / 1e6:.0f}M params)"),
+        ("model", f"{model.get('name')} ({model.get('quantisation') or '?'}, {model.get('parameters', 0) / 1e6:.0f}M params)"
+                  if model.get("name") else "none"),
         ("context", f"{model.get('context_length')} tokens"),
         ("speed", f"{model.get('tokens_per_s', 0):.1f} tok/s"),
         ("capacity", f"{model.get('parallel')} at once, {model.get('queue_limit')} queued before busy"),

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import errno
-from dataclasses import replace
 import ipaddress
 import math
 import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import psutil
@@ -34,8 +34,6 @@ from zeroconf import IPVersion, ServiceStateChange
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from mesh.config import DEFAULT_RPC_PORT, RpcConfig
-from mesh.identity.transport import TransportKeys, key_from_text
-from mesh.rpc.zap import CurveClient
 from mesh.discovery.hints import SERVICE_TYPE, DropReason, is_mesh_fingerprint, is_peer_id
 from mesh.discovery.seeds import RememberedPeers, parse_seed, parse_seed_with_key, split_seed_text
 from mesh.doctor.model import (
@@ -56,9 +54,11 @@ from mesh.identity.certificate import Certificate, mesh_id_for, mesh_id_text
 from mesh.identity.keys import Identity, load_public_raw, peer_id_from_public
 from mesh.identity.membership import MeshMembership
 from mesh.identity.peerkeys import SELF_PREFIX, self_credential
+from mesh.identity.transport import TransportKeys, key_from_text
 from mesh.paths import DataDir
 from mesh.rpc.client import RpcClient
 from mesh.rpc.codec import FrameCodec
+from mesh.rpc.zap import CurveClient
 
 MAX_PENDING_RESOLVES = 32
 MAX_MESSAGE_CHARS = 300  # a remote error message kept for the report

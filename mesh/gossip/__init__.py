@@ -18,6 +18,10 @@ Modules, one noun each:
 * ``swim``       ``Swim``: the state machine the shell drives; own record, refutation, join, leave
 * ``stats``      counters; ``errors``: ``GossipError`` / ``GossipReason``
 
+The shell: ``service`` (``Membership``) runs one ``Swim`` for a live peer: it sends its
+effects over the RPC server, feeds it received messages and timer ticks, admits
+discovery hints, and gives the rest of the peer its view of the members.
+
 ``mesh.testing.network`` runs many ``Swim`` instances over a simulated lossy network.
 """
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from mesh.gossip import wire
 from mesh.gossip.errors import GossipError, GossipReason
-from mesh.wirelimits import depth_exceeds
+from mesh.rpc.limits import depth_exceeds
 
 RECORD_DOMAIN = b"mesh/member/v1\0"
 PEER_ID_BYTES = 16

@@ -11,7 +11,7 @@ from typing import Any
 import msgpack
 
 from mesh.gossip.errors import GossipError, GossipReason
-from mesh.wirelimits import UNPACK_ERRORS, unpack_bounded
+from mesh.rpc.limits import UNPACK_ERRORS, unpack_bounded
 
 
 def bad(detail: str) -> GossipError:

@@ -3,7 +3,7 @@ CSS and JS; no build step, nothing from a CDN), and the JSON it reads.
 
 - ``GET /``: the page; ``GET /dashboard/{file}``: its script and style.
 - ``GET /api/mesh``: a snapshot: this peer, the members as its gossip view has them
-  (state, name, models, load, battery), the recent requests (``mesh.recent``), totals.
+  (state, name, models, load, battery), the recent requests (``mesh.http.recent``), totals.
 - ``GET /api/events``: server-sent events; a ``mesh`` event with the same snapshot
   every ``EVENT_INTERVAL_S``, until the client leaves or the peer stops.
 - ``POST /api/ask``: ``{"prompt", "max_tokens"?, "local_only"?, "no_escalate"?}`` ->
@@ -29,8 +29,8 @@ from mesh import __version__
 from mesh.api import request_from_ask_args, route_from_args
 from mesh.errors import InvalidRequest, MeshError
 from mesh.http.guard import refusal
+from mesh.http.recent import outcome_of
 from mesh.http.server import PEER_KEY
-from mesh.recent import outcome_of
 from mesh.rpc.server import Final
 
 if TYPE_CHECKING:

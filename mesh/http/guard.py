@@ -5,7 +5,7 @@
   the default: when HTTP is bound to a loopback address; ``yes``: on any bind; ``no``:
   never), exactly as for the OpenAI-compatible API.
 - Everyone else: every request needs ``Authorization: Bearer <key>`` with
-  a key the API accepts (``mesh keys create NAME``; ``mesh.apikeys``). The check is
+  a key the API accepts (``mesh keys create NAME``; ``mesh.http.apikeys``). The check is
   ``app[KEY_CHECK]`` (``Callable[[str], bool]``), set by ``mesh.http.ops`` unless the API
   module set its own; without one, nothing but ``/healthz`` and ``/readyz`` is served
   to anyone (403), rather than exposing prompts and metrics on the network.
@@ -17,7 +17,7 @@ up and ready, which load balancers and supervisors need without a key.
 from __future__ import annotations
 
 import ipaddress
-from typing import Callable
+from collections.abc import Callable
 
 from aiohttp import web
 

@@ -7,7 +7,7 @@ the answer is shaped by ``mesh.http.openai_format``. Order of checks on every re
 key (401), rate limit (429), body size (413), body (400/404), then routing (503 when
 nothing can answer, 429 when every fit peer is busy).
 
-Keys come from ``api_keys.json`` (``mesh.apikeys``; ``mesh keys create``). A caller on
+Keys come from ``api_keys.json`` (``mesh.http.apikeys``; ``mesh keys create``). A caller on
 this machine may go without a key when ``http_open_loopback`` allows it: ``auto`` (the
 default) when the HTTP server is bound to a loopback address, ``yes`` for loopback
 callers whatever the bind, ``no`` never. Such a caller may send any bearer token that is
@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from mesh.apikeys import KEY_PREFIX, ApiKeyStore
 from mesh.errors import InvalidRequest, MeshError
+from mesh.http.apikeys import KEY_PREFIX, ApiKeyStore
 from mesh.http.guard import KEY_CHECK, bearer, keyless_allowed
 from mesh.http.openai_format import (
     chunk,
@@ -49,8 +49,8 @@ from mesh.http.openai_schema import (
     parse_chat,
     parse_completion,
 )
-from mesh.ratelimit import RateLimiter, retry_after_header
 from mesh.paths import DataDir
+from mesh.rpc.ratelimit import RateLimiter, retry_after_header
 from mesh.rpc.server import Final
 
 if TYPE_CHECKING:

@@ -5,12 +5,12 @@
   calls and its membership (gossip) loops run, and it is not stopping. 200 with
   ``{"status": "ready"}``, else 503 with ``{"status": "not ready", "reason": ...}``.
   For readiness probes and load balancers. Open without a key, like ``/healthz``.
-- ``/metrics``: the peer's own Prometheus registry (``mesh.metrics``) in the text
+- ``/metrics``: the peer's own Prometheus registry (``mesh.http.metrics``) in the text
   exposition format. Same access rule as the API (``mesh.http.guard``): open on a
   loopback bind, a bearer key on any other.
 
 Also installs the middleware that marks prompts arriving over HTTP as entry "http"
-for the metrics (``mesh.metrics.ENTRY``).
+for the metrics (``mesh.http.metrics.ENTRY``).
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from mesh.apikeys import ApiKeyStore
+from mesh.http.apikeys import ApiKeyStore
 from mesh.http.guard import KEY_CHECK, refusal
+from mesh.http.metrics import ENTRY
 from mesh.http.server import PEER_KEY
-from mesh.metrics import ENTRY
 
 if TYPE_CHECKING:
     from mesh.peer import Peer

@@ -17,7 +17,7 @@ certificate cannot be renewed (the envelope refuses it), and renewing cannot cha
 who a member is. Attack: a member asking again and again for certificates; refused
 until half of its current certificate's lifetime has passed (``MIN_RENEW_FRACTION``).
 
-Pure: ``now`` is passed in; RPC wiring is in ``mesh.renewal``.
+Pure: ``now`` is passed in; RPC wiring is in ``mesh.identity.renewal_service``.
 """
 
 from __future__ import annotations

@@ -252,7 +252,7 @@ class RevocationList:
 
     def digest(self) -> bytes:
         """16 bytes naming the whole list: equal lists, equal digests (anti-entropy)."""
-        h = hashlib.sha256(b"mesh/revocations\0")
+        h = hashlib.sha256(b"mesh/identity/revocation_service\0")
         for ident in sorted(r.ident for r in self._by_key.values()):
             h.update(ident)
         return h.digest()[:16]

@@ -25,7 +25,7 @@ key. The authority keeps which key each old key was rotated to (``RotationLog``)
 refuses a second rotation to another key, naming the first: the rightful owner's
 ``mesh rotate`` then says so, and ``mesh revoke`` of the thief's peer is the answer.
 
-Pure: ``now`` is passed in; the RPC and the peer's switch are in ``mesh.rotation``.
+Pure: ``now`` is passed in; the RPC and the peer's switch are in ``mesh.identity.rotation_service``.
 """
 
 from __future__ import annotations

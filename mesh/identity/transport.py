@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq
-from zmq.utils import z85
 from cryptography.hazmat.primitives import serialization
+from zmq.utils import z85
 
 from mesh.errors import IdentityError
 from mesh.identity.files import read_private, write_atomic

@@ -1,4 +1,15 @@
-"""Inference: the Backend interface, the llama.cpp backend, confidence, the model catalog."""
+"""Inference: the Backend interface, the engines behind it, confidence, the model catalog.
+
+Pure: ``backend`` (the ``Backend`` protocol and its data), ``confidence``, ``restarts``
+(engine restart policy), ``engine_wire`` (the engine pipe's frames), ``models`` (GGUF
+checks, model info), ``slots``, ``coalesce``, ``openai_wire``, ``sse``.
+
+Shell: ``engine_backend`` (``EngineBackend``: llama.cpp in a supervised engine process),
+``engine_main`` (that process), ``model_runner`` and ``engine`` (one model, one thread),
+``llama`` (``LlamaBackend``, in-process), ``openai_backend`` (any OpenAI-compatible
+engine or cloud), ``cpu_variant`` (which CPU kernels), ``capabilities`` (what a peer
+gossips about its hardware, models, load and engine). See docs/engine.md.
+"""
 
 from mesh.inference.backend import (
     Backend,

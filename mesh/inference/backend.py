@@ -21,8 +21,9 @@ Contract (checked by ``tests/test_backend_conformance.py`` against every backend
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from mesh.errors import InvalidRequest
 
@@ -124,7 +125,7 @@ class EngineStatus:
 
     ``state``: "ready"; "starting" (first load); "restarting" (its engine died and comes
     back after a back-off); "failed" (it will not come back by itself: ``reason`` says
-    why and what to do).
+    why and what to do); "off" (a peer started with ``--no-model``).
     """
 
     state: str = "ready"

@@ -16,7 +16,7 @@ person cannot see a 30 ms difference in a stream, so text is held for at most
 from __future__ import annotations
 
 import asyncio
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from mesh.inference.backend import FinalStats, TextChunk
 

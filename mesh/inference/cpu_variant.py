@@ -28,9 +28,9 @@ import ctypes
 import os
 import platform
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from mesh.errors import ModelError
 

@@ -50,8 +50,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import AsyncIterator, Callable
 
 from mesh.api import ask_args
 from mesh.errors import (
@@ -79,6 +79,7 @@ from mesh.inference.restarts import EngineExit, RestartConfig, after_exit, crash
 
 log = logging.getLogger("mesh.engine")
 
+DEFAULT_RESTART = RestartConfig()
 OUTPUT_LINES_KEPT = 40  # the engine's last output lines, logged when it dies
 EXIT_WAIT_S = 5.0  # an engine asked to exit that has not after this is killed
 _DONE = object()  # posted last on every job's queue: the job holds the engine no more
@@ -138,7 +139,7 @@ class EngineBackend:
         queue_limit: int,
         warmup_tokens: int = 8,
         chunk_window_s: float = 0.05,
-        restart: RestartConfig = RestartConfig(),
+        restart: RestartConfig = DEFAULT_RESTART,
         on_progress: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.perf_counter,
         python: str = sys.executable,

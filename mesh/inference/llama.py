@@ -42,8 +42,8 @@ import os
 import random
 import threading
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import AsyncIterator, Callable
 
 from mesh.errors import (
     BackendBusy,
@@ -60,9 +60,9 @@ from mesh.inference.backend import (
     GenerationRequest,
     Load,
     TextChunk,
+    ewma,
 )
 from mesh.inference.engine import default_threads
-from mesh.inference.backend import ewma
 from mesh.inference.model_runner import WARMUP_PROMPT, ModelRunner
 from mesh.inference.models import check_model_file, default_model_path
 

@@ -71,7 +71,7 @@ import logging
 import os
 import re
 import time
-from typing import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import httpx
 

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from mesh.inference.backend import GenerationRequest, Message
 from mesh.inference.confidence import ConfidenceMeter

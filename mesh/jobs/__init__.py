@@ -1,11 +1,18 @@
 """Durable jobs: a prompt kept in SQLite until something can answer it, and its result
 kept until it reaches the peer that asked.
 
-- ``mesh.jobs.policy``: states, transitions, leases, retry and backoff (pure).
+Pure:
+- ``mesh.jobs.policy``: states, transitions, leases, retry and backoff.
 - ``mesh.jobs.job``: the ``Job`` record, input bounds (``JobLimits``), field encoding.
-- ``mesh.jobs.schema``: the SQLite schema and its append-only migrations.
-- ``mesh.jobs.store``: ``JobStore``, the one place that touches SQLite.
+- ``mesh.jobs.wire``: job messages between peers, validated.
+- ``mesh.jobs.config``: ``JobSyncConfig`` (presets: default, ``for_tests()``).
 - ``mesh.jobs.errors``: ``JobError`` and its subclasses.
+
+Shell:
+- ``mesh.jobs.schema`` and ``mesh.jobs.store``: ``JobStore``, the one place that touches SQLite.
+- ``mesh.jobs.runner``: ``JobRunner`` claims due jobs and routes them.
+- ``mesh.jobs.sync``: ``JobSync`` hands jobs to the peer the router picks and delivers
+  results back to the peer that asked.
 """
 
 from mesh.jobs.errors import (

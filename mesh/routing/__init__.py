@@ -16,8 +16,10 @@ are passed in). Modules, one noun each:
 * ``escalation``  ``next_step``: the ladder mesh -> stronger model -> cloud -> stop
 * ``affinity``    ``SessionAffinity``: bounded LRU session id -> peer
 
-The shell (the Router that calls peers over RPC) owns the reservations counter, reads
-the clock once per decision, and feeds outcomes back into the breakers and affinity.
+The shell: ``router`` (``Router``) calls peers over RPC (or this peer's own backend, or
+the cloud), owns the reservations counter, reads the clock once per decision, and feeds
+outcomes back into the breakers and affinity. ``successors`` follows members that
+rotated their keys.
 """
 
 from mesh.routing.affinity import SessionAffinity

@@ -1,8 +1,8 @@
 """Reading routing candidates out of the membership view.
 
-``candidates_from_members`` takes the dicts ``mesh.membership.Membership.view()``
+``candidates_from_members`` takes the dicts ``mesh.gossip.service.Membership.view()``
 returns (``peer_id``, ``name``, ``state``, ``self``, and the owner-signed ``meta`` of
-``mesh.capabilities.snapshot``)::
+``mesh.inference.capabilities.snapshot``)::
 
     meta = {"hw": {..., "on_battery": bool | None},
             "models": [{"name", "parameters", "quantisation", "context_length", "tokens_per_s",

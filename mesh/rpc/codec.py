@@ -8,13 +8,14 @@ read here, once per frame, and passed down as ``now_ms``.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from mesh.config import RpcConfig
 from mesh.errors import EnvelopeRejected
 from mesh.identity.keys import Identity
 from mesh.identity.trust import KeyResolver
 from mesh.rpc import envelope
+from mesh.rpc.config import RpcConfig
 from mesh.rpc.rejections import RejectionCounter
 from mesh.rpc.replay import NonceCache
 

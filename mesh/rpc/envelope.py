@@ -33,16 +33,17 @@ from __future__ import annotations
 import enum
 import secrets
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import msgpack
 
 from mesh.errors import EnvelopeRejected, MeshError
 from mesh.identity.keys import PEER_ID_BYTES, Identity, verify
 from mesh.identity.trust import KeyResolver
+from mesh.rpc.limits import UNPACK_ERRORS, depth_exceeds, unpack_bounded
 from mesh.rpc.replay import NonceCache
-from mesh.wirelimits import UNPACK_ERRORS, depth_exceeds, unpack_bounded
 
 MAGIC = b"MESH"
 PROTOCOL_VERSION = 1

@@ -25,19 +25,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import zmq
 import zmq.asyncio
 
-from mesh.config import RpcConfig
 from mesh.errors import EnvelopeRejected, MeshError
-from mesh.ratelimit import RateLimiter
-from mesh.rpc.codec import FrameCodec
-from mesh.rpc.envelope import Envelope, RejectReason
 from mesh.identity.transport import TransportKeys
+from mesh.rpc.codec import FrameCodec
+from mesh.rpc.config import RpcConfig
+from mesh.rpc.envelope import Envelope, RejectReason
 from mesh.rpc.messages import Call, Cancel, Chunk, Error, Result
+from mesh.rpc.ratelimit import RateLimiter
 from mesh.rpc.tasks import cancel_and_wait
 from mesh.rpc.zap import ZapResponder, apply_server, user_key
 

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from mesh.errors import Cancelled, GenerationError
 from mesh.inference.backend import (

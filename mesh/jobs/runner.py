@@ -1,0 +1,156 @@
+"""Runs this peer's durable jobs (``mesh.jobs.JobStore``) through the Router.
+
+A loop claims the oldest due job (a lease, renewed while it runs), routes it like any
+prompt (this peer, another member, or the cloud, with escalation), and stores the
+result once. When nothing can answer now (every peer busy, no fit model, the cloud
+unreachable) the job goes back to the queue with back-off and is tried again later:
+nothing is lost. A job whose request cannot be served at all fails at once.
+
+A peer killed mid-job leaves a lease that expires; the job is then claimed again (at
+least once), and completion is fenced by the lease so only one result is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from mesh.errors import BackendBusy, InvalidRequest, MeshError, NoAnswer
+from mesh.jobs import JobStore
+from mesh.routing import RouteRequest
+from mesh.routing.router import Router
+from mesh.rpc.server import Final
+from mesh.rpc.tasks import cancel_and_wait, wait_event
+
+log = logging.getLogger("mesh.jobs")
+
+LEASE_S = 60.0  # a job's lease; renewed every third of it while generating
+IDLE_POLL_S = 1.0  # how often an idle runner looks for due jobs (a submit wakes it at once)
+PRUNE_EVERY_S = 600.0
+WAIT_BASE_S = 1.0  # a job nothing can answer waits this long, doubling ...
+WAIT_MAX_S = 30.0  # ... up to this, for as long as it takes
+KEEP_RESULTS_S = 7 * 24 * 3600.0  # finished jobs are kept this long ...
+MAX_STORE_BYTES = 256 << 20  # ... and within this disk budget
+
+
+class JobRunner:
+    def __init__(
+        self, *, store: JobStore, router: Router, self_id: str, threshold: float = 0.7,
+        clock: Callable[[], float] = time.time, sync=None, keep_s: float = KEEP_RESULTS_S,
+        max_bytes: int = MAX_STORE_BYTES,
+    ) -> None:
+        """``sync`` (a ``mesh.jobs.sync.JobSync``): hand this peer's jobs to the peer the
+        router would choose; without it every job is routed from here."""
+        self.sync = sync
+        self.keep_s = keep_s
+        self.max_bytes = max_bytes
+        self.store = store
+        self.router = router
+        self.self_id = self_id
+        self.threshold = threshold
+        self._clock = clock
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._waits: dict[str, int] = {}  # job id -> times nothing could answer it (its back-off)
+        self._draining = False
+
+    def start(self) -> None:
+        # Jobs this peer was running when it died (kill -9, power loss): requeue them now
+        # instead of waiting for their leases to expire.
+        for job in self.store.list(states=["running"], limit=1000):
+            if job.lease_holder == self.self_id:
+                self.store.fail(job.id, worker=self.self_id, error="the peer restarted", retry=True, now=self._clock())
+                log.info("job %s requeued: this peer restarted while running it", job.id)
+        self._task = asyncio.create_task(self._loop(), name="job-runner")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self, *, drain_s: float = 0.0) -> None:
+        """Stop. With ``drain_s``, claim nothing new and give the job in flight that long
+        to finish first (``mesh rotate``); a job still running then goes back to the queue."""
+        if self._task is None:
+            return
+        if drain_s > 0:
+            self._draining = True
+            self._wake.set()
+            await asyncio.wait({self._task}, timeout=drain_s)
+        await cancel_and_wait(self._task)
+
+    async def _loop(self) -> None:
+        last_prune = 0.0
+        while not self._draining:
+            now = self._clock()
+            if now - last_prune >= PRUNE_EVERY_S:
+                last_prune = now
+                removed = self.store.prune(keep_s=self.keep_s, max_bytes=self.max_bytes, now=now)
+                if removed:
+                    log.info("pruned %d finished jobs", removed)
+            job = self.store.claim(worker=self.self_id, lease_s=LEASE_S, now=now)
+            if job is None:
+                self._wake.clear()
+                await wait_event(self._wake, IDLE_POLL_S)
+                continue
+            await self._run(job)
+
+    async def _run(self, job) -> None:
+        try:
+            gen = job.generation_request()
+            route = RouteRequest.for_generation(gen, **_route_kwargs(job.route, self.threshold))
+        except InvalidRequest as e:
+            self.store.fail(job.id, worker=self.self_id, error=str(e), retry=False, now=self._clock())
+            return
+        if self.sync is not None and job.owner == self.self_id:
+            # Another peer would serve it: hand it over, so it runs there from a durable
+            # queue and its result comes back even if this peer goes offline meanwhile.
+            target = self.router.plan_first(route)
+            if target not in (None, "cloud", self.self_id) and await self.sync.hand_over(job, target):
+                self._waits.pop(job.id, None)
+                return
+        renewer = asyncio.create_task(self._renew(job.id))
+        try:
+            final = None
+            async for ev in self.router.ask(gen, route):
+                if isinstance(ev, Final):
+                    final = ev.data
+            if final is None:
+                raise MeshError("the router ended without an answer")
+            text = final.get("text", "")
+            stats = {k: v for k, v in final.items() if k != "text"}
+            ran_on = final.get("peer") if isinstance(final.get("peer"), str) and final.get("peer") else None
+            if self.store.complete(job.id, worker=self.self_id, result_text=text, stats=stats, now=self._clock(),
+                                   ran_on=ran_on):
+                log.info("job %s done on %s", job.id, final.get("peer"))
+            self._waits.pop(job.id, None)
+        except asyncio.CancelledError:  # the peer is stopping: the job goes back to the queue
+            self.store.fail(job.id, worker=self.self_id, error="the peer stopped", retry=True, now=self._clock())
+            raise
+        except InvalidRequest as e:
+            self.store.fail(job.id, worker=self.self_id, error=str(e), retry=False, now=self._clock())
+        except (NoAnswer, BackendBusy) as e:  # nothing can answer now: wait, without spending an attempt
+            if len(self._waits) > 10_000:  # bounded: a forgotten entry only resets that job's back-off
+                self._waits.clear()
+            self._waits[job.id] = waits = self._waits.get(job.id, 0) + 1
+            delay = min(WAIT_MAX_S, WAIT_BASE_S * 2 ** min(waits - 1, 10))
+            log.info("job %s waits %.0f s: %s", job.id, delay, e)
+            self.store.defer(job.id, worker=self.self_id, reason=str(e), delay_s=delay, now=self._clock())
+        except MeshError as e:  # this attempt failed: retried (attempts are bounded)
+            log.info("job %s attempt failed: %s", job.id, e)
+            self.store.fail(job.id, worker=self.self_id, error=str(e), retry=True, now=self._clock())
+        finally:
+            await cancel_and_wait(renewer)
+
+    async def _renew(self, job_id: str) -> None:
+        while True:
+            await asyncio.sleep(LEASE_S / 3)
+            if not self.store.renew(job_id, worker=self.self_id, lease_s=LEASE_S, now=self._clock()):
+                log.warning("lost the lease on job %s", job_id)
+                return
+
+
+def _route_kwargs(route: dict, threshold: float) -> dict:
+    from mesh.api import route_from_args
+
+    return {"threshold": threshold, **route_from_args({"route": route})}

@@ -1,0 +1,386 @@
+"""The Router: the shell that runs the pure routing policy (``mesh.routing``) for one
+prompt entered at this peer.
+
+For each rung of the escalation ladder it chooses a peer (``choose_route``), generates
+there (this peer's backend in-process; another member over RPC ``generate``; or the
+cloud backend), retries on another peer when one fails or times out (bounded, with
+back-off, circuit breakers fed), and decides from the answer's confidence whether to go
+on (``next_step``). It yields wire events for the caller:
+
+- ``{"step": {...}}`` when a rung or a retry starts: who, which model, why (score and
+  runner-up), and ``restart: true`` when text already streamed is being replaced;
+- ``{"t": text}`` for each piece of the current attempt's answer;
+- ``Final({...})`` once: the kept answer (``text``, ``peer``, ``model``, ``confidence``,
+  token counts and timings), and ``path``: every rung taken, with its reason.
+
+It owns this peer's reservations (requests it has in flight on each peer, so stale
+gossip does not herd requests), the breakers and the session affinity. Time is read
+once per decision and passed down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from typing import Any
+
+from mesh.api import ask_args, final_to_wire
+from mesh.errors import BackendBusy, InvalidRequest, MeshError, NoAnswer, PeerUnavailable, RpcError
+from mesh.gossip.service import Membership
+from mesh.inference.backend import Backend, FinalStats, GenerationRequest, TextChunk
+from mesh.routing import (
+    Attempt,
+    BreakerBook,
+    Candidate,
+    RouteReason,
+    RouteRequest,
+    RoutingConfig,
+    SessionAffinity,
+    StepKind,
+    candidates_from_members,
+    choose_route,
+    next_step,
+    retry_plan,
+)
+from mesh.routing.successors import ROTATION_WAIT_S, Successors
+from mesh.rpc.pool import PeerPool
+from mesh.rpc.server import Final
+
+log = logging.getLogger("mesh.routing.router")
+
+GENERATE_METHOD = "generate"
+
+
+class Router:
+    def __init__(
+        self,
+        *,
+        self_id: str,
+        backend: Backend,
+        membership: Membership,
+        pool: PeerPool,
+        cloud: Backend | None = None,
+        cfg: RoutingConfig | None = None,
+        generate_timeout_s: float = 300.0,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+        observer=None,
+        successors: Successors | None = None,
+    ) -> None:
+        self.self_id = self_id
+        # mesh.http.metrics.PeerMetrics (or None): sees every prompt's events once, whoever entered it
+        self.observer = observer
+        self.backend = backend
+        self.membership = membership
+        self.pool = pool
+        self.cloud = cloud
+        self.cfg = replace(cfg or RoutingConfig.lan(), cloud_enabled=cloud is not None)
+        self.generate_timeout_s = generate_timeout_s
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self.breakers = BreakerBook(cfg=self.cfg)
+        self.affinity = SessionAffinity(max_sessions=self.cfg.max_sessions)
+        self.active = 0  # prompts being answered through this router now
+        # peers that rotated their keys: old id -> new id (the peer's, kept across its own rotations)
+        self.successors = successors if successors is not None else Successors()
+        self.reservations: Counter[str] = Counter()
+        self.choices: Counter[str] = Counter()  # routing choices per peer, for metrics
+
+    # -- candidates ---------------------------------------------------------------------
+
+    def _candidates(self) -> tuple[list[Candidate], dict[str, list[str]]]:
+        view = self.membership.view()
+        cands = candidates_from_members(view, rtts=self.membership.rtts(), self_id=self.self_id)
+        addresses = {m["peer_id"]: list(m.get("addresses") or []) for m in view}
+        return [self._live(c) if c.is_local else c for c in cands], addresses
+
+    def _live(self, c: Candidate) -> Candidate:
+        """This peer's own load as the backend has it now, not as last gossiped (which
+        lags by up to a meta period: right after a burst the peer would call itself busy).
+        Scoring adds our reservations on top, so only the load they do not cover goes
+        in: the queue ahead is then max(live load, our reservations here)."""
+        load = self.backend.load()
+        extra = max(0, load.running + load.waiting - self.reservations.get(self.self_id, 0))
+        running = min(load.running, extra)
+        return replace(c, running=running, waiting=extra - running)
+
+    def resolve_peer(self, prefix: str) -> str:
+        """A peer id from a prefix of it or a member's name (``mesh ask --peer``)."""
+        view = self.membership.view()
+        matches = [m for m in view if m["peer_id"].startswith(prefix) or m.get("name") == prefix]
+        hits = {m["peer_id"] for m in matches}
+        if len(hits) > 1:  # a name outlives a key (mesh rotate): the member in the mesh now is meant,
+            # else the one not revoked (rotating right now: the router waits for its successor)
+            current = [m for m in matches if not m.get("revoked")]
+            live = [m for m in current if m["state"] in ("alive", "suspect")]
+            hits = {m["peer_id"] for m in (live or current)}
+        if len(hits) != 1:
+            raise InvalidRequest(
+                f"--peer {prefix!r} matches {'no member' if not hits else f'{len(hits)} members'}; see `mesh peers`"
+            )
+        return hits.pop()
+
+    def known_models(self) -> dict[str, int]:
+        """Every model this peer knows of in the mesh (any member it has heard of, also
+        ones offline now, this peer's own and the cloud's) -> its largest context length.
+        Used to refuse a durable job nobody could ever serve."""
+        out: dict[str, int] = {}
+
+        def add(name, ctx) -> None:
+            if isinstance(name, str) and name and isinstance(ctx, int) and not isinstance(ctx, bool) and ctx > 0:
+                out[name] = max(out.get(name, 0), ctx)
+
+        for m in self.membership.view():
+            models = (m.get("meta") or {}).get("models") if isinstance(m.get("meta"), dict) else None
+            for entry in models if isinstance(models, list) else []:
+                if isinstance(entry, dict):
+                    add(entry.get("name"), entry.get("context_length"))
+        for backend in (self.backend, self.cloud):
+            if backend is not None:
+                caps = backend.capabilities
+                add(caps.model, caps.context_length)
+        return out
+
+    def plan_first(self, route: RouteRequest) -> str | None:
+        """Where the first rung of ``route`` would go now: a member's peer id, "cloud",
+        or None when nothing fits. Used to hand a durable job to the peer that would
+        serve it; the choice is not reserved (the caller reserves what it hands over)."""
+        step = next_step([], None, route, [], cfg=self.cfg)
+        if step.kind is StepKind.CLOUD:
+            return "cloud"
+        if step.kind is not StepKind.ROUTE or step.request is None:
+            return None
+        candidates, _ = self._candidates()
+        decision = choose_route(
+            step.request, candidates, reservations=self.reservations, affinity=self.affinity,
+            breakers=self.breakers, now=self._clock(), rng=self._rng, cfg=self.cfg,
+        )
+        return decision.chosen.peer_id if decision.ok else None
+
+    # -- one prompt ---------------------------------------------------------------------
+
+    def ask(self, gen: GenerationRequest, route: RouteRequest, *, entry: str | None = None) -> AsyncIterator[Any]:
+        """The events of one prompt (see the module docstring). ``entry``: where it came in
+        (rpc, http, job), for metrics; None lets the observer tell from the context."""
+        events = self._counted(self._ask_across_rotation(gen, route))
+        return events if self.observer is None else self.observer.watch(events, gen, entry=entry)
+
+    def rename_peer(self, old: str, new: str) -> None:
+        """Peer ``old`` is ``new`` now (``mesh rotate``): prompts pinned to it and sessions
+        on it follow it."""
+        self.successors.learn(old, new)
+        self.affinity.rename_peer(old, new)
+
+    async def _counted(self, events: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        self.active += 1
+        try:
+            async for ev in events:
+                yield ev
+        finally:
+            self.active -= 1
+
+    async def _ask_across_rotation(self, gen: GenerationRequest, route: RouteRequest) -> AsyncIterator[Any]:
+        """``_ask``; when nothing could answer and no text went out, but a member that
+        could have is rotating its keys (left moments ago, successor not here yet), wait
+        for its successor and ask once more (see ``mesh.routing.successors``)."""
+        streamed = False
+        try:
+            async for ev in self._ask(gen, self._following(route)):
+                streamed = streamed or (isinstance(ev, dict) and "t" in ev)
+                yield ev
+            return
+        except NoAnswer:
+            waiting = self.successors.awaiting(self.membership.view())
+            if streamed or not waiting:
+                raise
+            log.info("nothing could answer while %d peer(s) rotate their keys; waiting for them", len(waiting))
+            deadline = time.monotonic() + ROTATION_WAIT_S
+            while self.successors.awaiting(self.membership.view()) and time.monotonic() < deadline:
+                await asyncio.sleep(0.1)
+        async for ev in self._ask(gen, self._following(route)):
+            yield ev
+
+    def _following(self, route: RouteRequest) -> RouteRequest:
+        """``route`` pinned to the id its pinned peer goes by now (it may have rotated)."""
+        if not route.pinned_peer:
+            return route
+        return replace(route, pinned_peer=self.successors.current(route.pinned_peer))
+
+    async def _ask(self, gen: GenerationRequest, route: RouteRequest) -> AsyncIterator[Any]:
+        seen = {"busy": False}  # per prompt: some fit peer said busy
+        path: list[Attempt] = []
+        answers: list[dict | None] = []  # per attempt: its final wire dict (with text), or None
+        step = next_step(path, None, route, [], cfg=self.cfg)
+        n = 0
+        while step.kind is not StepKind.STOP:
+            candidates, addresses = self._candidates()
+            if step.kind is StepKind.CLOUD:
+                assert self.cloud is not None
+                yield {"step": {"n": n, "kind": "cloud", "reason": step.reason, "model": self.cloud.capabilities.model,
+                                "restart": n > 0}}
+                final = None
+                try:
+                    async for ev in self._run_backend(self.cloud, gen, peer="cloud"):
+                        if isinstance(ev, dict):
+                            final = ev
+                        else:
+                            yield {"t": ev}
+                except InvalidRequest:
+                    raise
+                except MeshError as e:  # the cloud is unreachable or refused: keep what the mesh gave
+                    log.warning("cloud failed: %s", e)
+                    final = None
+                conf = final["confidence"] if final else None
+                path.append(Attempt.from_cloud(self.cloud.capabilities.model, confidence=conf, reason=step.reason))
+                answers.append(final)
+            else:
+                assert step.request is not None
+                attempt, final = None, None
+                async for ev in self._route_once(step.request, step.reason, gen, candidates, addresses, n, seen):
+                    if isinstance(ev, tuple):
+                        attempt, final = ev
+                    else:
+                        yield ev
+                path.append(attempt or Attempt.no_route(reason=step.reason))
+                answers.append(final)
+            n += 1
+            last_conf = path[-1].confidence
+            step = next_step(path, last_conf, route, candidates, cfg=self.cfg)
+        if step.keep is None:
+            if seen["busy"]:  # say so at once rather than queue without bound
+                raise BackendBusy(f"every peer that could answer is busy ({step.reason}); try again shortly")
+            failures = "; ".join(seen.get("errors", [])[-3:])
+            raise NoAnswer(f"nothing in the mesh could answer: {step.reason}" + (f" (failures: {failures})" if failures else ""))
+        kept = dict(answers[step.keep] or {})
+        kept["path"] = [_attempt_wire(a, answers[i]) for i, a in enumerate(path)]
+        kept["stopped"] = step.reason
+        kept["escalated"] = len(path) > 1
+        yield Final(kept)
+
+    async def _route_once(self, request: RouteRequest, why: str, gen, candidates, addresses, n: int, seen: dict):
+        """One rung: choose, generate, retry elsewhere on failure. Yields events, then
+        ``(Attempt, final)`` (final None when nothing answered)."""
+        now = self._clock()
+        decision = choose_route(
+            request, candidates, reservations=self.reservations, affinity=self.affinity, breakers=self.breakers,
+            now=now, rng=self._rng, cfg=self.cfg,
+        )
+        if not decision.ok:
+            yield {"step": {"n": n, "kind": "route", "reason": why, "no_route": f"{decision.reason}: {decision.detail}"}}
+            if decision.reason in (RouteReason.ALL_BUSY, RouteReason.UNAVAILABLE) and decision.busy:
+                seen["busy"] = True
+            yield (Attempt.no_route(reason=f"{why}; {decision.reason}"), None)
+            return
+        candidate, attempt_no, restart = decision.chosen, 0, n > 0
+        while candidate is not None:
+            info = _route_info(decision, candidate, why, n, attempt_no, restart)
+            # A caller learns who answers before the text starts, except when it is this
+            # peer at the first try: then the final's "route" says so and no extra frame
+            # (one more signed message) delays the first token.
+            if n or attempt_no or candidate.peer_id != self.self_id:
+                yield {"step": info}
+            if not self.breakers.on_attempt(candidate.peer_id, now=self._clock()):
+                candidate, _ = retry_plan(decision, attempt_no + 1, cfg=self.cfg, rng=self._rng)
+                attempt_no += 1
+                continue
+            self.reservations[candidate.peer_id] += 1
+            self.choices[candidate.peer_id] += 1
+            final = None
+            streamed = False
+            try:
+                async for ev in self._generate_on(candidate, gen, addresses.get(candidate.peer_id, [])):
+                    if isinstance(ev, dict):
+                        final = ev
+                    else:
+                        streamed = True
+                        yield {"t": ev}
+            except BackendBusy as e:
+                log.info("peer %s busy: %s", candidate.peer_id[:12], e)
+                seen["busy"] = True
+            except (RpcError, MeshError, OSError) as e:
+                if isinstance(e, InvalidRequest):
+                    raise
+                log.warning("peer %s failed: %s", candidate.peer_id[:12], e)
+                seen.setdefault("errors", []).append(f"{candidate.name or candidate.peer_id[:12]}: {e}")
+                self.breakers.record_failure(candidate.peer_id, now=self._clock())
+                self.affinity.forget_peer(candidate.peer_id)
+            finally:
+                self.reservations[candidate.peer_id] -= 1
+                if self.reservations[candidate.peer_id] <= 0:
+                    del self.reservations[candidate.peer_id]
+            if final is not None:
+                self.breakers.record_success(candidate.peer_id, now=self._clock())
+                self.affinity.remember(request.session_id, candidate.peer_id)
+                final["route"] = info
+                yield (Attempt.of(candidate, confidence=final.get("confidence"), reason=why), final)
+                return
+            attempt_no += 1
+            nxt, backoff = retry_plan(decision, attempt_no, cfg=self.cfg, rng=self._rng)
+            if nxt is None:
+                break
+            restart = restart or streamed
+            await asyncio.sleep(backoff)
+            candidate = nxt
+        yield (Attempt.no_route(reason=f"{why}; every peer tried failed"), None)
+
+    async def _generate_on(self, c: Candidate, gen: GenerationRequest, addresses: list[str]):
+        if c.peer_id == self.self_id:
+            async for ev in self._run_backend(self.backend, gen, peer=self.self_id):
+                yield ev
+            return
+        if not addresses:
+            raise RpcError(f"no address known for peer {c.peer_id[:12]}")
+        parts: list[str] = []
+        try:
+            client = self.pool.client(addresses[0])
+            async with client.stream(GENERATE_METHOD, ask_args(gen), timeout_s=self.generate_timeout_s) as st:
+                async for chunk in st:
+                    text = chunk.get("t")
+                    if isinstance(text, str) and text:
+                        parts.append(text)
+                        yield text
+                final = dict(st.result or {})
+        except (RpcError, PeerUnavailable):
+            self.pool.drop(addresses[0])
+            raise
+        final["text"] = "".join(parts)
+        yield final
+
+    async def _run_backend(self, backend: Backend, gen: GenerationRequest, *, peer: str):
+        parts: list[str] = []
+        stream = backend.stream(gen)
+        try:
+            async for item in stream:
+                if isinstance(item, TextChunk) and item.text:
+                    parts.append(item.text)
+                    yield item.text
+                elif isinstance(item, FinalStats):
+                    final = final_to_wire(item, peer=peer)
+                    final["text"] = "".join(parts)
+                    yield final
+        finally:
+            await stream.aclose()
+
+
+def _route_info(decision, c: Candidate, why: str, n: int, attempt: int, restart: bool) -> dict:
+    info: dict[str, Any] = {
+        "n": n, "kind": "route", "reason": why, "peer": c.peer_id, "name": c.name, "model": c.model,
+        "choice": str(decision.reason), "detail": decision.detail, "attempt": attempt, "restart": restart,
+    }
+    if decision.chosen is c and decision.score is not None:
+        info["score_s"] = round(decision.score, 3)
+    if decision.runner_up is not None:
+        info["runner_up"] = {"peer": decision.runner_up.peer_id, "name": decision.runner_up.name,
+                             "score_s": None if decision.runner_up_score is None else round(decision.runner_up_score, 3)}
+    return info
+
+
+def _attempt_wire(a: Attempt, final: dict | None) -> dict:
+    return {"peer": a.peer_id or ("cloud" if a.cloud else None), "model": a.model, "confidence": a.confidence,
+            "reason": a.reason, "cloud": a.cloud, "answered": final is not None,
+            "text": final.get("text") if final else None}
