@@ -30,15 +30,11 @@ derived from ``client.key`` (``mesh.identity.transport``), which the peer binds 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import json
 import os
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +43,12 @@ import zmq.asyncio
 from mesh.api import Answer, answer_from_wire, ask_args, route_args
 from mesh.config import PeerConfig
 from mesh.errors import ConfigError, DeadlineExceeded, IdentityError, MeshError, PeerUnavailable
-from mesh.identity.keys import Identity, peer_id_from_public
-from mesh.identity.transport import TransportKeys, key_from_text
+from mesh.identity.keys import Identity
+from mesh.identity.transport import TransportKeys
 from mesh.identity.trust import StaticKeys
 from mesh.inference.backend import GenerationRequest
-from mesh.paths import DataDir, resolve_data_dir
+from mesh.paths import resolve_data_dir
+from mesh.peerfile import HOW_TO_START, PeerAddress, read_peer_file  # noqa: F401  (PeerAddress re-exported)
 from mesh.rpc.client import RpcClient
 from mesh.rpc.codec import FrameCodec
 from mesh.rpc.config import RpcConfig
@@ -59,55 +56,7 @@ from mesh.rpc.zap import CurveClient
 
 CONNECT_TIMEOUT_S = 5.0  # a local peer whose connection does not come up (handshake included) in this is unavailable
 
-_HOW_TO_START = (
-    "start one with `bin/mesh-up` (or `.venv/bin/mesh-peer`), "
-    "or run this prompt in-process with `mesh ask --embedded`"
-)
-
-
-@dataclass(frozen=True)
-class PeerAddress:
-    endpoint: str
-    public_raw: bytes
-    peer_id: str
-    pid: int | None = None
-    advertise: tuple[str, ...] = ()  # where other devices reach the peer
-    transport_public: bytes = b""  # the peer's CurveZMQ public key
-
-
-def read_peer_file(data: DataDir) -> PeerAddress:
-    """Where the local peer listens, from ``peer.json``. ``PeerUnavailable`` if none runs."""
-    path = data.peer_file
-    try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        raw = base64.b64decode(doc["public_key"], validate=True)
-        peer_id_from_public(raw)
-        advertise = doc.get("advertise") or []
-        if not isinstance(advertise, list) or not all(isinstance(a, str) for a in advertise):
-            raise ValueError("advertise must be a list of addresses")
-        transport_public = key_from_text(doc["transport_key"]) if "transport_key" in doc else b""
-        addr = PeerAddress(
-            str(doc["endpoint"]), raw, str(doc["peer_id"]), doc.get("pid"), tuple(advertise), transport_public
-        )
-    except FileNotFoundError:
-        raise PeerUnavailable(f"no mesh peer is running for data dir {data.root}; {_HOW_TO_START}") from None
-    except (OSError, ValueError, KeyError, TypeError, binascii.Error, IdentityError) as e:
-        raise PeerUnavailable(f"{path} is unreadable ({e}); restart the peer, which rewrites it") from None
-    if isinstance(addr.pid, int) and not _pid_alive(addr.pid):
-        raise PeerUnavailable(
-            f"the peer that wrote {path} (pid {addr.pid}) is no longer running; {_HOW_TO_START}"
-        )
-    return addr
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+_HOW_TO_START = HOW_TO_START
 
 
 class AnswerStream:

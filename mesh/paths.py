@@ -4,11 +4,16 @@ The data dir is chosen, in order, by ``--data-dir``, the ``MESH_HOME`` environme
 variable, then the per-user data dir (``platformdirs.user_data_dir("mesh")``, e.g.
 ``~/.local/share/mesh`` on Linux). ``mesh`` and ``mesh-peer`` resolve it the same way so
 the CLI finds the peer running beside it.
+
+Every file mesh writes goes through ``write_atomic`` (replace a file whole, never leave
+half of one) or ``write_exclusive`` (create a file only if no other process just did):
+the one place that knows about temp files, fsync and rename.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,3 +103,43 @@ def resolve_data_dir(explicit: str | os.PathLike | None = None) -> DataDir:
     if env:
         return DataDir(Path(env).expanduser().resolve())
     return DataDir(Path(platformdirs.user_data_dir("mesh", appauthor=False)))
+
+
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` whole: a uniquely named temp file in the same folder
+    (mode ``mode``), fsynced, renamed over the target (``os.replace`` is atomic on POSIX).
+    A crash leaves the old file or the new one, never half of either; concurrent writers
+    each write their own temp file and the last rename wins."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_exclusive(path: Path, data: bytes, *, mode: int = 0o600) -> bool:
+    """Create ``path`` holding ``data`` unless it exists (another process may have just
+    created it: then it is left alone and False is returned). Written whole, like
+    ``write_atomic``: the file appears complete or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # fails if the target exists: never overwrites
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        Path(tmp).unlink(missing_ok=True)

@@ -26,9 +26,7 @@ them with a ``cancelled`` error to their callers -> the backend stops -> sockets
 from __future__ import annotations
 
 import asyncio
-import base64
 import ipaddress
-import json
 import logging
 import os
 import random
@@ -74,6 +72,7 @@ from mesh.jobs import JobStore
 from mesh.jobs.runner import JobRunner
 from mesh.jobs.sync import JobSync
 from mesh.paths import DataDir
+from mesh.peerfile import PeerAddress, remove_peer_file, write_peer_file
 from mesh.routing.router import Router
 from mesh.routing.successors import ROTATING_META_KEY, Successors
 from mesh.rpc.codec import FrameCodec
@@ -615,30 +614,15 @@ class Peer:
 
     def _write_peer_file(self) -> None:
         assert self.identity is not None
-        doc = {
-            "endpoint": self.endpoint,
-            "peer_id": self.identity.peer_id_text,
-            "public_key": base64.b64encode(self.identity.public_raw).decode("ascii"),
-            "transport_key": self.transport.public_text,
-            "pid": os.getpid(),
-            "model": self.backend.capabilities.model,
-            "advertise": self.advertise,
-            "mesh_id": self.membership.mesh_id_text,
-            "name": self.config.name,
-            "started": self._clock(),
-            "http": self.http_url,
-        }
-        tmp = self.data.peer_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.data.peer_file)
+        write_peer_file(self.data, PeerAddress(
+            endpoint=self.endpoint, public_raw=self.identity.public_raw, peer_id=self.identity.peer_id_text,
+            pid=os.getpid(), advertise=tuple(self.advertise), transport_public=self.transport.public,
+            extra={"model": self.backend.capabilities.model, "mesh_id": self.membership.mesh_id_text,
+                   "name": self.config.name, "started": self._clock(), "http": self.http_url},
+        ))
 
     def _remove_peer_file(self) -> None:
-        try:
-            doc = json.loads(self.data.peer_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return
-        if doc.get("pid") == os.getpid() and doc.get("endpoint") == self.endpoint:
-            self.data.peer_file.unlink(missing_ok=True)
+        remove_peer_file(self.data, pid=os.getpid(), endpoint=self.endpoint)
 
     async def stop(self, *, grace_s: float | None = None) -> None:
         if self._stopped:

@@ -19,15 +19,14 @@ import ipaddress
 import json
 import logging
 import math
-import os
 import re
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from mesh.discovery.hints import Hint, Source, is_peer_id, tcp_address
 from mesh.errors import ConfigError, IdentityError
 from mesh.identity.transport import is_key_text, key_from_text, key_text
+from mesh.paths import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -235,16 +234,7 @@ class RememberedPeers:
         }
         data = json.dumps(doc, indent=1).encode()
         try:
-            fd, tmp = tempfile.mkstemp(prefix=".known_peers.", suffix=".tmp", dir=self.path.parent)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            write_atomic(self.path, data)
         except OSError as e:
             raise ConfigError(f"cannot write {self.path}: {e.strerror}") from e
         self._dirty = False

@@ -1,8 +1,7 @@
-"""Small private files in the data dir: atomic 0600 writes and bounded, permission-checked reads.
+"""Small private files in the data dir: bounded, permission-checked reads.
 
-A writer never leaves a half-written file: it writes ``<name>.tmp`` (0600), fsyncs it
-and renames it over the target (``os.replace`` is atomic on POSIX). Concurrent writers
-must serialise themselves (see ``mesh.identity.invites``), since they share the tmp name.
+Writes go through ``mesh.paths.write_atomic`` (re-exported here for the identity code):
+0600, a temp file fsynced and renamed over the target, never half a file.
 """
 
 from __future__ import annotations
@@ -12,19 +11,9 @@ import stat
 from pathlib import Path
 
 from mesh.errors import IdentityError
+from mesh.paths import write_atomic
 
-
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)  # a stale tmp file may have had another mode
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+__all__ = ["read_private", "write_atomic"]
 
 
 def read_private(path: Path, *, max_bytes: int, what: str) -> bytes:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from mesh.errors import IdentityError
+from mesh.paths import write_exclusive
 
 PEER_ID_BYTES = 16
 _ID_DOMAIN = b"mesh/peer-id\0"
@@ -135,18 +135,6 @@ class Identity:
             return cls.load(path), False
         ident = cls.generate()
         pem = ident.to_pem()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, pem)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)  # refuse to overwrite a key another process just created
-        except FileExistsError:
-            os.unlink(tmp)
+        if not write_exclusive(path, pem):  # another process created one just now: use it
             return cls.load(path), False
-        os.unlink(tmp)
         return ident, True
