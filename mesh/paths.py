@@ -105,12 +105,14 @@ def resolve_data_dir(explicit: str | os.PathLike | None = None) -> DataDir:
     return DataDir(Path(platformdirs.user_data_dir("mesh", appauthor=False)))
 
 
-def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o600, make_parents: bool = True) -> None:
     """Replace ``path`` with ``data`` whole: a uniquely named temp file in the same folder
     (mode ``mode``), fsynced, renamed over the target (``os.replace`` is atomic on POSIX).
     A crash leaves the old file or the new one, never half of either; concurrent writers
-    each write their own temp file and the last rename wins."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    each write their own temp file and the last rename wins. With ``make_parents`` False a
+    missing folder is an error (a cache beside files that must already be there)."""
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, mode)

@@ -38,17 +38,22 @@ from typing import Any
 import zmq.asyncio
 
 from mesh.config import PeerConfig
-from mesh.discovery.hints import Hint, Source
 from mesh.discovery.netaddr import advertise_endpoints
 from mesh.discovery.seeds import RememberedPeers, split_seed_text
-from mesh.errors import CertificateError, ConfigError, IdentityError, InvalidRequest, MeshError
+from mesh.errors import CertificateError, ConfigError, InvalidRequest, MeshError
 from mesh.gossip.service import Membership
 from mesh.http.metrics import PeerMetrics, entered
-from mesh.identity.authority import MeshAuthority
+from mesh.identity.bootstrap import (
+    initial_keybook,
+    join_or_create_mesh,
+    join_token_for,
+    renew_for_transport,
+    seed_addresses,
+)
 from mesh.identity.credentials import CertificateVerifier, MeshKeys
 from mesh.identity.enrolment import ENROL_METHOD
-from mesh.identity.joining import create_mesh, enrol, load_membership, serve_enrolment
-from mesh.identity.keys import Identity, peer_id_from_public, peer_id_text, public_raw
+from mesh.identity.joining import serve_enrolment
+from mesh.identity.keys import Identity, peer_id_text, public_raw
 from mesh.identity.membership import MeshMembership
 from mesh.identity.peerkeys import PeerKeys
 from mesh.identity.renewal import RENEW_METHOD
@@ -63,7 +68,6 @@ from mesh.identity.rotation_service import (
     rotate_here,
     serve_rotation,
 )
-from mesh.identity.tokens import JoinToken
 from mesh.identity.transport import TransportKeys, derived_public, key_text
 from mesh.identity.trust import TrustStore
 from mesh.inference import capabilities
@@ -77,7 +81,6 @@ from mesh.routing.router import Router
 from mesh.routing.successors import ROTATING_META_KEY, Successors
 from mesh.rpc.codec import FrameCodec
 from mesh.rpc.faults import FaultInjector
-from mesh.rpc.keybook import KeyBook, KeySource
 from mesh.rpc.pool import PeerPool
 from mesh.rpc.server import CallContext, RpcServer, unary
 from mesh.rpc.tasks import cancel_and_wait
@@ -185,10 +188,15 @@ class Peer:
             log.info("created transport key %s in %s", self.transport.public_text, self.data.transport_key)
         self._ctx = zmq.asyncio.Context()
         try:
-            self.membership = await self._join_or_create_mesh()
+            self.membership = await join_or_create_mesh(
+                self.data, self.identity, self.transport, name=self.config.name, join_token=self.config.join_token,
+                ctx=self._ctx, rpc=self.config.rpc, now=self._clock(),
+            )
             self.certificate = self.membership.verify(peer_public_raw=self.identity.public_raw, now=self._clock())
             if self.certificate.curve_public != self.transport.public:
-                self.membership = self._renew_for_transport()
+                self.membership = renew_for_transport(
+                    self.data, self.membership, self.certificate, self.identity, self.transport, now=self._clock()
+                )
                 self.certificate = self.membership.verify(peer_public_raw=self.identity.public_raw, now=self._clock())
             if self._backend is None:
                 self._backend = await asyncio.to_thread(self._backend_factory, self.config)
@@ -210,12 +218,13 @@ class Peer:
                     "away and join with a new token from `mesh invite`"
                 )
             self.verifier = CertificateVerifier(
-                self.membership.authority_public, skew_s=self.config.cert_skew_s, revocations=self.revocations
+                self.membership.authority_public, skew_s=self.config.cert_skew_s, revocations=self.revocations,
+                on_successor=self._on_successor,
             )
-            self.verifier.on_successor = self._on_successor
             remembered = RememberedPeers.load(self.data.known_peers)
-            self.keybook = self._initial_keybook()
-            seeds = self._seed_addresses(remembered)
+            token = join_token_for(self.config.join_token, self.membership)
+            self.keybook = initial_keybook(self.config.seeds, token)
+            seeds = seed_addresses(self.config.seeds, self.keybook, token, remembered, now=self._clock())
             if self.config.jobs:
                 self.jobs = JobStore(self.data.jobs_db, local_peer=self.identity.peer_id_text, clock=self._clock)
                 if rotation is not None:  # the switch was interrupted: own jobs follow the new id
@@ -267,25 +276,12 @@ class Peer:
             self.identity, self.keys, config=self.config.rpc, clock=self._clock,
             credential=self.membership.certificate, credentials=self.keys.certified_peer,
         )
-        service = PeerService(
-            backend=self._backend, peer_id=self.identity.peer_id_text, codec=codec, server=lambda: self.server,
-            clock=self._clock, name=self.config.name, mesh=self.membership.mesh_id_text,
-            threshold=self.config.threshold, transport_key=self.transport.public_text,
-        )
         self._codec = codec
-        service.certificate_info = self._certificate_info
-        if self.service is not None:  # built again (mesh rotate): uptime and counts are the process's
-            service._started, service.answers = self.service._started, self.service.answers
-        self.service = service
         is_local = lambda sender: trust.key_for(sender) is not None  # noqa: E731 - this machine's CLI
-        methods = {
-            **service.methods(), ENROL_METHOD: serve_enrolment(self.data, clock=self._clock),
-            RENEW_METHOD: serve_renewal(self.data, verifier, clock=self._clock),
-            ROTATE_METHOD: serve_rotation(self.data, verifier, clock=self._clock),
-            ROTATE_LOCAL_METHOD: unary(self._serve_rotate_local(is_local)),
-        }
+        # Bound first (its port goes into this peer's member record); its method table is
+        # filled once, below, before anyone learns this address (gossip and mDNS start last).
         self.server = RpcServer(
-            codec=codec, methods=methods, config=self.config.rpc, ctx=self._ctx, authenticated=self.keys.authenticated,
+            codec=codec, methods={}, config=self.config.rpc, ctx=self._ctx, authenticated=self.keys.authenticated,
             curve=self.transport, transport_ok=_transport_binding(verifier, trust),
             refuse_transport=verifier.transport_revoked,
         )
@@ -299,24 +295,20 @@ class Peer:
             meta=lambda: {**capabilities.snapshot(self.backend), **renew_meta(self.data)},
             remembered=remembered, clock=self._clock,
             faults=FaultInjector(self.config.faults) if self.config.faults and self.config.faults.active else None,
-            transport=self.transport, keybook=self.keybook,
+            transport=self.transport, keybook=self.keybook, successor=self.successors.current,
         )
-        self.membership_service.successor = self.successors.current
-        self.server.methods.update(self.membership_service.methods())
         self.revocation_service = RevocationService(
             revocations=self.revocations, path=self.data.revocations, verifier=verifier,
             membership=self.membership_service, authority_key=self.data.authority_key,
             self_id=self.identity.peer_id, is_local=is_local,
             interval_s=self.config.gossip.reconnect_interval_s, clock=self._clock,
         )
-        self.server.methods.update(self.revocation_service.methods())
         self.pool = PeerPool(codec=codec, ctx=self._ctx, transport=self.transport, keybook=self.keybook)
         self.router = Router(
             self_id=self.identity.peer_id_text, backend=self._backend, membership=self.membership_service,
             pool=self.pool, cloud=self._cloud, cfg=self.config.routing, clock=self._clock, observer=self.metrics,
             successors=self.successors,
         )
-        service.router = self.router
         self.renewer = Renewer(
             data=self.data, membership=self.membership, certificate=self.certificate,
             members=self.membership_service, pool=self.pool, on_renewed=self._renewed,
@@ -327,17 +319,32 @@ class Peer:
             self.job_sync = JobSync(
                 store=self.jobs, membership=self.membership_service, pool=self.pool,
                 self_id=self.identity.peer_id_text, reservations=self.router.reservations,
-                cfg=self.config.jobsync, clock=self._clock,
+                cfg=self.config.jobsync, clock=self._clock, on_new_job=lambda: self.job_runner.wake(),
             )
             self.job_runner = JobRunner(
                 store=self.jobs, router=self.router, self_id=self.identity.peer_id_text,
                 threshold=self.config.threshold, clock=self._clock, sync=self.job_sync,
                 keep_s=self.config.jobs_keep_s, max_bytes=self.config.jobs_max_bytes,
             )
-            self.job_sync.on_new_job = self.job_runner.wake
-            self.server.methods.update(self.job_sync.methods())
-            service.jobs, service.on_submit, service.job_sync = self.jobs, self.job_runner.wake, self.job_sync
-            service.max_open_jobs = self.config.jobs_max_open
+        previous = self.service  # built again (mesh rotate): uptime and counts are the process's
+        self.service = PeerService(
+            backend=self._backend, peer_id=self.identity.peer_id_text, codec=codec, server=lambda: self.server,
+            clock=self._clock, name=self.config.name, mesh=self.membership.mesh_id_text,
+            threshold=self.config.threshold, transport_key=self.transport.public_text, router=self.router,
+            jobs=self.jobs, on_submit=self.job_runner.wake if self.job_runner is not None else None,
+            job_sync=self.job_sync, max_open_jobs=self.config.jobs_max_open, certificate_info=self._certificate_info,
+            started_at=previous._started if previous is not None else None,
+            answers=previous.answers if previous is not None else 0,
+        )
+        self.server.methods.update({
+            **self.service.methods(), ENROL_METHOD: serve_enrolment(self.data, clock=self._clock),
+            RENEW_METHOD: serve_renewal(self.data, verifier, clock=self._clock),
+            ROTATE_METHOD: serve_rotation(self.data, verifier, clock=self._clock),
+            ROTATE_LOCAL_METHOD: unary(self._serve_rotate_local(is_local)),
+            **self.membership_service.methods(), **self.revocation_service.methods(),
+            **(self.job_sync.methods() if self.job_sync is not None else {}),
+        })
+        if self.job_runner is not None:
             with entered("job"):  # the runner's task (and the prompts it routes) count as entry "job"
                 self.job_runner.start()
             self.job_sync.start()
@@ -526,91 +533,6 @@ class Peer:
         except MeshError as e:  # mDNS is a convenience: --join still works without it
             log.warning("mDNS discovery unavailable (%s); reach other peers with --join HOST:PORT", e)
             self.discovery = None
-
-    async def _join_or_create_mesh(self) -> MeshMembership:
-        assert self.identity is not None and self._ctx is not None
-        membership = load_membership(self.data)
-        if membership is not None:
-            if self.config.join_token:
-                log.warning("already in mesh %s; ignoring --join-token", membership.mesh_id_text)
-            return membership
-        if self.config.join_token:
-            return await enrol(
-                self.data, self.identity, self.config.join_token, name=self.config.name, ctx=self._ctx,
-                rpc=self.config.rpc, transport=self.transport,
-            )
-        return create_mesh(self.data, self.identity, name=self.config.name, transport=self.transport, now=self._clock())
-
-    def _renew_for_transport(self) -> MeshMembership:
-        """This peer's certificate names no transport key (made by an older build) or
-        another one (transport.key was replaced): the authority's device renews it; any
-        other device must join again, since only the authority can sign a new one."""
-        assert self.membership is not None and self.identity is not None
-        old = self.certificate
-        if not self.data.authority_key.exists():
-            why = "names no transport key (made by an older mesh build)" if not old.curve_public else (
-                f"names another transport key than {self.data.transport_key}")
-            raise IdentityError(
-                f"the certificate in {self.data.membership} {why}, so other peers would refuse this one. "
-                f"On the device that ran `mesh init`, run `mesh invite`; here, move {self.data.membership} away "
-                "and run `mesh join TOKEN` (or `mesh-peer --join-token TOKEN`)"
-            )
-        authority = MeshAuthority.load(self.data.authority_key)
-        cert = authority.issue(self.identity.public_raw, old.name, now=self._clock(), curve_public=self.transport.public)
-        renewed = MeshMembership.from_certificate(cert, seeds=self.membership.seeds)
-        renewed.save(self.data.membership)
-        log.info("renewed this peer's certificate to name its transport key %s", self.transport.public_text)
-        return renewed
-
-    def _initial_keybook(self) -> KeyBook:
-        """Transport keys known before gossip: ``--join HOST:PORT@KEY`` and the join token's inviter."""
-        book = KeyBook()
-        for seed in self.config.seeds:
-            address, key = split_seed_text(seed)
-            if key is not None:
-                book.learn(address, key, KeySource.PINNED)
-        token = self._token()
-        if token is not None:
-            for address in token.endpoints:
-                book.learn(address, token.inviter_curve, KeySource.PINNED)
-        return book
-
-    def _token(self) -> JoinToken | None:
-        if not self.config.join_token:
-            return None
-        try:
-            token = JoinToken.from_text(self.config.join_token)
-        except MeshError:
-            return None
-        return token if token.mesh_id == self.membership.mesh_id and token.inviter_curve else None
-
-    def _seed_addresses(self, remembered: RememberedPeers | None) -> list[str]:
-        """The ``--join`` addresses whose transport key is known. One that nothing taught
-        (no token, pinned form, or earlier run) cannot be dialled, since a CurveZMQ
-        connection names the server's key: it is left out with a warning saying what to
-        write instead. Not an error: in a fixed set of seeds given to every peer, some are
-        first met through gossip, which brings their certified keys."""
-        token = self._token()
-        if token is not None and remembered is not None:
-            # remember the inviter, so a restart without the token still finds the mesh
-            inviter = peer_id_text(peer_id_from_public(token.inviter_public))
-            remembered.merge(
-                Hint(address=a, source=Source.SEED, seen_at=self._clock(), peer_id=inviter,
-                     transport_key=token.inviter_curve) for a in token.endpoints[:1]
-            )
-        for h in remembered.hints() if remembered is not None else ():
-            if h.transport_key is not None:
-                self.keybook.learn(h.address, h.transport_key, KeySource.HINT)
-        addresses = [split_seed_text(s)[0] for s in self.config.seeds]
-        unknown = [a for a in addresses if self.keybook.key_for(a) is None]
-        if unknown:
-            log.warning(
-                "--join %s: no transport key known for this address, and connections are encrypted to it, so it "
-                "is not tried; write --join HOST:PORT@KEY with what `mesh status` shows on that peer "
-                "(\"join here with\"), or join with a token, which carries it",
-                ", ".join(a.removeprefix("tcp://") for a in unknown),
-            )
-        return [a for a in addresses if a not in unknown]
 
     def _write_peer_file(self) -> None:
         assert self.identity is not None

@@ -38,12 +38,17 @@ class PeerService:
         transport_key: str | None = None,
         jobs=None,
         on_submit: Callable[[], None] | None = None,
+        job_sync=None,
+        max_open_jobs: int = 10_000,
+        certificate_info: Callable[[], dict | None] = lambda: None,
+        started_at: float | None = None,
+        answers: int = 0,
     ) -> None:
         self.router = router
         self.jobs = jobs
         self.on_submit = on_submit
-        self.job_sync = None  # mesh.jobs.sync.JobSync: what waits to sync, for info
-        self.max_open_jobs = 10_000
+        self.job_sync = job_sync  # mesh.jobs.sync.JobSync: what waits to sync, for info
+        self.max_open_jobs = max_open_jobs
         self.threshold = threshold
         self.name = name
         self.mesh = mesh
@@ -54,9 +59,9 @@ class PeerService:
         self.codec = codec
         self._server = server
         self._clock = clock
-        self._started = clock()
-        self.answers = 0
-        self.certificate_info: Callable[[], dict | None] = lambda: None  # set by the peer: this peer's certificate
+        self._started = clock() if started_at is None else started_at  # a rebuilt service keeps the process's
+        self.answers = answers
+        self.certificate_info = certificate_info  # this peer's certificate, for info
 
     def methods(self) -> dict[str, Method]:
         return {

@@ -234,7 +234,7 @@ class RememberedPeers:
         }
         data = json.dumps(doc, indent=1).encode()
         try:
-            write_atomic(self.path, data)
+            write_atomic(self.path, data, make_parents=False)
         except OSError as e:
             raise ConfigError(f"cannot write {self.path}: {e.strerror}") from e
         self._dirty = False

@@ -69,11 +69,12 @@ class Membership:
         faults: FaultInjector | None = None,
         transport: TransportKeys | None = None,
         keybook: KeyBook | None = None,
+        successor: Callable[[str], str] | None = None,  # peer id -> the id it goes by now (mesh rotate)
     ) -> None:
         self.identity = identity
         self.transport = transport  # None: plain connections (in-process tests of the core only)
         self.keybook = keybook if keybook is not None else KeyBook()
-        self.successor: Callable[[str], str] | None = None  # peer id -> the id it goes by now (mesh rotate)
+        self.successor = successor
         self.no_transport_key = 0
         self.faults = faults
         self.addresses = list(addresses)

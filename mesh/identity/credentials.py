@@ -76,6 +76,7 @@ class CertificateVerifier:
         max_peers: int = DEFAULT_MAX_PEERS,
         skew_s: float = DEFAULT_SKEW_S,
         revocations: RevocationList | None = None,
+        on_successor: Callable[[Certificate], None] | None = None,
     ) -> None:
         if max_entries < 1 or max_peers < 1:
             raise ValueError("max_entries and max_peers must be positive")
@@ -90,7 +91,7 @@ class CertificateVerifier:
         self._now = float("-inf")  # high-water mark of the clock readings given to us
         # called once per newly admitted certificate that names a predecessor (mesh rotate),
         # before the frame or record that carried it is acted on
-        self.on_successor: Callable[[Certificate], None] | None = None
+        self.on_successor = on_successor
         self._revoked_transport: OrderedDict[bytes, None] = OrderedDict()  # CurveZMQ keys of revoked certificates
         self.hits = 0  # verifications answered from the cache
         self.cache_evictions = 0
