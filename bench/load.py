@@ -60,13 +60,16 @@ def start_peers(root: Path, n: int) -> list[PeerProcess]:
         p.wait_ready(180)
         peers.append(p)
     if n > 1:  # the entry peer must see the others before it can route to them
+        # ... alive, with their models gossiped (what the router scores them by)
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        while True:
             r = run_mesh("peers", "--json", data_dir=root / "p0")
-            if r.returncode == 0 and sum(m["state"] == "alive" for m in json.loads(r.stdout)) == n:
+            members = json.loads(r.stdout) if r.returncode == 0 else []
+            if sum(m["state"] == "alive" and bool((m.get("meta") or {}).get("models")) for m in members) == n:
                 break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the entry peer did not see {n} peers alive with their models in 60 s")
             time.sleep(0.5)
-        time.sleep(2)  # capabilities gossiped
     return peers
 
 

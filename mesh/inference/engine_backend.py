@@ -182,6 +182,7 @@ class EngineBackend:
         self._pid: int | None = None
         self._ids = itertools.count(1)
         self._started = 0
+        self._generated = 0
         self._restarts = 0
         self._crashes = 0
         self._closed = False
@@ -246,6 +247,11 @@ class EngineBackend:
     def started_count(self) -> int:
         """Requests handed to the engine since construction (warm-ups excluded)."""
         return self._started
+
+    @property
+    def tokens_generated(self) -> int:
+        """Tokens the engine generated for requests, stopped ones included (its own count)."""
+        return self._generated
 
     @property
     def crashes(self) -> int:
@@ -407,6 +413,9 @@ class EngineBackend:
                 err = error_from_wire(str(msg.get("code", "generation_failed")), text)
                 job.post(err if isinstance(err, (InvalidRequest, GenerationError, BackendBusy)) else GenerationError(text))
             elif t == "done":
+                n = msg.get("n")
+                if isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= job.request.max_tokens + 1:
+                    self._generated += n
                 self._finish_locked(job)
                 self._dispatch_locked()
 

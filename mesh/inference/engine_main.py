@@ -138,9 +138,11 @@ def serve(channel: Channel, runner, *, window_s: float) -> None:
         with lock:
             stop = stops[rid]
         batcher = TextBatcher(lambda s, rid=rid: channel.send({"t": "text", "id": rid, "s": s}), window_s=window_s)
+        generated = 0
         try:
             request = request_from_ask_args(msg.get("req") if isinstance(msg.get("req"), dict) else {})
             outcome = runner.run(request, admitted_at=time.perf_counter(), stop=stop, on_text=batcher.add)
+            generated = outcome.generated
             if outcome.stats is not None:
                 batcher.flush()
                 channel.send({"t": "final", "id": rid, "stats": wire.stats_to_wire(outcome.stats)})
@@ -152,7 +154,7 @@ def serve(channel: Channel, runner, *, window_s: float) -> None:
         finally:
             with lock:
                 stops.pop(rid, None)
-            channel.send({"t": "done", "id": rid})
+            channel.send({"t": "done", "id": rid, "n": generated})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,7 @@ Engine -> peer (``t``)::
     {"t": "text", "id": N, "s": str}                      answer text, coalesced
     {"t": "final", "id": N, "stats": {...FinalStats}}
     {"t": "error", "id": N, "code": str, "msg": str}      mesh error code (invalid_request ...)
-    {"t": "done", "id": N}                                request N holds the engine no more
+    {"t": "done", "id": N, "n": tokens}                   request N holds the engine no more; it generated n tokens
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any
 
 import msgpack
 
-from mesh.errors import MeshError
+from mesh.errors import GenerationError
 from mesh.inference.backend import Capabilities, FinalStats
 
 MAX_FRAME_BYTES = 4 << 20  # a prompt is at most 256 KiB of text; generous, and bounded
@@ -38,10 +38,9 @@ _LEN = struct.Struct(">I")
 LEN_BYTES = _LEN.size
 
 
-class EngineProtocolError(MeshError):
-    """The engine process sent something that is not a valid frame."""
-
-    code = "generation_failed"
+class EngineProtocolError(GenerationError):
+    """The engine process sent something that is not a valid frame (on the wire:
+    ``generation_failed``, its parent's code)."""
 
 
 def encode(msg: dict[str, Any]) -> bytes:

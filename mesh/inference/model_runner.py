@@ -39,6 +39,7 @@ class RunOutcome:
 
     stats: FinalStats | None
     prompt_tokens: int
+    generated: int = 0  # tokens generated, a stopped request's included
 
 
 class ModelRunner:
@@ -120,7 +121,7 @@ class ModelRunner:
             clock=self._clock,
         )
         if gen.finish_reason == "cancelled":
-            return RunOutcome(None, len(prompt))
+            return RunOutcome(None, len(prompt), len(gen.token_ids))
         end = gen.last_token_at if gen.last_token_at is not None else self._clock()
         first = gen.first_token_at if gen.first_token_at is not None else end
         tps = gen.decode_tokens_per_s
@@ -136,7 +137,7 @@ class ModelRunner:
             generation_s=max(0.0, end - admitted_at),
             tokens_per_s=tps,
         )
-        return RunOutcome(stats, len(prompt))
+        return RunOutcome(stats, len(prompt), len(gen.token_ids))
 
     def close(self) -> None:
         self._check_thread()

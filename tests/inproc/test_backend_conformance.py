@@ -34,7 +34,19 @@ def make_backend(kind: str, **kw):
 
         return LlamaBackend(queue_limit=1, **kw)
     kw.pop("warmup_tokens", None)
-    return ScriptedBackend(SCRIPT, delay_s=0.005, queue_limit=1)
+    return ScriptedBackend(SCRIPT, delay_s=0.005, queue_limit=1, sleep=suite.CountingSleep())
+
+
+def tokens_generated_by(backend):
+    """The engine's own count of tokens generated so far, where the test can read it."""
+    if isinstance(backend, ScriptedBackend):
+        return lambda: backend._sleep.calls  # its CountingSleep, awaited once per token
+    if type(backend).__name__ == "LlamaBackend":
+        import llama_cpp
+
+        llm = backend._runner._llm  # llama.cpp's decode counter: one eval per generated token after the first
+        return lambda: llama_cpp.llama_perf_context(llm._ctx.ctx).n_eval
+    return lambda: backend.tokens_generated  # the engine process: what its "done" frames reported
 
 
 @pytest.fixture(scope="module", params=KINDS)
@@ -65,7 +77,7 @@ def test_busy_past_the_queue_limit(backend):
 
 
 def test_early_aclose_stops_generation_and_frees_the_slot(backend):
-    suite.check_early_aclose_stops_generation_and_frees_the_slot(backend)
+    suite.check_early_aclose_stops_generation_and_frees_the_slot(backend, tokens_generated_by(backend))
 
 
 def test_cancelling_the_consumer_frees_the_slot(backend):

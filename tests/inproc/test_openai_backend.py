@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import math
+import re
 import socket
 
 import httpx
@@ -67,7 +68,8 @@ def split(items):
 
 # The suite's tests, run here against this module's `backend` fixture (wrapped, so that
 # marking them `model` here leaves the suite's own objects alone). Its aclose test builds
-# backends by kind, so its equivalent is written out below.
+# backends by kind, and its early-aclose check needs this server's token count, so those
+# two are written out below.
 def _on_the_real_server(test):
     @functools.wraps(test)
     def wrapper(**kwargs):
@@ -85,9 +87,29 @@ test_finish_reason_length_when_max_tokens_small = _on_the_real_server(
     suite.check_finish_reason_length_when_max_tokens_small
 )
 test_busy_past_the_queue_limit = _on_the_real_server(suite.check_busy_past_the_queue_limit)
-test_early_aclose_stops_generation_and_frees_the_slot = _on_the_real_server(
-    suite.check_early_aclose_stops_generation_and_frees_the_slot
-)
+
+_EVAL_RUNS = re.compile(r"llama_perf_context_print: +eval time = .*/ +(\d+) runs")
+
+
+def decoded_tokens(server) -> int:
+    """The server's own count of tokens decoded: llama.cpp prints it ("eval time = ... /
+    N runs") when a generation ends, so a finished one counts all of its tokens, and one
+    stopped on disconnect prints nothing."""
+    return sum(int(n) for n in _EVAL_RUNS.findall(server.log()))
+
+
+@pytest.mark.model
+def test_early_aclose_stops_generation_and_frees_the_slot(backend, server):
+    prints = len(_EVAL_RUNS.findall(server.log()))
+    after_follow_up = []
+
+    def tokens_generated() -> int:
+        if after_follow_up:  # the follow-up answered: wait (bounded) for its count to be printed
+            suite.wait_for(lambda: len(_EVAL_RUNS.findall(server.log())) > prints)
+        after_follow_up.append(True)
+        return decoded_tokens(server)
+
+    suite.check_early_aclose_stops_generation_and_frees_the_slot(backend, tokens_generated)
 test_cancelling_the_consumer_frees_the_slot = _on_the_real_server(suite.check_cancelling_the_consumer_frees_the_slot)
 test_cancelled_waiting_request_never_runs = _on_the_real_server(suite.check_cancelled_waiting_request_never_runs)
 test_invalid_request_raises_invalid_request = pytest.mark.parametrize(
@@ -235,19 +257,23 @@ def test_without_logprobs_confidence_is_the_declared_unmeasured_value(server):
 @pytest.mark.model
 def test_early_close_makes_the_server_stop(server):
     backend = real_backend(server)
+    before = decoded_tokens(server)
+    prints = len(_EVAL_RUNS.findall(server.log()))
 
     async def main():
         stream = backend.stream(suite.ask(suite.LONG))
         assert isinstance(await stream.__anext__(), TextChunk)
         await stream.aclose()
-        # The next request is answered at once: the server is not busy finishing the first.
-        t0 = asyncio.get_running_loop().time()
-        await collect(backend, suite.ask(1))
-        took = asyncio.get_running_loop().time() - t0
+        # The server answers the next request only once the first no longer holds it.
+        items = await collect(backend, suite.ask(1))
         await backend.aclose()
-        return took
+        return items
 
-    assert asyncio.run(main()) < 3.0  # the abandoned answer would take ~LONG tokens (over 5 s)
+    assert split(asyncio.run(main()))[1].completion_tokens == 1
+    suite.wait_for(lambda: len(_EVAL_RUNS.findall(server.log())) > prints)
+    # Counted by the server: the 1-token answer decodes at most 1 more; let run, the
+    # abandoned answer would have decoded about LONG.
+    assert decoded_tokens(server) - before <= 1 + suite.EARLY_STOP_TOKENS
     assert "Disconnected from client" in server.log()
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -32,7 +31,8 @@ def test_kill_9_of_the_serving_peer_mid_stream_completes_elsewhere(lab_factory, 
     try:
         wait_until(lambda: all(len(h.states()) == 3 and set(h.states().values()) == {"alive"} for h in hosts),
                    "mesh of three", 60)
-        time.sleep(2)  # capabilities (models, context) gossiped
+        wait_until(lambda: all(len(ms := h.peers()) == 3 and all((m.get("meta") or {}).get("models") for m in ms.values())
+                               for h in hosts), "capabilities (models, context) gossiped", 30)
         proc = lab[0].popen([sys.executable, ASKER, str(hosts[0].data), "Tell me a long story about a lighthouse.",
                              "300", json.dumps({"no_escalate": True})],
                             stdout=subprocess.PIPE, text=True)

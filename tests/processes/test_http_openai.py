@@ -9,6 +9,7 @@ import urllib.request
 
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from support.peerproc import PeerProcess, run_mesh
 
@@ -137,20 +138,41 @@ def test_body_over_one_mib_is_413(peer):
     assert json.loads(e.value.read())["error"]["code"] == "request_too_large"
 
 
+def scrape(peer) -> dict:
+    req = urllib.request.Request(peer["url"] + "/metrics", headers={"Authorization": "Bearer " + peer["key"]})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        body = r.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(body) for s in fam.samples}
+
+
+def tokens_and_cancelled(peer) -> tuple[float, float]:
+    """The peer's own counts: completion tokens of the answers it kept, and HTTP prompts
+    that ended because the caller went away."""
+    s = scrape(peer)
+    tokens = sum(v for (name, _), v in s.items() if name == "mesh_tokens_generated_total")
+    return tokens, s.get(("mesh_requests_total", (("entry", "http"), ("outcome", "cancelled"))), 0.0)
+
+
 def test_client_gone_mid_stream_stops_generation(peer):
     c = client(peer)
+    tokens_before, cancelled_before = tokens_and_cancelled(peer)
     stream = c.chat.completions.create(
         model="mesh", messages=[{"role": "user", "content": "Write a very long story about a dragon, at least 2000 words."}],
-        max_tokens=900, stream=True, temperature=1.0, seed=2)  # with this seed: all 900 tokens, ~14 s, when let run
+        max_tokens=900, stream=True, temperature=1.0, seed=2)  # with this seed: all 900 tokens when let run
     it = iter(stream)
     next(it)
     next(it)
     stream.close()  # hang up after the first words; the peer has one generation slot
-    t0 = time.monotonic()
     answer = c.chat.completions.create(model="mesh", messages=HI, max_tokens=4)
-    # had the abandoned answer gone on (up to 900 tokens, ~14 s here), this one would wait behind it
-    assert time.monotonic() - t0 < 6
     assert answer.choices[0].message.content
+    deadline = time.monotonic() + 30
+    while (now := tokens_and_cancelled(peer))[1] == cancelled_before:
+        assert time.monotonic() < deadline, "the abandoned prompt was never recorded as cancelled"
+        time.sleep(0.05)
+    # Counted in tokens by the peer: the abandoned answer added none (it never finished;
+    # let run, it would have added its 900), only the follow-up's own.
+    assert now == (tokens_before + answer.usage.completion_tokens, cancelled_before + 1)
 
 
 def test_rate_limit_and_keyless_loopback(tmp_path):

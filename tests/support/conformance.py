@@ -19,9 +19,22 @@ from mesh.inference.backend import Backend, FinalStats, GenerationRequest, Load,
 PROMPT = "Write a long story about a dragon who learns to fly."
 LONG = 256  # max_tokens of a request that must still be running when the test acts (~3 s of llama)
 SCRIPT = tuple(f" word{i}" for i in range(LONG + 50))
+EARLY_STOP_TOKENS = 32  # tokens a closed generation may still make before it stops (far below LONG)
 
 def ask(max_tokens: int = 8, prompt: str = PROMPT, **kw) -> GenerationRequest:
     return GenerationRequest.from_prompt(prompt, max_tokens=max_tokens, temperature=0.0, **kw)
+
+
+class CountingSleep:
+    """The scripted twin's injected ``sleep``, awaited once before each token it yields:
+    its calls are the twin's count of tokens generated."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def __call__(self, seconds: float) -> None:
+        self.calls += 1
+        await asyncio.sleep(seconds)
 
 
 async def collect(backend, request):
@@ -34,6 +47,15 @@ async def wait_until(cond, timeout_s: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await asyncio.sleep(0.002)
+
+
+def wait_for(cond, timeout_s: float = 10.0) -> None:
+    """Block until ``cond()`` holds (polling), failing after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.01)
 
 
 async def hold_running_and_waiting(backend):
@@ -104,22 +126,33 @@ def check_busy_past_the_queue_limit(backend):
     assert backend.running == 0 and backend.waiting == 0
 
 
-def check_early_aclose_stops_generation_and_frees_the_slot(backend):
+def check_early_aclose_stops_generation_and_frees_the_slot(backend, tokens_generated):
+    """A LONG generation closed after its first chunk stops there, counted in tokens:
+    ``tokens_generated()`` is the running count of tokens generated behind ``backend``,
+    by the engine's own counter (each kind's test module says where it reads it; None
+    where no counter is visible from the test, and then only the slot is checked). The
+    closed answer and a 4-token follow-up add at most ``4 + EARLY_STOP_TOKENS``; running
+    on, the closed one alone would add about LONG."""
+
     async def main():
         started = backend.started_count
         stream = backend.stream(ask(LONG))
         assert isinstance(await stream.__anext__(), TextChunk)
-        t0 = time.monotonic()
         await stream.aclose()
-        closed_in = time.monotonic() - t0
         # aclose returns only once the worker has stopped and released the slot.
         assert backend.running == 0 and backend.waiting == 0
-        assert closed_in < 1.5  # running on, it would take the whole LONG generation
         items = await collect(backend, ask(4))
         check_stream(items, backend, 4)
         assert backend.started_count == started + 2
 
+    if tokens_generated is None:
+        asyncio.run(main())
+        return
+    before = tokens_generated()
     asyncio.run(main())
+    spent = tokens_generated() - before
+    assert spent >= 1, "the counter did not see the follow-up answer: it counts nothing"
+    assert spent <= 4 + EARLY_STOP_TOKENS, f"{spent} tokens generated: the closed answer ran on"
 
 
 def check_cancelling_the_consumer_frees_the_slot(backend):
