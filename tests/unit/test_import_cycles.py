@@ -3,8 +3,8 @@
 A cycle hidden by a function-level import (as ``config -> jobsync -> rpc.server ->
 config`` once was) works until someone moves an import; this graph counts every import
 of a mesh module anywhere in a file, except under ``if TYPE_CHECKING:``. Importing a
-submodule always runs its package's ``__init__`` first, so edges to one's own package
-are not counted.
+submodule runs its package's ``__init__`` first, so that counts as an import of the
+package too (but a module's import of its own package does not).
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ def imports(path: Path, known: dict[str, Path], name: str) -> set[str]:
             out |= {f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in known}
         elif isinstance(node, ast.Import):
             out |= {a.name for a in node.names if a.name in known}
-    return {d for d in out - {name} if not name.startswith(d + ".")}
+    # importing mesh.a.b first runs mesh.a's __init__ (which may import more)
+    out |= {".".join(m.split(".")[:i]) for m in set(out) for i in range(2, m.count(".") + 1)}
+    return {d for d in out - {name} if not name.startswith(d + ".") and d in known}
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
