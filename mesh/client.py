@@ -54,7 +54,9 @@ from mesh.rpc.codec import FrameCodec
 from mesh.rpc.config import RpcConfig
 from mesh.rpc.zap import CurveClient
 
-CONNECT_TIMEOUT_S = 5.0  # a local peer whose connection does not come up (handshake included) in this is unavailable
+# a local peer whose connection does not come up (handshake included) in this is
+# unavailable; under the README's "fails its calls within 5 s", with room for the call
+CONNECT_TIMEOUT_S = 4.0
 
 _HOW_TO_START = HOW_TO_START
 
@@ -340,7 +342,7 @@ class Client:
         ask = ask_args(request)
         ask["route"] = route_args(model=model, local_only=local_only or None)
         args = {"ask": ask, "key": key or uuid.uuid4().hex}
-        return (await (await self._connection()).call("job.submit", args, timeout_s=timeout_s))["job"]
+        return (await self.acall("job.submit", args, timeout_s=timeout_s))["job"]
 
     def submit(self, prompt: str, **kw) -> dict:
         """Blocking ``asubmit``."""
@@ -349,7 +351,7 @@ class Client:
 
     async def ajob(self, job_id: str, *, timeout_s: float = 10.0) -> dict:
         """One job (state, attempts, where it ran, ``result_text`` once done)."""
-        return (await (await self._connection()).call("job.get", {"id": job_id}, timeout_s=timeout_s))["job"]
+        return (await self.acall("job.get", {"id": job_id}, timeout_s=timeout_s))["job"]
 
     def job(self, job_id: str, *, timeout_s: float = 10.0) -> dict:
         _no_running_loop("job", "ajob")
@@ -371,7 +373,15 @@ class Client:
         return self._once(self.aresult(job_id, timeout_s=timeout_s))
 
     async def acancel(self, job_id: str, *, timeout_s: float = 10.0) -> dict:
-        return await (await self._connection()).call("job.cancel", {"id": job_id}, timeout_s=timeout_s)
+        """Cancel a job that has not finished (queued, or running here or elsewhere):
+        ``{"cancelled": bool, "job": ...}``; ``cancelled`` is False if it had already
+        finished, and its state then says how. Its result is never stored afterwards."""
+        return await self.acall("job.cancel", {"id": job_id}, timeout_s=timeout_s)
+
+    def cancel(self, job_id: str, *, timeout_s: float = 10.0) -> dict:
+        """Blocking ``acancel``."""
+        _no_running_loop("cancel", "acancel")
+        return self._once(self.acancel(job_id, timeout_s=timeout_s))
 
     def _once(self, coro):
         async def once():
@@ -383,18 +393,28 @@ class Client:
         return asyncio.run(once())
 
     async def ainfo(self, *, timeout_s: float = 10.0) -> dict:
-        return await (await self._connection()).call("info", {}, timeout_s=timeout_s)
+        return await self.acall("info", {}, timeout_s=timeout_s)
 
     def info(self, *, timeout_s: float = 10.0) -> dict:
         _no_running_loop("info", "ainfo")
+        return self._once(self.ainfo(timeout_s=timeout_s))
 
-        async def once() -> dict:
-            try:
-                return await self.ainfo(timeout_s=timeout_s)
-            finally:
-                await self.aclose()
+    # -- any method ----------------------------------------------------------------------
 
-        return asyncio.run(once())
+    async def acall(self, method: str, args: dict[str, Any] | None = None, *, timeout_s: float = 10.0) -> dict:
+        """One unary call of the peer's RPC method ``method`` (see docs/protocol.md), on
+        this client's connection; returns its result. Errors are ``mesh.errors`` classes
+        (``error_from_wire``): ``JobNotFound``, ``InvalidRequest``, ``PeerUnavailable``...
+
+            async with Client() as client:
+                members = await client.acall("members", timeout_s=5)
+        """
+        return await (await self._connection()).call(method, args or {}, timeout_s=timeout_s)
+
+    def call(self, method: str, args: dict[str, Any] | None = None, *, timeout_s: float = 10.0) -> dict:
+        """Blocking ``acall``; the connection is closed after it."""
+        _no_running_loop("call", "acall")
+        return self._once(self.acall(method, args, timeout_s=timeout_s))
 
 
 def _no_running_loop(name: str, async_name: str) -> None:

@@ -16,13 +16,27 @@ subclasses::
     ├── EnvelopeRejected       a frame refused by envelope checks (carries a RejectReason)
     ├── PeerUnavailable        no running peer to talk to (with what to do next)
     ├── NoAnswer               nothing in the mesh (or the cloud) could answer this prompt now
+    ├── JobError               the job store refused or failed an operation (mesh.jobs)
+    │   ├── JobNotFound        no job with that id in this store
+    │   ├── IdempotencyConflict  the idempotency key was used before for another request
+    │   ├── InvalidResult      a result or stats that cannot be stored (too big, not JSON)
+    │   └── JobStoreError      SQLite failed (locked past busy_timeout, corrupt, disk full,
+    │                          schema written by a newer mesh)
     └── RpcError               a call failed; ``code`` says how
         ├── DeadlineExceeded   the call's deadline passed (either side)
         ├── Cancelled          the call was cancelled (by the caller or a shutting-down peer)
-        └── RemoteError        the remote side reported an error (code + message)
+        └── RemoteError        the remote side reported an error with no class of its own here
+                               (``unknown_method``, ``unauthenticated``, ``internal``, or a
+                               code from a newer peer); ``code`` + message
 
-``RemoteError.code`` uses the same strings the wire uses (see docs/protocol.md), and
-``error_from_wire`` turns a wire error back into the most specific local class.
+Subclasses defined next to the code that raises them (``GossipError``, ``DiscoveryError``,
+``GenerationError``'s ``EngineProtocolError``, ``BackendUnavailable``, ``BackendAuthError``)
+stay under these.
+
+Every class with a ``code`` owns that string on the wire (docs/protocol.md, "Error
+codes"): a handler that raises it sends the code, and ``error_from_wire`` turns it back
+into that class, so a caller catches ``JobNotFound`` whether the store was local or
+remote. A subclass that adds no code of its own goes over the wire as its parent.
 """
 
 from __future__ import annotations
@@ -49,7 +63,7 @@ class TokenError(IdentityError):
 
 
 class ModelError(MeshError):
-    pass
+    code = "model_error"
 
 
 class BackendBusy(MeshError):
@@ -70,6 +84,26 @@ class PeerUnavailable(MeshError):
 
 class NoAnswer(MeshError):
     code = "no_answer"
+
+
+class JobError(MeshError):
+    code = "job_error"
+
+
+class JobNotFound(JobError):
+    code = "job_not_found"
+
+
+class IdempotencyConflict(JobError):
+    code = "idempotency_conflict"
+
+
+class InvalidResult(JobError):
+    code = "invalid_result"
+
+
+class JobStoreError(JobError):
+    code = "job_store_error"
 
 
 class EnvelopeRejected(MeshError):
@@ -102,21 +136,22 @@ class RemoteError(RpcError):
     code = "remote_error"
 
 
+# wire code -> the class that owns it; tests/unit/test_errors.py checks every class with a
+# code of its own is here, so a new code cannot be forgotten
+_BY_CODE: dict[str, type[MeshError]] = {
+    cls.code: cls
+    for cls in (
+        CertificateError, TokenError, ModelError, BackendBusy, GenerationError, InvalidRequest, PeerUnavailable,
+        NoAnswer, JobError, JobNotFound, IdempotencyConflict, InvalidResult, JobStoreError, RpcError,
+        DeadlineExceeded, Cancelled, RemoteError,
+    )
+}
+
+
 def error_from_wire(code: str, message: str) -> MeshError:
-    """Map a wire error (code, message) to the most specific local exception."""
-    simple = {
-        BackendBusy.code: BackendBusy,
-        GenerationError.code: GenerationError,
-        InvalidRequest.code: InvalidRequest,
-        TokenError.code: TokenError,
-        NoAnswer.code: NoAnswer,
-        CertificateError.code: CertificateError,
-        PeerUnavailable.code: PeerUnavailable,
-    }
-    if code in simple:
-        return simple[code](message)
-    if code == DeadlineExceeded.code:
-        return DeadlineExceeded(message)
-    if code == Cancelled.code:
-        return Cancelled(message)
-    return RemoteError(message, code=code)
+    """Map a wire error (code, message) to the class that owns ``code``; a code with no
+    class of its own becomes ``RemoteError`` carrying it."""
+    cls = _BY_CODE.get(code)
+    if cls is None or cls is RemoteError:
+        return RemoteError(message, code=code)
+    return cls(message)

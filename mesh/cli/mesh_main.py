@@ -28,6 +28,7 @@ from mesh.cli.common import (
 )
 from mesh.cli.render import answer_footer, info_table
 from mesh.errors import BackendBusy, InvalidRequest, MeshError, NoAnswer, PeerUnavailable
+from mesh.peerfile import read_peer_file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     result.add_argument("--timeout", type=float, default=3600.0, metavar="SECONDS", help="with --wait")
     result.add_argument("--json", action="store_true")
 
-    cancel = sub.add_parser("cancel", help="cancel a queued job")
+    cancel = sub.add_parser("cancel", help="cancel a job that has not finished (queued or running)")
     add_data_dir(cancel)
     cancel.add_argument("id")
     cancel.add_argument("--json", action="store_true")
@@ -212,19 +213,27 @@ def _ask(args: argparse.Namespace, client, prompt: str) -> int:
     return EXIT_OK
 
 
-def _call(args: argparse.Namespace, method: str, params: dict, timeout_s: float = 30.0) -> dict:
+def _calls(args: argparse.Namespace, *calls: tuple[str, dict], timeout_s: float = 30.0) -> tuple[list[dict], str]:
+    """Make ``calls`` ((method, args) pairs) in order over one connection to the local
+    peer, then close it. Returns their results and the endpoint they went to."""
     import asyncio
 
     from mesh.client import Client
 
     with Client(args.data_dir) as client:
-        async def once():
+        async def once() -> list[dict]:
             try:
-                return await (await client._connection()).call(method, params, timeout_s=timeout_s)
+                return [await client.acall(method, params, timeout_s=timeout_s) for method, params in calls]
             finally:
                 await client.aclose()
 
-        return asyncio.run(once())
+        results = asyncio.run(once())
+        return results, client.address.endpoint if client.address else "?"
+
+
+def _call(args: argparse.Namespace, method: str, params: dict, timeout_s: float = 30.0) -> dict:
+    """One call to the local peer (see ``_calls``)."""
+    return _calls(args, (method, params), timeout_s=timeout_s)[0][0]
 
 
 def _submit(args: argparse.Namespace, prompt: str) -> dict:
@@ -293,7 +302,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     elif doc["cancelled"]:
         print(f"cancelled job {args.id}")
     else:
-        return fail(f"job {args.id} is {doc['job']['state']}; only queued jobs can be cancelled")
+        return fail(f"job {args.id} had already finished: it is {doc['job']['state']}")
     return EXIT_OK
 
 
@@ -308,11 +317,7 @@ def _print_step(step: dict) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from mesh.client import Client
-
-    with Client(args.data_dir) as client:
-        doc = client.info()
-        endpoint = client.address.endpoint if client.address else "?"
+    (doc,), endpoint = _calls(args, ("info", {}), timeout_s=10)
     if args.json:
         print(json.dumps(doc, indent=2, default=str))
     else:
@@ -321,20 +326,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _members(args: argparse.Namespace) -> tuple[dict, dict, str]:
-    import asyncio
-
-    from mesh.client import Client
-
-    with Client(args.data_dir) as client:
-        async def both():
-            try:
-                rpc = await client._connection()
-                return await rpc.call("members", {}, timeout_s=10), await rpc.call("info", {}, timeout_s=10)
-            finally:
-                await client.aclose()
-
-        members, info = asyncio.run(both())
-        return members, info, client.address.endpoint if client.address else "?"
+    (members, info), endpoint = _calls(args, ("members", {}), ("info", {}), timeout_s=10)
+    return members, info, endpoint
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
@@ -379,7 +372,6 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_invite(args: argparse.Namespace) -> int:
     import time
 
-    from mesh.client import read_peer_file
     from mesh.discovery.seeds import parse_seed
     from mesh.identity.joining import make_invite
     from mesh.paths import resolve_data_dir
@@ -424,9 +416,6 @@ def cmd_join(args: argparse.Namespace) -> int:
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from mesh.client import Client
     from mesh.identity.revocation_service import REVOKE_METHOD
     from mesh.paths import resolve_data_dir
 
@@ -434,15 +423,7 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     if not data.authority_key.exists():
         return fail(f"this device does not hold the mesh authority key ({data.authority_key}); run `mesh revoke` "
                     "on the device where the mesh was created (`mesh init`), with its mesh-peer running")
-    with Client(args.data_dir) as client:
-        async def once():
-            try:
-                rpc = await client._connection()
-                return await rpc.call(REVOKE_METHOD, {"peer": args.peer}, timeout_s=10)
-            finally:
-                await client.aclose()
-
-        doc = asyncio.run(once())
+    doc = _call(args, REVOKE_METHOD, {"peer": args.peer}, timeout_s=10)
     if args.json:
         print(json.dumps(doc, indent=2))
     elif doc.get("already"):
@@ -454,38 +435,28 @@ def cmd_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_rotate(args: argparse.Namespace) -> int:
-    import asyncio
     import time
 
-    from mesh.client import Client
     from mesh.identity.rotation_service import ROTATE_LOCAL_METHOD
     from mesh.paths import resolve_data_dir
 
     data = resolve_data_dir(args.data_dir)
-    with Client(args.data_dir) as client:
-        async def once():
-            try:
-                rpc = await client._connection()
-                return await rpc.call(ROTATE_LOCAL_METHOD, {}, timeout_s=30)
-            finally:
-                await client.aclose()
-
-        doc = asyncio.run(once())
+    doc = _call(args, ROTATE_LOCAL_METHOD, {}, timeout_s=30)
     # the peer switches in the background: it is done when peer.json names the new id
     deadline, now_running = time.monotonic() + max(0.0, args.wait), None
     while time.monotonic() < deadline:
         try:
-            now_running = json.loads(data.peer_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            now_running = read_peer_file(data)
+        except PeerUnavailable:  # being rewritten, or the peer between its two stacks
             now_running = None
-        if now_running and now_running.get("peer_id") == doc["peer_id"]:
+        if now_running is not None and now_running.peer_id == doc["peer_id"]:
             break
         time.sleep(0.1)
-    switched = bool(now_running and now_running.get("peer_id") == doc["peer_id"])
+    switched = now_running is not None and now_running.peer_id == doc["peer_id"]
     doc["switched"] = switched
     if switched:
-        doc["endpoint"] = now_running.get("endpoint")
-        advertise = now_running.get("advertise") or []
+        doc["endpoint"] = now_running.endpoint
+        advertise = now_running.advertise
         doc["join"] = f"{advertise[0].removeprefix('tcp://')}@{doc['transport_key']}" if advertise else None
     if args.json:
         print(json.dumps(doc, indent=2))

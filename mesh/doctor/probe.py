@@ -130,8 +130,7 @@ async def _local_engine(data: DataDir, timeout_s: float, running: bool) -> Engin
     if running:
         client = Client(data.root, timeout_s=timeout_s)
         try:
-            rpc = await client._connection()
-            doc = await asyncio.wait_for(rpc.call("info", {}, timeout_s=timeout_s), timeout_s + 1)
+            doc = await asyncio.wait_for(client.acall("info", timeout_s=timeout_s), timeout_s + 1)
             peer = doc.get("engine") if isinstance(doc, dict) and isinstance(doc.get("engine"), dict) else None
         except (MeshError, TimeoutError):
             peer = None
@@ -146,8 +145,7 @@ async def _local_members(data: DataDir, timeout_s: float) -> tuple[list[dict[str
 
     client = Client(data.root, timeout_s=timeout_s)
     try:
-        rpc = await client._connection()
-        doc = await asyncio.wait_for(rpc.call("members", {}, timeout_s=timeout_s), timeout_s + 1)
+        doc = await asyncio.wait_for(client.acall("members", timeout_s=timeout_s), timeout_s + 1)
     except (MeshError, TimeoutError) as e:
         return [], f"the local peer did not list its members: {e}"
     finally:

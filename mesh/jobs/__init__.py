@@ -6,7 +6,7 @@ Pure:
 - ``mesh.jobs.job``: the ``Job`` record, input bounds (``JobLimits``), field encoding.
 - ``mesh.jobs.wire``: job messages between peers, validated.
 - ``mesh.jobs.config``: ``JobSyncConfig`` (presets: default, ``for_tests()``).
-- ``mesh.jobs.errors``: ``JobError`` and its subclasses.
+- ``mesh.jobs.errors``: ``JobError`` and its subclasses (defined in the one tree, ``mesh.errors``).
 
 Shell:
 - ``mesh.jobs.schema`` and ``mesh.jobs.store``: ``JobStore``, the one place that touches SQLite.

@@ -1,4 +1,5 @@
-"""Errors of the job store, under the one tree of ``mesh.errors``::
+"""Errors of the job store. They live in the one tree, ``mesh.errors`` (drawn there), and
+are re-exported here and from ``mesh.jobs``::
 
     MeshError
     ├── InvalidRequest          bad job input at submit (empty prompt, bad field, too big)
@@ -9,29 +10,13 @@
         └── JobStoreError       SQLite failed (locked past busy_timeout, corrupt, disk
                                 full, schema written by a newer mesh)
 
-sqlite3 errors are mapped to ``JobStoreError`` in ``mesh.jobs.store`` and nowhere else.
+Each has a wire code, so a ``mesh.Client`` gets ``JobNotFound`` back, not a
+``RemoteError``. sqlite3 errors are mapped to ``JobStoreError`` in ``mesh.jobs.store``
+and nowhere else.
 """
 
 from __future__ import annotations
 
-from mesh.errors import MeshError
+from mesh.errors import IdempotencyConflict, InvalidResult, JobError, JobNotFound, JobStoreError
 
-
-class JobError(MeshError):
-    code = "job_error"
-
-
-class JobNotFound(JobError):
-    code = "job_not_found"
-
-
-class IdempotencyConflict(JobError):
-    code = "idempotency_conflict"
-
-
-class InvalidResult(JobError):
-    code = "invalid_result"
-
-
-class JobStoreError(JobError):
-    code = "job_store_error"
+__all__ = ["IdempotencyConflict", "InvalidResult", "JobError", "JobNotFound", "JobStoreError"]

@@ -8,6 +8,11 @@ nothing is lost. A job whose request cannot be served at all fails at once.
 
 A peer killed mid-job leaves a lease that expires; the job is then claimed again (at
 least once), and completion is fenced by the lease so only one result is stored.
+
+A job cancelled while it runs here (``JobStore.cancel``: ``mesh cancel``) stops
+generating at once: the store tells the runner, which cancels the routed prompt (the
+peer generating it is told to stop, as for any cancelled call). A lease lost while
+renewing stops it the same way. Either way the store refuses its result.
 """
 
 from __future__ import annotations
@@ -55,6 +60,8 @@ class JobRunner:
         self._task: asyncio.Task | None = None
         self._waits: dict[str, int] = {}  # job id -> times nothing could answer it (its back-off)
         self._draining = False
+        self._running: tuple[str, asyncio.Task] | None = None  # the job being routed now, and that task
+        self._unwatch: Callable[[], None] | None = None
 
     def start(self) -> None:
         # Jobs this peer was running when it died (kill -9, power loss): requeue them now
@@ -63,6 +70,7 @@ class JobRunner:
             if job.lease_holder == self.self_id:
                 self.store.fail(job.id, worker=self.self_id, error="the peer restarted", retry=True, now=self._clock())
                 log.info("job %s requeued: this peer restarted while running it", job.id)
+        self._unwatch = self.store.watch_cancel(self._stop_job)
         self._task = asyncio.create_task(self._loop(), name="job-runner")
 
     def wake(self) -> None:
@@ -73,6 +81,9 @@ class JobRunner:
         to finish first (``mesh rotate``); a job still running then goes back to the queue."""
         if self._task is None:
             return
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
         if drain_s > 0:
             self._draining = True
             self._wake.set()
@@ -109,14 +120,13 @@ class JobRunner:
             if target not in (None, "cloud", self.self_id) and await self.sync.hand_over(job, target):
                 self._waits.pop(job.id, None)
                 return
+        # the prompt is routed in a task of its own, so that cancelling the job (_stop_job)
+        # stops it and nothing else
+        answering = asyncio.create_task(self._answer(job, gen, route), name=f"job-{job.id}")
+        self._running = (job.id, answering)
         renewer = asyncio.create_task(self._renew(job.id))
         try:
-            final = None
-            async for ev in self.router.ask(gen, route):
-                if isinstance(ev, Final):
-                    final = ev.data
-            if final is None:
-                raise MeshError("the router ended without an answer")
+            final = await answering
             text = final.get("text", "")
             stats = {k: v for k, v in final.items() if k != "text"}
             ran_on = final.get("peer") if isinstance(final.get("peer"), str) and final.get("peer") else None
@@ -124,7 +134,12 @@ class JobRunner:
                                    ran_on=ran_on):
                 log.info("job %s done on %s", job.id, final.get("peer"))
             self._waits.pop(job.id, None)
-        except asyncio.CancelledError:  # the peer is stopping: the job goes back to the queue
+        except asyncio.CancelledError:
+            if answering.cancelled() and not asyncio.current_task().cancelling():
+                # only this job was stopped (cancelled, or its lease lost), not the runner
+                log.info("job %s stopped while running (%s)", job.id, self.store.get(job.id).state.value)
+                return
+            # the peer is stopping: the job goes back to the queue
             self.store.fail(job.id, worker=self.self_id, error="the peer stopped", retry=True, now=self._clock())
             raise
         except InvalidRequest as e:
@@ -140,13 +155,38 @@ class JobRunner:
             log.info("job %s attempt failed: %s", job.id, e)
             self.store.fail(job.id, worker=self.self_id, error=str(e), retry=True, now=self._clock())
         finally:
+            self._running = None
             await cancel_and_wait(renewer)
+            await cancel_and_wait(answering)
+
+    async def _answer(self, job, gen, route) -> dict:
+        """Route the job's prompt; its final reply (text and stats)."""
+        final = None
+        peer, generating = self.self_id, None  # who generates: this peer unless a route step names another
+        async for ev in self.router.ask(gen, route):
+            if isinstance(ev, dict) and "step" in ev:
+                peer = ev["step"].get("peer") or ev["step"].get("kind", "?")
+            elif (isinstance(ev, Final) or isinstance(ev, dict) and "t" in ev) and generating != peer:
+                generating = peer  # one line per generation started (bench/jobs_soak.py counts them)
+                log.info("job %s: generating on %s", job.id, peer)
+            if isinstance(ev, Final):
+                final = ev.data
+        if final is None:
+            raise MeshError("the router ended without an answer")
+        return final
+
+    def _stop_job(self, job_id: str) -> None:
+        """Stop generating ``job_id`` if this runner is routing it now (the store cancelled
+        it, or its lease was lost): its routed prompt is cancelled, the loop goes on."""
+        if self._running is not None and self._running[0] == job_id:
+            self._running[1].cancel()
 
     async def _renew(self, job_id: str) -> None:
         while True:
             await asyncio.sleep(LEASE_S / 3)
             if not self.store.renew(job_id, worker=self.self_id, lease_s=LEASE_S, now=self._clock()):
-                log.warning("lost the lease on job %s", job_id)
+                log.warning("lost the lease on job %s (cancelled, or taken over): stopping it", job_id)
+                self._stop_job(job_id)
                 return
 
 

@@ -110,6 +110,7 @@ class JobStore:
         self._clock = clock
         self.limits = limits
         self.retry = retry
+        self._cancel_watchers: list[Callable[[str], None]] = []  # see watch_cancel
         try:
             self._conn = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None)
         except sqlite3.Error as e:
@@ -343,8 +344,28 @@ class JobStore:
 
     def cancel(self, job_id: str, *, now: float | None = None) -> bool:
         """Cancel a queued or running job. False if it had already finished.
-        A running job's worker learns it from ``renew`` / ``complete`` returning False."""
-        return self._end_unless_ended(job_id, JobState.CANCELLED, {}, now=self._now(now))
+
+        Its result is never stored afterwards (``complete`` and ``import_result`` refuse a
+        cancelled job). A running job's worker in this process is told at once (see
+        ``watch_cancel``); one elsewhere learns it from ``renew`` / ``complete`` returning
+        False."""
+        cancelled = self._end_unless_ended(job_id, JobState.CANCELLED, {}, now=self._now(now))
+        if cancelled:
+            for watcher in list(self._cancel_watchers):
+                watcher(job_id)
+        return cancelled
+
+    def watch_cancel(self, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``callback(job_id)`` after this store cancels a job (after the COMMIT), so
+        the worker running it can stop generating now. ``callback`` must not raise or
+        block. Returns the function that stops watching."""
+        self._cancel_watchers.append(callback)
+
+        def unwatch() -> None:
+            if callback in self._cancel_watchers:
+                self._cancel_watchers.remove(callback)
+
+        return unwatch
 
     # -- reading ------------------------------------------------------------------
 

@@ -10,7 +10,8 @@ Owner side (the peer a job was submitted to):
   every ``recheck_s`` the handover is repeated, which the executor answers with the
   job's state and, once finished, its outcome (so a lost delivery heals). When the
   executor is dead or gone, the job is requeued at once and runs elsewhere (at least
-  once; the first outcome stored wins, a late one changes nothing).
+  once; the first outcome stored wins, a late one changes nothing). A handed-over job
+  cancelled here is released at once; the executor's outcome is then refused as known.
 - ``job.result``: an executor delivers outcomes; stored once (``import_result``).
 
 Executor side:
@@ -73,6 +74,7 @@ class JobSync:
         self.on_new_job = on_new_job
         self._clock = clock
         self._task: asyncio.Task | None = None
+        self._unwatch: Callable[[], None] | None = None
         self._reserved: dict[str, str] = {}  # handed-over job id -> executor counted in reservations
         self._rechecked: dict[str, float] = {}  # handed-over job id -> last time the executor was asked
         self._owner_retry: dict[str, tuple] = {}  # owner -> (next try at, current delay, its incarnation then)
@@ -90,9 +92,13 @@ class JobSync:
         self._started = self._clock()
         for job in self.store.handed_over():  # after a restart: still running elsewhere
             self._reserve(job.id, job.lease_holder)
+        self._unwatch = self.store.watch_cancel(self._release)  # cancelled: no longer counts against its executor
         self._task = asyncio.create_task(self._loop(), name="job-sync")
 
     async def stop(self) -> None:
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
         await cancel_and_wait(self._task)
         for task in list(self._tasks):
             await cancel_and_wait(task)

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from mesh import Client
-from mesh.errors import BackendBusy, InvalidRequest, MeshError, PeerUnavailable
+from mesh.errors import BackendBusy, InvalidRequest, MeshError, PeerUnavailable, RemoteError
 from mesh.testing import ScriptedBackend
 
 
@@ -87,17 +87,35 @@ def test_invalid_requests_are_refused_before_sending(tmp_path, scripted):
 
 def test_remote_validation_reports_invalid_request(tmp_path, scripted):
     async def main(client):
-        rpc = await client._connection()
         with pytest.raises(InvalidRequest, match="messages"):
-            await rpc.call("ask", {"messages": "nope"}, timeout_s=5)
+            await client.acall("ask", {"messages": "nope"}, timeout_s=5)
         with pytest.raises(InvalidRequest, match="max_tokens"):
-            await rpc.call("ask", {"messages": [{"role": "user", "content": "x"}], "max_tokens": "9"}, timeout_s=5)
+            await client.acall("ask", {"messages": [{"role": "user", "content": "x"}], "max_tokens": "9"}, timeout_s=5)
         with pytest.raises(InvalidRequest, match="role"):
-            await rpc.call("ask", {"messages": [{"role": "robot", "content": "x"}]}, timeout_s=5)
+            await client.acall("ask", {"messages": [{"role": "robot", "content": "x"}]}, timeout_s=5)
         await client.aclose()
 
     with Client.embedded(tmp_path, backend_factory=scripted) as client:
         asyncio.run(main(client))
+
+
+def test_call_any_method_blocking_and_async(tmp_path, scripted):
+    with Client.embedded(tmp_path, backend_factory=scripted) as client:
+        assert client.call("ping", timeout_s=5)["peer"] == client.address.peer_id
+        assert client.call("info")["model"]["name"] == "scripted-1"  # the connection closed and reopened
+        with pytest.raises(RemoteError) as e:
+            client.call("no.such.method", {}, timeout_s=5)
+        assert e.value.code == "unknown_method"
+
+        async def inside_a_loop():
+            with pytest.raises(MeshError, match="acall"):
+                client.call("ping")
+            try:
+                return await client.acall("ping", timeout_s=5)
+            finally:
+                await client.aclose()
+
+        assert asyncio.run(inside_a_loop())["peer"] == client.address.peer_id
 
 
 def test_busy_peer_says_so_at_once(tmp_path):

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from mesh.client import Client
-from mesh.errors import Cancelled, PeerUnavailable
-from support.peerproc import PeerProcess, run_mesh
+from mesh.errors import Cancelled, MeshError, PeerUnavailable
+from support.peerproc import PeerProcess, run_mesh, wait_until
 
 pytestmark = [pytest.mark.model, pytest.mark.subprocess]
 
@@ -94,17 +94,19 @@ def test_sigterm_cancels_in_flight_with_an_error_and_exits_cleanly(tmp_path):
     try:
         p.wait_ready()
         outcome: dict = {}
+        streaming = threading.Event()
 
         def ask():
             try:
-                Client(p.data_dir).ask("Write a very long story about a lighthouse.", max_tokens=2000)
+                Client(p.data_dir).ask("Write a very long story about a lighthouse.", max_tokens=2000,
+                                       on_text=lambda _: streaming.set())
                 outcome["result"] = "finished"
             except Cancelled as e:
                 outcome["result"] = e
 
         t = threading.Thread(target=ask)
         t.start()
-        time.sleep(1.5)  # generation is under way
+        wait_until(streaming.is_set, 60, every_s=0.05)  # generation is under way
         t0 = time.monotonic()
         p.signal(signal.SIGTERM)
         t.join(20)
@@ -125,17 +127,53 @@ def test_sigint_lets_a_short_request_finish(tmp_path):
     try:
         p.wait_ready()
         outcome: dict = {}
+        streaming = threading.Event()
 
         def ask():
-            outcome["answer"] = Client(p.data_dir).ask("Count to five.", max_tokens=48, temperature=0)
+            outcome["answer"] = Client(p.data_dir).ask("Count to five.", max_tokens=48, temperature=0,
+                                                       on_text=lambda _: streaming.set())
 
         t = threading.Thread(target=ask)
         t.start()
-        time.sleep(0.3)
+        wait_until(streaming.is_set, 60, every_s=0.05)  # the request is in flight
         p.signal(signal.SIGINT)
         t.join(60)
         assert outcome["answer"].completion_tokens >= 1
         assert p.proc.wait(30) == 0
+    finally:
+        p.stop()
+
+
+def test_a_second_signal_stops_at_once(tmp_path):
+    # README: "in-flight requests get --grace seconds to finish ... A second signal stops
+    # at once": with a grace far longer than the test, only the second signal can end it
+    p = PeerProcess(tmp_path / "twice", "--grace", "600")
+    try:
+        p.wait_ready()
+        outcome: dict = {}
+        streaming = threading.Event()
+
+        def ask():
+            try:
+                Client(p.data_dir).ask("Count from 1 to 1000, one number per line.", max_tokens=2000, temperature=0,
+                                       on_text=lambda _: streaming.set())
+                outcome["result"] = "finished"
+            except MeshError as e:
+                outcome["result"] = e
+
+        t = threading.Thread(target=ask, daemon=True)
+        t.start()
+        wait_until(streaming.is_set, 60, every_s=0.05)
+        p.signal(signal.SIGTERM)
+        # the first signal: a graceful stop, waiting for the request in flight
+        wait_until(lambda: "waiting up to 600s for 1 request(s) in flight" in p.log(), 30, every_s=0.05)
+        assert t.is_alive() and "result" not in outcome, outcome
+        p.signal(signal.SIGINT)  # the second (either signal counts)
+        t.join(30)
+        assert not t.is_alive(), "the second signal left the caller waiting"
+        assert isinstance(outcome["result"], Cancelled) and "shutting down" in str(outcome["result"])
+        assert p.proc.wait(30) == 0
+        assert "stopping now: cancelling requests in flight" in p.log() and "mesh-peer stopped" in p.log()
     finally:
         p.stop()
 

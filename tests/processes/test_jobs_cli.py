@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from support.peerproc import PeerProcess, free_port, run_mesh
+from support.peerproc import PeerProcess, free_port, run_mesh, wait_until
 
 pytestmark = [pytest.mark.model, pytest.mark.subprocess]
 
@@ -75,7 +75,44 @@ def test_nothing_can_answer_so_ask_queue_keeps_the_prompt(tmp_path):
         state = json.loads(run_mesh("result", job["id"], "--json", data_dir=p.data_dir).stdout)["state"]
         assert state in ("queued", "running")  # waiting, not lost, not failed
         r = run_mesh("cancel", job["id"], data_dir=p.data_dir)
-        assert r.returncode == 0 or "only queued" in r.stderr
+        assert r.returncode == 0 and f"cancelled job {job['id']}" in r.stdout, r.stderr
+        assert json.loads(run_mesh("result", job["id"], "--json", data_dir=p.data_dir).stdout)["state"] == "cancelled"
+    finally:
+        p.stop()
+
+
+def test_cancel_a_running_job_stops_it_and_it_stays_cancelled(tmp_path):
+    p = PeerProcess(tmp_path / "c")
+    try:
+        p.wait_ready()
+
+        def job(job_id):
+            return json.loads(run_mesh("result", job_id, "--json", data_dir=p.data_dir).stdout)
+
+        def engine_running():
+            return json.loads(run_mesh("info", "--json", data_dir=p.data_dir).stdout)["engine"]["load"]["running"]
+
+        job_id = json.loads(run_mesh("submit", "--max-tokens", "2000", "--json",
+                                     "Count from 1 to 1000, one number per line.", data_dir=p.data_dir).stdout)["id"]
+        wait_until(lambda: job(job_id)["state"] == "running" and engine_running() == 1, 60, every_s=0.1)
+        r = run_mesh("cancel", job_id, data_dir=p.data_dir)
+        assert r.returncode == 0 and f"cancelled job {job_id}" in r.stdout, r.stderr
+        assert job(job_id)["state"] == "cancelled"
+        # its generation stopped, and not by running to its end: the runner says it stopped it
+        wait_until(lambda: f"job {job_id} stopped while running (cancelled)" in p.log(), 30, every_s=0.1)
+        wait_until(lambda: engine_running() == 0, 30, every_s=0.1)
+        # the peer goes on: another job completes, and the cancelled one never gets a result
+        other = json.loads(run_mesh("submit", "--max-tokens", "4", "--json", "Hi", data_dir=p.data_dir).stdout)["id"]
+        r = run_mesh("result", other, "--wait", "--json", data_dir=p.data_dir, timeout=120)
+        assert json.loads(r.stdout)["state"] == "done", r.stdout
+        cancelled = job(job_id)
+        assert cancelled["state"] == "cancelled" and not cancelled.get("result_text") and cancelled["attempts"] == 1
+        # cancelling what has finished says so, and fails
+        r = run_mesh("cancel", other, data_dir=p.data_dir)
+        assert r.returncode == 1 and "already finished" in r.stderr and "done" in r.stderr
+        # an unknown id: the job store says so
+        r = run_mesh("cancel", "no-such-job", data_dir=p.data_dir)
+        assert r.returncode == 1 and "no job 'no-such-job'" in r.stderr
     finally:
         p.stop()
 

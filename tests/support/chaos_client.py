@@ -29,15 +29,15 @@ async def ask(i: int) -> None:
             client.aask(f"Name a fruit. ({i})", max_tokens=8, temperature=0, timeout_s=ASK_DEADLINE_S),
             ASK_DEADLINE_S + 10,  # past this the request hung: the peer broke its promise
         )
-        out({"ask": "ok", "s": round(time.monotonic() - t0, 2), "peer": answer.peer})
+        out({"ask": "ok", "s": round(time.monotonic() - t0, 2), "deadline_s": ASK_DEADLINE_S, "peer": answer.peer})
     except DeadlineExceeded as e:
-        out({"ask": "deadline", "s": round(time.monotonic() - t0, 2), "error": str(e)[:200]})
+        out({"ask": "deadline", "s": round(time.monotonic() - t0, 2), "deadline_s": ASK_DEADLINE_S, "error": str(e)[:200]})
     except MeshError as e:
-        out({"ask": "clear_error", "s": round(time.monotonic() - t0, 2), "error": f"{type(e).__name__}: {e}"[:200]})
+        out({"ask": "clear_error", "s": round(time.monotonic() - t0, 2), "deadline_s": ASK_DEADLINE_S, "error": f"{type(e).__name__}: {e}"[:200]})
     except TimeoutError:
-        out({"ask": "hang", "s": round(time.monotonic() - t0, 2)})
+        out({"ask": "hang", "s": round(time.monotonic() - t0, 2), "deadline_s": ASK_DEADLINE_S})
     except Exception as e:  # noqa: BLE001 - anything else is a defect the test reports
-        out({"ask": "unexpected", "s": round(time.monotonic() - t0, 2), "error": f"{type(e).__name__}: {e}"[:200]})
+        out({"ask": "unexpected", "s": round(time.monotonic() - t0, 2), "deadline_s": ASK_DEADLINE_S, "error": f"{type(e).__name__}: {e}"[:200]})
     finally:
         await client.aclose()
 
