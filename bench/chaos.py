@@ -72,7 +72,9 @@ def start_mesh(lab, root: Path, n: int, loss: float) -> list[Host]:
         h.start("--join-token", hosts[0].invite(), *faults(i))
     wait_until(lambda: all(len(h.states()) == n and set(h.states().values()) == {"alive"} for h in hosts),
                f"mesh of {n}", 90)
-    time.sleep(2)  # capabilities gossiped
+    # the entry peer routes on what gossip told it: wait until it sees every other peer's model
+    wait_until(lambda: all(m.get("meta", {}).get("models") for name, m in hosts[0].peers().items() if name != "h0")
+               and len(hosts[0].peers()) == n, "models gossiped to the entry peer", 60)
     return hosts
 
 
