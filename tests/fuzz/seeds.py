@@ -168,10 +168,57 @@ def corpus() -> Corpus:
     return c
 
 
+class CertifiedAuthority:
+    """The simulator's authority interface over the real thing: Ed25519 identities, this
+    mesh's certificates (signed by ``AUTHORITY``) as credentials, and records verified as
+    ``mesh.gossip.service.Membership`` does (the certificate against the authority, then
+    the owner's Ed25519 signature by the key the certificate names). Time is ``NOW``."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self._rng = rng
+        self._identities: dict[bytes, Identity] = {}
+        self._credentials: dict[bytes, bytes] = {}
+        self.verifier = CertificateVerifier(AUTHORITY.public_raw)
+
+    def new_identity(self) -> bytes:
+        ident = Identity(Ed25519PrivateKey.from_private_bytes(self._rng.randbytes(32)))
+        self._identities[ident.peer_id] = ident
+        self._credentials[ident.peer_id] = certificate(ident, name=f"p{len(self._identities)}",
+                                                       serial=len(self._identities) % 256)
+        return ident.peer_id
+
+    def credential(self, pid: bytes) -> bytes:
+        return self._credentials[pid]
+
+    def sign_for(self, pid: bytes):
+        return self._identities[pid].sign
+
+    def verify_record(self, record) -> bool:
+        from mesh.errors import MeshError
+        from mesh.identity.keys import load_public_raw, verify
+
+        try:
+            cert = self.verifier.verify(record.credential, now=NOW)
+        except MeshError:
+            return False
+        if cert.peer_id != record.peer_id:
+            return False
+        return verify(load_public_raw(cert.peer_public), record.signature, record.signed_payload())
+
+    def record(self, pid: bytes, *, name: str = "peer", addresses: tuple[str, ...] = ("tcp://10.0.0.1:7411",),
+               **fields):
+        from mesh.gossip.record import MemberRecord
+
+        return MemberRecord.create(peer_id=pid, name=name, addresses=addresses, credential=self._credentials[pid],
+                                   sign=self.sign_for(pid), **fields)
+
+
 def _gossip_traffic() -> tuple[list[bytes], list[bytes], SimNetwork]:
-    """Run a small simulated mesh (real ``Swim`` peers) and keep a varied sample of what
-    they sent: every message type, with and without news, including suspect and dead."""
+    """Run a small simulated mesh (real ``Swim`` peers, real certificates and Ed25519
+    signatures) and keep a varied sample of what they sent: every message type, with and
+    without news, including suspect and dead."""
     net = SimNetwork(seed=11, cfg=GossipConfig.for_tests(), loss=0.05)
+    net.authority = CertifiedAuthority(random.Random(12))  # real certificates and Ed25519, not the stand-in MAC
     sent: list[bytes] = []
     original = net._send
 

@@ -143,7 +143,7 @@ def _gossip_receiver_identity() -> bytes:
 
 
 def gossip_swim() -> Swim:
-    """A fresh ``Swim`` that verifies records with the simulated mesh's authority."""
+    """A fresh ``Swim`` that verifies records as a peer does: real certificates and Ed25519."""
     import random
 
     net = seeds.corpus().net
