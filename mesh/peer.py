@@ -57,15 +57,15 @@ from mesh.identity.keys import Identity, peer_id_text, public_raw
 from mesh.identity.membership import MeshMembership
 from mesh.identity.peerkeys import PeerKeys
 from mesh.identity.renewal import RENEW_METHOD
-from mesh.identity.renewal_service import Renewer, ask_authority, renew_meta, serve_renewal
+from mesh.identity.renewal_service import Renewer, renew_meta, serve_renewal
 from mesh.identity.revocation import RevocationList, load_revocations
 from mesh.identity.revocation_service import RevocationService
-from mesh.identity.rotation import ROTATE_METHOD, RotationJournal, accept_rotation, rotation_request
+from mesh.identity.rotation import ROTATE_METHOD, RotationJournal
 from mesh.identity.rotation_service import (
     ROTATE_LOCAL_METHOD,
+    certify_new_keys,
     install_rotation,
     resume_rotation,
-    rotate_here,
     serve_rotation,
 )
 from mesh.identity.transport import TransportKeys, derived_public, key_text
@@ -405,29 +405,11 @@ class Peer:
         if self._stopped:
             raise InvalidRequest("this peer is stopping")
         assert self.identity is not None and self.membership is not None
-        journal = RotationJournal.load(self.data.rotation_journal)
-        if journal is None or journal.old_public != self.identity.public_raw:
-            journal = RotationJournal.begin(self.identity.public_raw)
-            journal.save(self.data.rotation_journal)  # before asking: a crash retries with these keys
-        args = rotation_request(journal.identity, journal.transport.public, old_public=self.identity.public_raw,
-                                mesh_id=self.membership.mesh_id)
-        try:
-            if journal.certificate:  # answered before, but the switch did not happen: use that answer
-                reply = {"certificate": journal.certificate, "revocation": journal.revocation}
-            elif self.data.authority_key.exists():
-                reply = rotate_here(self.data, args, self.certificate, now=self._clock())
-            else:
-                reply = await ask_authority(self.membership_service, self.pool, ROTATE_METHOD, args,
-                                            rng=random.Random(), timeout_s=10.0)
-            cert, rev = accept_rotation(
-                reply, current=self.certificate, new_public=journal.identity.public_raw,
-                new_curve=journal.transport.public, authority_public_raw=self.membership.authority_public,
-                now=self._clock(), skew_s=self.config.cert_skew_s,
-            )
-        except MeshError as e:
-            raise MeshError(f"key rotation refused: {e}") from None
-        journal = journal.issued(cert, rev)
-        journal.save(self.data.rotation_journal)
+        journal, cert = await certify_new_keys(
+            self.data, identity=self.identity, membership=self.membership, certificate=self.certificate,
+            members=self.membership_service, pool=self.pool, now=self._clock(), skew_s=self.config.cert_skew_s,
+            rng=random.Random(),
+        )
         old = self.identity.peer_id_text
         self._rotation = asyncio.create_task(self._switch(journal), name="rotate-switch")
         return {

@@ -2,8 +2,10 @@
 
 The pure parts (request, proof, checks, the authority's log, the journal) are in
 ``mesh.identity.rotation``; the switch of a running peer from its old keys to its new
-ones is ``mesh.peer.Peer.rotate``. Here:
+ones (rebuilding the peer's wiring) is ``mesh.peer.Peer.rotate``. Here:
 
+* ``certify_new_keys``: the first half of ``mesh rotate``: new keys journalled, the
+  authority's certificate for them (and the old key's revocation) obtained and checked.
 * ``serve_rotation``: method ``mesh.rotate`` where the authority key is. The caller is
   authenticated by the certificate beside its frame (valid, of this mesh, not revoked);
   the rotation is recorded in ``rotations.json`` before the answer leaves.
@@ -26,11 +28,55 @@ from mesh.identity.certificate import Certificate
 from mesh.identity.credentials import CertificateVerifier
 from mesh.identity.files import write_atomic
 from mesh.identity.membership import MeshMembership
-from mesh.identity.rotation import RotationJournal, RotationLog, handle_rotate
+from mesh.identity.renewal_service import ask_authority
+from mesh.identity.rotation import (
+    ROTATE_METHOD,
+    RotationJournal,
+    RotationLog,
+    accept_rotation,
+    handle_rotate,
+    rotation_request,
+)
 from mesh.paths import DataDir
 from mesh.rpc.server import CallContext, Method, unary
 
 log = logging.getLogger("mesh.identity.rotation_service")
+
+
+async def certify_new_keys(
+    data: DataDir, *, identity, membership: MeshMembership, certificate: Certificate, members, pool,
+    now: float, skew_s: float, rng,
+) -> tuple[RotationJournal, Certificate]:
+    """New keys for this peer, certified. They are journalled in ``rotation.json`` before
+    anything leaves (a crash retries with the same keys); the authority (this data dir's
+    key, or a live member holding it) certifies them under this peer's name as its
+    successor and hands back the old key's revocation; the answer is checked and
+    journalled. A journal whose answer came but whose switch never ran is used as is (the
+    authority would refuse fresh keys for the same old key). Returns the journal and the
+    new certificate; ``MeshError`` when refused."""
+    journal = RotationJournal.load(data.rotation_journal)
+    if journal is None or journal.old_public != identity.public_raw:
+        journal = RotationJournal.begin(identity.public_raw)
+        journal.save(data.rotation_journal)  # before asking: a crash retries with these keys
+    args = rotation_request(journal.identity, journal.transport.public, old_public=identity.public_raw,
+                            mesh_id=membership.mesh_id)
+    try:
+        if journal.certificate:  # answered before, but the switch did not happen: use that answer
+            reply = {"certificate": journal.certificate, "revocation": journal.revocation}
+        elif data.authority_key.exists():
+            reply = rotate_here(data, args, certificate, now=now)
+        else:
+            reply = await ask_authority(members, pool, ROTATE_METHOD, args, rng=rng, timeout_s=10.0)
+        cert, rev = accept_rotation(
+            reply, current=certificate, new_public=journal.identity.public_raw,
+            new_curve=journal.transport.public, authority_public_raw=membership.authority_public,
+            now=now, skew_s=skew_s,
+        )
+    except MeshError as e:
+        raise MeshError(f"key rotation refused: {e}") from None
+    journal = journal.issued(cert, rev)
+    journal.save(data.rotation_journal)
+    return journal, cert
 
 ROTATE_LOCAL_METHOD = "peer.rotate"  # unary, local callers only (the mesh CLI): start rotating this peer's keys
 
