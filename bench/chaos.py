@@ -25,7 +25,6 @@ Prints a report, then one line of JSON with the figures.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import random
 import re
@@ -52,16 +51,6 @@ FAULTS_THAT_MAY_REPEAT_A_JOB = {"kill", "link", "rotate", "rotate_failed"}  # no
 
 def say(msg: str) -> None:
     print(msg, flush=True)
-
-
-def _day_s(stamp: str) -> float:
-    h, m, s = stamp.split(":")
-    return int(h) * 3600 + int(m) * 60 + float(s)
-
-
-def _local_day_s(t: float) -> float:
-    d = datetime.datetime.fromtimestamp(t)
-    return d.hour * 3600 + d.minute * 60 + d.second + d.microsecond / 1e6
 
 
 def start_mesh(lab, root: Path, n: int, loss: float) -> list[Host]:
@@ -114,7 +103,7 @@ def false_deaths(hosts: list[Host], events: list) -> list[dict]:
     """Deaths declared of a host within a stall of it (or 2 s after) that nothing else explains."""
     out = []
     for ev in (e for e in events if e["kind"] == "stall"):
-        lo, hi = _local_day_s(ev["t0"]), _local_day_s(ev["t1"]) + 2.0
+        lo, hi = joblog.local_day_s(ev["t0"]), joblog.local_day_s(ev["t1"]) + 2.0
         others = [e for e in events if e is not ev and e["host"] == ev["host"] and
                   e["t0"] - 10 <= ev["t0"] <= e["t1"] + 10]  # a kill or cut nearby explains a death
         if others:
@@ -124,7 +113,7 @@ def false_deaths(hosts: list[Host], events: list) -> list[dict]:
                 continue
             for line in h.log.read_text(errors="replace").splitlines():
                 m = DEAD.match(line)
-                if m and m.group(2) == ev["host"] and lo <= _day_s(m.group(1)) <= hi:
+                if m and m.group(2) == ev["host"] and lo <= joblog.day_s(m.group(1)) <= hi:
                     out.append({"host": ev["host"], "by": h.name, "at": m.group(1)})
     return out
 

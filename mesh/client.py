@@ -58,9 +58,6 @@ from mesh.rpc.zap import CurveClient
 # unavailable; under the README's "fails its calls within 5 s", with room for the call
 CONNECT_TIMEOUT_S = 4.0
 
-_HOW_TO_START = HOW_TO_START
-
-
 class AnswerStream:
     """Async iterator over an answer's text pieces; ``answer`` is set when it ends.
 
@@ -197,7 +194,7 @@ class Client:
         try:
             identity = Identity.load(self.data.client_key)
         except IdentityError as e:
-            raise PeerUnavailable(f"{e}; a peer creates the client key on its first start; {_HOW_TO_START}") from None
+            raise PeerUnavailable(f"{e}; a peer creates the client key on its first start; {HOW_TO_START}") from None
         codec = FrameCodec(identity, StaticKeys([addr.public_raw]), config=self.rpc_config)
         ctx = zmq.asyncio.Context()
         curve = CurveClient(TransportKeys.derived_from(identity), addr.transport_public)

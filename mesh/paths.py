@@ -105,6 +105,21 @@ def resolve_data_dir(explicit: str | os.PathLike | None = None) -> DataDir:
     return DataDir(Path(platformdirs.user_data_dir("mesh", appauthor=False)))
 
 
+def _write_temp(path: Path, data: bytes, mode: int) -> str:
+    """``data`` in a new, uniquely named temp file beside ``path`` (mode ``mode``), fsynced."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
+
+
 def write_atomic(path: Path, data: bytes, *, mode: int = 0o600, make_parents: bool = True) -> None:
     """Replace ``path`` with ``data`` whole: a uniquely named temp file in the same folder
     (mode ``mode``), fsynced, renamed over the target (``os.replace`` is atomic on POSIX).
@@ -113,13 +128,8 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o600, make_parents: bo
     missing folder is an error (a cache beside files that must already be there)."""
     if make_parents:
         path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = _write_temp(path, data, mode)
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -131,17 +141,11 @@ def write_exclusive(path: Path, data: bytes, *, mode: int = 0o600) -> bool:
     created it: then it is left alone and False is returned). Written whole, like
     ``write_atomic``: the file appears complete or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = _write_temp(path, data, mode)
     try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)  # fails if the target exists: never overwrites
-        except FileExistsError:
-            return False
-        return True
+        os.link(tmp, path)  # fails if the target exists: never overwrites
+    except FileExistsError:
+        return False
     finally:
         Path(tmp).unlink(missing_ok=True)
+    return True

@@ -341,11 +341,10 @@ class EngineBackend:
     # -- the reader thread: frames from one engine process
 
     def _read(self, engine: _Engine) -> None:
-        channel_buf = _SocketReader(engine.sock)
         try:
             while True:
                 try:
-                    msg = channel_buf.frame()
+                    msg = wire.recv_frame(engine.sock)
                 except wire.EngineProtocolError as e:
                     log.error("engine: %s; stopping it", e)
                     engine.proc.kill()
@@ -491,7 +490,7 @@ class EngineBackend:
             proc = subprocess.Popen(
                 [self._python, "-m", "mesh.inference.engine_main", "--fd", str(child.fileno()), *self._args],
                 pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT, env=self._env, start_new_session=False,
+                stderr=subprocess.STDOUT, env=self._env,
             )
         except OSError as e:
             log.error("engine: could not start %s: %s", self._python, e)
@@ -535,29 +534,3 @@ class EngineBackend:
             self.output_tail.append(text)
             log.debug("engine[%s]: %s", proc.pid, text)
         proc.stdout.close()
-
-
-class _SocketReader:
-    """Frames from a blocking socket (None at end of file)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-
-    def frame(self) -> dict | None:
-        header = self._exactly(wire.LEN_BYTES)
-        if header is None:
-            return None
-        body = self._exactly(wire.frame_length(header))
-        return None if body is None else wire.decode(body)
-
-    def _exactly(self, n: int) -> bytes | None:
-        buf = bytearray()
-        while len(buf) < n:
-            try:
-                chunk = self._sock.recv(n - len(buf))
-            except OSError:
-                return None
-            if not chunk:
-                return None
-            buf += chunk
-        return bytes(buf)

@@ -59,22 +59,7 @@ class Channel:
 
     def recv(self) -> dict | None:
         """The next frame, or None at end of file."""
-        header = self._exactly(wire.LEN_BYTES)
-        if header is None:
-            return None
-        body = self._exactly(wire.frame_length(header))
-        if body is None:
-            return None
-        return wire.decode(body)
-
-    def _exactly(self, n: int) -> bytes | None:
-        buf = bytearray()
-        while len(buf) < n:
-            chunk = self._sock.recv(n - len(buf))
-            if not chunk:
-                return None
-            buf += chunk
-        return bytes(buf)
+        return wire.recv_frame(self._sock)
 
 
 class TextBatcher:

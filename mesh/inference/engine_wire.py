@@ -58,6 +58,29 @@ def frame_length(header: bytes) -> int:
     return n
 
 
+def recv_frame(sock) -> dict[str, Any] | None:
+    """The next frame from a blocking socket; None at end of file (or a socket error:
+    the other side is gone either way). ``EngineProtocolError`` for a bad frame."""
+    header = _recv_exactly(sock, LEN_BYTES)
+    if header is None:
+        return None
+    body = _recv_exactly(sock, frame_length(header))
+    return None if body is None else decode(body)
+
+
+def _recv_exactly(sock, n: int) -> bytes | None:
+    buf = bytearray()
+    while len(buf) < n:
+        try:
+            chunk = sock.recv(n - len(buf))
+        except OSError:
+            return None
+        if not chunk:
+            return None
+        buf += chunk
+    return bytes(buf)
+
+
 def decode(body: bytes) -> dict[str, Any]:
     try:
         msg = msgpack.unpackb(
