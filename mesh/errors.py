@@ -29,7 +29,7 @@ subclasses::
                                (``unknown_method``, ``unauthenticated``, ``internal``, or a
                                code from a newer peer); ``code`` + message
 
-Subclasses defined next to the code that raises them (``GossipError``, ``DiscoveryError``,
+Subclasses defined next to the code that raises them (``GossipError``, ``BadMeta``, ``DiscoveryError``,
 ``GenerationError``'s ``EngineProtocolError``, ``BackendUnavailable``, ``BackendAuthError``)
 stay under these.
 

@@ -32,6 +32,7 @@ import os
 import random
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from mesh.discovery.netaddr import advertise_endpoints
 from mesh.discovery.seeds import RememberedPeers, split_seed_text
 from mesh.errors import CertificateError, ConfigError, InvalidRequest, MeshError
 from mesh.gossip.service import Membership
+from mesh.gossip.view import PeerMeta
 from mesh.http.metrics import PeerMetrics, entered
 from mesh.identity.bootstrap import (
     initial_keybook,
@@ -57,7 +59,7 @@ from mesh.identity.keys import Identity, peer_id_text, public_raw
 from mesh.identity.membership import MeshMembership
 from mesh.identity.peerkeys import PeerKeys
 from mesh.identity.renewal import RENEW_METHOD
-from mesh.identity.renewal_service import Renewer, renew_meta, serve_renewal
+from mesh.identity.renewal_service import Renewer, holds_authority, serve_renewal
 from mesh.identity.revocation import RevocationList, load_revocations
 from mesh.identity.revocation_service import RevocationService
 from mesh.identity.rotation import ROTATE_METHOD, RotationJournal
@@ -78,7 +80,7 @@ from mesh.jobs.sync import JobSync
 from mesh.paths import DataDir
 from mesh.peerfile import PeerAddress, remove_peer_file, write_peer_file
 from mesh.routing.router import Router
-from mesh.routing.successors import ROTATING_META_KEY, Successors
+from mesh.routing.successors import Successors
 from mesh.rpc.codec import FrameCodec
 from mesh.rpc.faults import FaultInjector
 from mesh.rpc.pool import PeerPool
@@ -292,7 +294,7 @@ class Peer:
         self.membership_service = Membership(
             identity=self.identity, name=self.config.name, certificate=self.membership.certificate,
             addresses=self.advertise, verifier=verifier, codec=codec, ctx=self._ctx, cfg=self.config.gossip,
-            meta=lambda: {**capabilities.snapshot(self.backend), **renew_meta(self.data)},
+            meta=self._own_meta,
             remembered=remembered, clock=self._clock,
             faults=FaultInjector(self.config.faults) if self.config.faults and self.config.faults.active else None,
             transport=self.transport, keybook=self.keybook, successor=self.successors.current,
@@ -355,7 +357,7 @@ class Peer:
             await self._start_mdns(port)
 
     async def _stop_stack(
-        self, grace: float, *, drain_jobs_s: float = 0.0, close_pool: bool = True, leave_meta: dict | None = None,
+        self, grace: float, *, drain_jobs_s: float = 0.0, close_pool: bool = True, leave_meta: PeerMeta | None = None,
     ) -> None:
         """Stop what ``_start_stack`` started, in order: the job runner (a job in flight
         gets ``drain_jobs_s`` to finish, then goes back to the queue) and job sync, mDNS,
@@ -440,7 +442,7 @@ class Peer:
                 await self.job_runner.stop(drain_s=grace)
             left_at = time.monotonic()
             # the last record under the old id says "left, rotating": routers wait for the new id
-            leave_meta = {**(self.membership_service.swim.own_record.meta or {}), ROTATING_META_KEY: True}
+            leave_meta = replace(self._own_meta(), rotating=True)
             await self._stop_stack(grace, close_pool=False, leave_meta=leave_meta)
             self.identity, self.transport = journal.identity, journal.transport
             self.certificate = self.membership.verify(peer_public_raw=self.identity.public_raw, now=self._clock())
@@ -515,6 +517,10 @@ class Peer:
         except MeshError as e:  # mDNS is a convenience: --join still works without it
             log.warning("mDNS discovery unavailable (%s); reach other peers with --join HOST:PORT", e)
             self.discovery = None
+
+    def _own_meta(self) -> PeerMeta:
+        """What this peer gossips about itself (refreshed about once a second)."""
+        return capabilities.snapshot(self.backend, renew=holds_authority(self.data))
 
     def _write_peer_file(self) -> None:
         assert self.identity is not None

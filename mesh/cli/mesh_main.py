@@ -331,13 +331,13 @@ def _members(args: argparse.Namespace) -> tuple[dict, dict, str]:
 
 
 def cmd_peers(args: argparse.Namespace) -> int:
-    from mesh.cli.render import peers_table
+    from mesh.cli.render import members_of, peers_table
 
     members, _, _ = _members(args)
     if args.json:
         print(json.dumps(members["members"], indent=2, default=str))
     else:
-        print(peers_table(members["members"]))
+        print(peers_table(members_of(members)))
     return EXIT_OK
 
 

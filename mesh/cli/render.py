@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from mesh.api import Answer
+from mesh.gossip.view import BadMeta, MemberView
 
 
 def short_id(peer_id: str) -> str:
@@ -120,22 +121,23 @@ def _ago(seconds: float | None) -> str:
     return f"{seconds / 3600:.0f}h ago"
 
 
-def _hardware(hw: dict) -> str:
-    parts = [f"{hw.get('cpu_count', '?')} cpu", f"{hw.get('ram_total_mb', 0) / 1024:.0f}G ram"]
-    if hw.get("gpu"):
-        parts.append(str(hw["gpu"]))
-    if hw.get("on_battery"):
+def _hardware(m: MemberView) -> str:
+    if m.meta is None:
+        return "-"
+    hw = m.meta.hw
+    parts = [f"{hw.cpu_count or '?'} cpu", f"{(hw.ram_total_mb or 0) / 1024:.0f}G ram"]
+    if hw.gpu:
+        parts.append(hw.gpu)
+    if hw.on_battery:
         parts.append("battery")
     return ", ".join(parts)
 
 
-def _models(models: list) -> str:
-    return ", ".join(f"{m.get('name')}" for m in models if isinstance(m, dict)) or "-"
-
-
-def _load(load: dict, models: list) -> str:
-    tps = max((m.get("tokens_per_s", 0) for m in models if isinstance(m, dict)), default=0)
-    return f"{load.get('running', 0)} active, {load.get('waiting', 0)} queued, {tps:.0f} tok/s"
+def _load(m: MemberView) -> str:
+    if m.meta is None:
+        return f"- ({m.meta_problem})" if m.meta_problem else "-"
+    tps = max((x.tokens_per_s for x in m.models), default=0)
+    return f"{m.meta.load.running} active, {m.meta.load.waiting} queued, {tps:.0f} tok/s"
 
 
 def grid(headers: list[str], rows: list[list[str]]) -> str:
@@ -144,51 +146,50 @@ def grid(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
-def peers_table(members: list[dict]) -> str:
+def peers_table(members: list[MemberView]) -> str:
     order = {"alive": 0, "suspect": 1, "left": 2, "dead": 3}
     rows = []
-    for m in sorted(members, key=lambda m: (order.get(m.get("state"), 9), m.get("name", ""), m.get("peer_id", ""))):
-        meta = m.get("meta") or {}
-        addrs = m.get("addresses") or []
+    for m in sorted(members, key=lambda m: (order.get(m.state, 9), m.name, m.peer_id)):
         rows.append([
-            str(m.get("name") or "-") + (" (this peer)" if m.get("self") else ""),
-            short_id(str(m.get("peer_id", ""))),
-            addrs[0].removeprefix("tcp://") if addrs else "-",
+            m.name + (" (this peer)" if m.is_self else ""),
+            short_id(m.peer_id),
+            m.address.removeprefix("tcp://") if m.address else "-",
             _state(m),
-            _models(meta.get("models") or []),
-            _hardware(meta.get("hw") or {}),
-            _load(meta.get("load") or {}, meta.get("models") or []),
-            _ago(m.get("last_heard_s")),
+            ", ".join(m.meta.model_names()) if m.meta is not None and m.models else "-",
+            _hardware(m),
+            _load(m),
+            _ago(m.last_heard_s),
         ])
     return grid(["NAME", "PEER", "ADDRESS", "STATE", "MODELS", "HARDWARE", "LOAD", "LAST HEARD"], rows)
 
 
-def _state(m: dict) -> str:
-    if m.get("replaced_by"):
-        return f"rotated -> {short_id(str(m['replaced_by']))}"
-    if m.get("revoked"):
+def _state(m: MemberView) -> str:
+    if m.replaced_by:
+        return f"rotated -> {short_id(m.replaced_by)}"
+    if m.revoked:
         return "revoked"
-    engine = (m.get("meta") or {}).get("engine") if isinstance(m.get("meta"), dict) else None
-    state = str(m.get("state", "?"))
-    if isinstance(engine, dict) and engine.get("state") not in (None, "ready") and state == "alive":
-        state += f", engine {engine.get('state')}"
+    engine = m.meta.engine if m.meta is not None else None
+    state = m.state
+    if engine is not None and engine.state != "ready" and state == "alive":
+        state += f", engine {engine.state}"
     return state
 
 
 def status_screen(info: dict, members: dict, *, endpoint: str) -> str:
-    views = members.get("members", [])
-    me = next((m for m in views if m.get("self")), {})
+    """``members``: a peer's ``members`` answer (views read with ``MemberView.from_wire``)."""
+    views = members_of(members)
+    me = next((m for m in views if m.is_self), None)
     counts: dict[str, int] = {}
     for m in views:
-        counts[m.get("state", "?")] = counts.get(m.get("state", "?"), 0) + 1
+        counts[m.state] = counts.get(m.state, 0) + 1
     stats = members.get("stats", {})
     head = info_table(info, endpoint=endpoint)
     rows = [
-        ("name", str(info.get("name") or me.get("name") or "-")),
+        ("name", str(info.get("name") or (me.name if me else "-"))),
         ("mesh", str(info.get("mesh") or "-")),
-        ("join here with", _join_line(me.get("addresses") or [], info.get("transport_key"))),
+        ("join here with", _join_line(list(me.addresses) if me else [], info.get("transport_key"))),
         ("certificate", _certificate(info.get("certificate"))),
-        ("incarnation", str(me.get("incarnation", "-"))),
+        ("incarnation", str(me.incarnation) if me else "-"),
         ("members", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "just this peer"),
         ("jobs", ", ".join(f"{n} {s}" for s, n in sorted((info.get("jobs") or {}).items()) if n) or "none"),
         ("waiting to sync", _sync(info.get("sync"))),
@@ -196,6 +197,17 @@ def status_screen(info: dict, members: dict, *, endpoint: str) -> str:
                    f"{sum((stats.get('sent') or {}).values())} out, {members.get('rejected_records', 0)} records refused"),
     ]
     return head + "\n" + table(rows) + "\n\n" + peers_table(views)
+
+
+def members_of(answer: dict) -> list[MemberView]:
+    """The views in a peer's ``members`` answer; a malformed entry is shown as such, not a crash."""
+    out = []
+    for i, d in enumerate(answer.get("members") or [] if isinstance(answer, dict) else []):
+        try:
+            out.append(MemberView.from_wire(d))
+        except BadMeta as e:
+            out.append(MemberView(peer_id=f"?{i}", name=f"(unreadable entry: {e})", state="?"))
+    return out
 
 
 def _join_line(addresses: list, transport_key: str | None) -> str:

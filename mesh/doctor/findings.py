@@ -309,7 +309,7 @@ def _multicast(obs: Observations) -> list[Finding]:
         return []
     heard = {s.peer_id for s in obs.sightings}
     local_nets = [i.network for i in obs.local.interfaces if not _is_loopback(i.address)]
-    member_alive = {m.get("peer_id") for m in obs.members if m.get("state") == "alive"}
+    member_alive = {m.peer_id for m in obs.members if m.state == "alive"}
     out = []
     done: set[str] = set()
     for p in obs.probes:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mesh.discovery.hints import DropReason, hint_from_record
+from mesh.gossip.view import MemberView
 
 MAX_SIGHTINGS = 64  # mDNS records kept from one browse; more are counted, not kept
 MAX_TARGETS = 32  # addresses probed in one run
@@ -136,7 +137,7 @@ class Observations:
     sightings: tuple[Sighting, ...] = ()
     probes: tuple[Probe, ...] = ()
     dropped_records: Mapping[str, int] = field(default_factory=dict)  # malformed mDNS records, by reason
-    members: tuple[dict[str, Any], ...] = ()  # the running peer's member view (other peers only)
+    members: tuple[MemberView, ...] = ()  # the running peer's member view (other peers only)
     engine: "EngineView | None" = None  # this machine's CPU and engine build, and the running peer's engine
 
 

@@ -50,6 +50,7 @@ from mesh.doctor.model import (
     sighting_from_record,
 )
 from mesh.errors import CertificateError, ConfigError, DeadlineExceeded, IdentityError, MeshError, RpcError
+from mesh.gossip.view import BadMeta, MemberView
 from mesh.identity.certificate import Certificate, mesh_id_for, mesh_id_text
 from mesh.identity.keys import Identity, load_public_raw, peer_id_from_public
 from mesh.identity.membership import MeshMembership
@@ -139,7 +140,7 @@ async def _local_engine(data: DataDir, timeout_s: float, running: bool) -> Engin
     return EngineView(cpu=cpu_summary(), variants=variants, peer=peer)
 
 
-async def _local_members(data: DataDir, timeout_s: float) -> tuple[list[dict[str, Any]], str | None]:
+async def _local_members(data: DataDir, timeout_s: float) -> tuple[list[MemberView], str | None]:
     """The running peer's member view (``members`` RPC), or why it could not be read."""
     from mesh.client import Client
 
@@ -153,7 +154,13 @@ async def _local_members(data: DataDir, timeout_s: float) -> tuple[list[dict[str
     members = doc.get("members") if isinstance(doc, dict) else None
     if not isinstance(members, list):
         return [], "the local peer's member list is malformed"
-    return [m for m in members[:256] if isinstance(m, dict)], None
+    out = []
+    for m in members[:256]:
+        try:
+            out.append(MemberView.from_wire(m))
+        except BadMeta:
+            continue  # one malformed entry does not hide the others
+    return out, None
 
 
 # -- mDNS ------------------------------------------------------------------------------
@@ -364,7 +371,7 @@ def _printable(text: str) -> str:
 
 
 def _targets(
-    joins: Sequence[str], local: _Local, data: DataDir, members: list[dict[str, Any]], sightings: list[Sighting],
+    joins: Sequence[str], local: _Local, data: DataDir, members: list[MemberView], sightings: list[Sighting],
     own_addresses: set[str],
 ) -> tuple[list[Target], list[str]]:
     found: list[Target] = []
@@ -380,19 +387,17 @@ def _targets(
             except (ConfigError, IdentityError):
                 continue
     for m in members:
-        peer_id, name, addrs = m.get("peer_id"), m.get("name"), m.get("addresses")
-        if m.get("self") or not (isinstance(peer_id, str) and is_peer_id(peer_id)) or not isinstance(addrs, list):
+        if m.is_self or not is_peer_id(m.peer_id):
             continue
         key = None
-        if isinstance(m.get("transport"), str):
+        if m.transport is not None:
             try:
-                key = key_from_text(m["transport"])
+                key = key_from_text(m.transport)
             except IdentityError:
                 key = None
-        for a in addrs[:2]:
+        for a in m.addresses[:2]:
             try:
-                found.append(Target(parse_seed(str(a)), ("members",), peer_id, str(name)[:64] if name else None,
-                                    transport_key=key))
+                found.append(Target(parse_seed(a), ("members",), m.peer_id, m.name[:64], transport_key=key))
             except ConfigError:
                 continue
     try:
@@ -447,14 +452,14 @@ async def _observe(
     local = _read_local(data)
     problems = list(local.problems)
     browse = asyncio.create_task(browse_mdns(wait_s))
-    members: list[dict[str, Any]] = []
+    members: list[MemberView] = []
     if local.peer is not None:
         members, why = await _local_members(data, timeout_s)
         if why:
             problems.append(why)
     sightings, dropped, mdns_error = await browse
     own_id = local.identity.peer_id_text if local.identity else None
-    others = [m for m in members if not m.get("self")]
+    others = [m for m in members if not m.is_self]
     advertise = tuple(local.peer.advertise) if local.peer is not None else ()
     interfaces = local_interfaces()
     own_addresses = set(advertise)

@@ -4,7 +4,7 @@ Modules, one noun each:
 
 * ``config``     ``GossipConfig`` with ``lan()`` and ``for_tests()`` presets
 * ``record``     ``MemberRecord``: the owner-signed description of a member, and its codec
-* ``member``     ``Status``, the table entry ``Member``, the read-only ``MemberView``
+* ``member``     ``Status``, the table entry ``Member``, the read-only ``MemberSnapshot``
 * ``merge``      the merge rules (pure functions)
 * ``timing``     SWIM/Lifeguard/memberlist formulas and local health (``Awareness``)
 * ``suspicion``  one Lifeguard suspicion timer
@@ -17,10 +17,14 @@ Modules, one noun each:
 * ``effects``    ``Send``, ``MemberChanged``, ``MemberUpdated``
 * ``swim``       ``Swim``: the state machine the shell drives; own record, refutation, join, leave
 * ``stats``      counters; ``errors``: ``GossipError`` / ``GossipReason``
+* ``view``       the typed seam to the rest of the peer: ``PeerMeta`` (what a member says
+                 about itself, checked field by field) and ``MemberView`` (one member as
+                 this peer sees it), each with ``to_wire`` / ``from_wire``
 
 The shell: ``service`` (``Membership``) runs one ``Swim`` for a live peer: it sends its
 effects over the RPC server, feeds it received messages and timer ticks, admits
-discovery hints, and gives the rest of the peer its view of the members.
+discovery hints, and gives the rest of the peer its view of the members
+(``Membership.view()``: a list of ``MemberView``).
 
 ``mesh.testing.network`` runs many ``Swim`` instances over a simulated lossy network.
 """
@@ -28,11 +32,15 @@ discovery hints, and gives the rest of the peer its view of the members.
 from mesh.gossip.config import GossipConfig
 from mesh.gossip.effects import Effect, MemberChanged, MemberUpdated, Send
 from mesh.gossip.errors import GossipError, GossipReason
-from mesh.gossip.member import MemberView, Status
+from mesh.gossip.member import MemberSnapshot, Status
 from mesh.gossip.record import MemberRecord
 from mesh.gossip.swim import Swim
+from mesh.gossip.view import BadMeta, MemberView, PeerMeta
 
 __all__ = [
+    "BadMeta",
+    "MemberView",
+    "PeerMeta",
     "Effect",
     "GossipConfig",
     "GossipError",
@@ -40,7 +48,7 @@ __all__ = [
     "MemberChanged",
     "MemberRecord",
     "MemberUpdated",
-    "MemberView",
+    "MemberSnapshot",
     "Send",
     "Status",
     "Swim",

@@ -1,7 +1,7 @@
 """What this peer believes about one member: the table entry and the view handed out.
 
 ``Member`` is the frozen table entry the merge rules (``mesh.gossip.merge``) take and
-return. ``MemberView`` is the read-only snapshot ``Swim.members()`` gives the shell,
+return. ``MemberSnapshot`` is the read-only snapshot ``Swim.members()`` gives the shell,
 the router and the CLI.
 """
 
@@ -47,7 +47,7 @@ class Member:
 
 
 @dataclass(frozen=True)
-class MemberView:
+class MemberSnapshot:
     peer_id: bytes
     name: str
     status: Status
@@ -61,7 +61,7 @@ class MemberView:
     is_self: bool = False
 
     @classmethod
-    def of(cls, m: Member, *, last_heard: float | None, is_self: bool = False) -> MemberView:
+    def of(cls, m: Member, *, last_heard: float | None, is_self: bool = False) -> MemberSnapshot:
         r = m.record
         return cls(
             peer_id=r.peer_id,

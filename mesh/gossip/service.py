@@ -21,7 +21,6 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Any
 
 import zmq.asyncio
 
@@ -32,6 +31,7 @@ from mesh.gossip.config import GossipConfig
 from mesh.gossip.effects import MemberChanged, Send
 from mesh.gossip.record import MemberRecord
 from mesh.gossip.swim import Swim
+from mesh.gossip.view import MemberView, PeerMeta, read_meta
 from mesh.identity.credentials import CertificateVerifier
 from mesh.identity.keys import Identity, load_public_raw, peer_id_text, verify
 from mesh.identity.transport import TransportKeys, key_text
@@ -62,7 +62,7 @@ class Membership:
         codec: FrameCodec,
         ctx: zmq.asyncio.Context,
         cfg: GossipConfig,
-        meta: Callable[[], dict[str, Any]],
+        meta: Callable[[], PeerMeta],
         remembered: RememberedPeers | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
@@ -87,7 +87,7 @@ class Membership:
         self.remembered = remembered
         now = clock()
         own = MemberRecord.create(
-            peer_id=identity.peer_id, name=name, addresses=tuple(addresses), meta=meta(),
+            peer_id=identity.peer_id, name=name, addresses=tuple(addresses), meta=meta().to_wire(),
             credential=certificate, sign=identity.sign,
         )
         self.swim = Swim(
@@ -131,11 +131,11 @@ class Membership:
             asyncio.create_task(self._meta_loop(), name="gossip-meta"),
         ]
 
-    async def stop(self, *, announce_leave: bool = True, leave_meta: dict | None = None) -> None:
+    async def stop(self, *, announce_leave: bool = True, leave_meta: PeerMeta | None = None) -> None:
         """Stop gossiping; first tell the mesh this peer left (with ``leave_meta`` in its
         last record when given)."""
         if announce_leave and not self.swim.left:
-            self._apply(self.swim.leave(self._clock(), meta=leave_meta))
+            self._apply(self.swim.leave(self._clock(), meta=leave_meta.to_wire() if leave_meta else None))
             await asyncio.sleep(0.2)  # let the "left" news leave the sockets
         for task in self._tasks:
             await cancel_and_wait(task)
@@ -168,29 +168,30 @@ class Membership:
         """Measured round trips to members (seconds), by peer id text."""
         return {peer_id_text(pid): rtt for pid, rtt in self.swim.rtts.items()}
 
-    def view(self) -> list[dict[str, Any]]:
+    def view(self) -> list[MemberView]:
+        """Every member as this peer sees it now (itself first), metas parsed and checked."""
         now = self._clock()
         out = []
         for m in self.swim.members():
-            out.append({
-                "peer_id": peer_id_text(m.peer_id),
-                "name": m.name,
-                "state": m.status.value,
-                "incarnation": m.incarnation,
-                "addresses": list(m.addresses),
-                "meta": m.meta,
-                "self": m.is_self,
-                "last_heard_s": None if m.last_heard is None else max(0.0, now - m.last_heard),
-                "since_s": max(0.0, now - m.since),
-            })
-            key = self._certified_key(m.peer_id)
-            if key is not None:  # its certificate's CurveZMQ key: what a caller must dial it with
-                out[-1]["transport"] = key_text(key)
-            if m.peer_id in self.revoked:
-                out[-1]["revoked"] = True
-            now_id = self.successor(out[-1]["peer_id"]) if self.successor is not None else None
-            if now_id and now_id != out[-1]["peer_id"]:
-                out[-1]["replaced_by"] = now_id  # it rotated its keys (mesh rotate): this is its id now
+            peer_id = peer_id_text(m.peer_id)
+            meta, problem = read_meta(m.meta)
+            key = self._certified_key(m.peer_id)  # its certificate's CurveZMQ key: what a caller must dial
+            now_id = self.successor(peer_id) if self.successor is not None else None
+            out.append(MemberView(
+                peer_id=peer_id,
+                name=m.name,
+                state=m.status.value,
+                incarnation=m.incarnation,
+                addresses=tuple(m.addresses),
+                meta=meta,
+                meta_problem=problem,
+                is_self=m.is_self,
+                last_heard_s=None if m.last_heard is None else max(0.0, now - m.last_heard),
+                since_s=max(0.0, now - m.since),
+                transport=key_text(key) if key is not None else None,
+                revoked=m.peer_id in self.revoked,
+                replaced_by=now_id if now_id and now_id != peer_id else None,  # it rotated its keys (mesh rotate)
+            ))
         return out
 
     # -- inbound ------------------------------------------------------------------------
@@ -208,7 +209,7 @@ class Membership:
     async def _on_members(self, args: dict, ctx: CallContext) -> dict:
         faults = {"dropped": self.faults.dropped, "passed": self.faults.passed} if self.faults else None
         return {
-            "members": self.view(), "stats": self.swim.stats.snapshot(), "rejected_records": self.rejected_records,
+            "members": [m.to_wire() for m in self.view()], "stats": self.swim.stats.snapshot(), "rejected_records": self.rejected_records,
             "faults": faults,
         }
 
@@ -299,7 +300,7 @@ class Membership:
         last_remember = self._clock()
         while True:
             await asyncio.sleep(self.cfg.probe_interval_s)
-            self._apply(self.swim.update_own_meta(self._meta(), self._clock()))
+            self._apply(self.swim.update_own_meta(self._meta().to_wire(), self._clock()))
             if self._clock() - last_remember >= REMEMBER_EVERY_S:
                 last_remember = self._clock()
                 self._remember()

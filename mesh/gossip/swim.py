@@ -49,7 +49,7 @@ from mesh.gossip import sync
 from mesh.gossip.config import GossipConfig
 from mesh.gossip.effects import Effect, Send
 from mesh.gossip.errors import GossipError, GossipReason
-from mesh.gossip.member import Member, MemberView, Status
+from mesh.gossip.member import Member, MemberSnapshot, Status
 from mesh.gossip.probe import Prober
 from mesh.gossip.record import MemberRecord, RecordCache, Sign
 from mesh.gossip.state import MemberState
@@ -149,19 +149,19 @@ class Swim:
         """Smoothed round trip (seconds) of direct probes, per member probed so far."""
         return dict(self._prober.rtts)
 
-    def members(self) -> list[MemberView]:
+    def members(self) -> list[MemberSnapshot]:
         """Every member in the table, this peer first, then by peer id."""
-        views = [MemberView.of(self._self_member(), last_heard=None, is_self=True)]
+        views = [MemberSnapshot.of(self._self_member(), last_heard=None, is_self=True)]
         heard = self._table.last_heard
         others = sorted(self._table, key=lambda x: x.peer_id)
-        views.extend(MemberView.of(x, last_heard=heard.get(x.peer_id)) for x in others)
+        views.extend(MemberSnapshot.of(x, last_heard=heard.get(x.peer_id)) for x in others)
         return views
 
-    def member(self, peer_id: bytes) -> MemberView | None:
+    def member(self, peer_id: bytes) -> MemberSnapshot | None:
         if peer_id == self.peer_id:
-            return MemberView.of(self._self_member(), last_heard=None, is_self=True)
+            return MemberSnapshot.of(self._self_member(), last_heard=None, is_self=True)
         x = self._table.get(peer_id)
-        return None if x is None else MemberView.of(x, last_heard=self._table.last_heard.get(peer_id))
+        return None if x is None else MemberSnapshot.of(x, last_heard=self._table.last_heard.get(peer_id))
 
     # --- what the shell calls ----------------------------------------------------
 

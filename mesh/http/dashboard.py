@@ -28,6 +28,7 @@ from aiohttp import web
 from mesh import __version__
 from mesh.api import request_from_ask_args, route_from_args
 from mesh.errors import InvalidRequest, MeshError
+from mesh.gossip.view import Hardware, MemberView
 from mesh.http.guard import refusal
 from mesh.http.recent import outcome_of
 from mesh.http.server import PEER_KEY
@@ -47,36 +48,35 @@ STATE_ORDER = {"alive": 0, "suspect": 1, "dead": 2, "left": 3}
 # -- the snapshot (pure over what the peer's parts report) ---------------------------------
 
 
-def member_row(m: dict[str, Any], *, choices: dict[str, int]) -> dict[str, Any]:
-    meta = m.get("meta") or {}
-    models = [x for x in meta.get("models") or [] if isinstance(x, dict)]
-    first = models[0] if models else {}
-    load = meta.get("load") or {}
-    hw = meta.get("hw") or {}
+def member_row(m: MemberView, *, choices: dict[str, int]) -> dict[str, Any]:
+    meta = m.meta
+    first = m.models[0] if m.models else None
+    load = meta.load.to_wire() if meta is not None else dict.fromkeys(("running", "waiting", "parallel", "queue_limit"))
+    hw = meta.hw if meta is not None else Hardware()
     return {
-        "peer_id": m["peer_id"],
-        "name": m.get("name") or m["peer_id"][:12],
-        "state": m.get("state"),
-        "self": bool(m.get("self")),
-        "model": first.get("name"),
-        "models": [x.get("name") for x in models],
-        "parameters": first.get("parameters"),
-        "quantisation": first.get("quantisation"),
-        "tokens_per_s": first.get("tokens_per_s"),
-        "load": {k: load.get(k) for k in ("running", "waiting", "parallel", "queue_limit")},
-        "on_battery": hw.get("on_battery"),
-        "cpu_count": hw.get("cpu_count"),
-        "ram_total_mb": hw.get("ram_total_mb"),
-        "ram_available_mb": hw.get("ram_available_mb"),
-        "gpu": hw.get("gpu") or None,
-        "address": (m.get("addresses") or [None])[0],
-        "last_heard_s": m.get("last_heard_s"),
-        "since_s": m.get("since_s"),
-        "chosen": choices.get(m["peer_id"], 0),
+        "peer_id": m.peer_id,
+        "name": m.name or m.peer_id[:12],
+        "state": m.state,
+        "self": m.is_self,
+        "model": first.name if first else None,
+        "models": [x.name for x in m.models],
+        "parameters": first.parameters if first else None,
+        "quantisation": first.quantisation if first else None,
+        "tokens_per_s": first.tokens_per_s if first else None,
+        "load": load,
+        "on_battery": hw.on_battery,
+        "cpu_count": hw.cpu_count,
+        "ram_total_mb": hw.ram_total_mb,
+        "ram_available_mb": hw.ram_available_mb,
+        "gpu": hw.gpu or None,
+        "address": m.address,
+        "last_heard_s": m.last_heard_s,
+        "since_s": m.since_s,
+        "chosen": choices.get(m.peer_id, 0),
     }
 
 
-def members_table(view: list[dict[str, Any]], *, choices: dict[str, int]) -> list[dict[str, Any]]:
+def members_table(view: list[MemberView], *, choices: dict[str, int]) -> list[dict[str, Any]]:
     """Rows for the page: this peer first, then by state (alive, suspect, dead, left), then name."""
     rows = [member_row(m, choices=choices) for m in view]
     rows.sort(key=lambda r: (not r["self"], STATE_ORDER.get(r["state"], 9), r["name"], r["peer_id"]))
@@ -90,7 +90,7 @@ def snapshot(peer: "Peer", *, now: float, recent: int = RECENT_SHOWN) -> dict[st
     cloud = peer.router.cloud if peer.router is not None else None
     states = dict.fromkeys(STATE_ORDER, 0)
     for m in view:
-        states[m["state"]] = states.get(m["state"], 0) + 1
+        states[m.state] = states.get(m.state, 0) + 1
     return {
         "time": now,
         "self": {

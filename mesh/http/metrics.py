@@ -214,7 +214,7 @@ class PeerCollector(Collector):
     def _members(self, p):
         counts = dict.fromkeys(MEMBER_STATES, 0)
         for m in p.membership_service.view():
-            counts[m["state"]] = counts.get(m["state"], 0) + 1
+            counts[m.state] = counts.get(m.state, 0) + 1
         g = GaugeMetricFamily("mesh_members", "Members of the mesh in this peer's view (itself included), by state",
                               labels=["state"])
         for state, n in counts.items():
@@ -244,7 +244,7 @@ class PeerCollector(Collector):
 
     def _routing(self, p):
         router = p.router
-        names = {m["peer_id"]: m.get("name") or "" for m in p.membership_service.view()} \
+        names = {m.peer_id: m.name for m in p.membership_service.view()} \
             if p.membership_service is not None else {}
         c = CounterMetricFamily("mesh_routing_choices", "Attempts this peer's router sent to each peer",
                                 labels=["peer", "name"])

@@ -163,7 +163,7 @@ class OpenAIApi:
 
     def _names(self) -> dict[str, str]:
         ms = self.peer.membership_service
-        return {m["peer_id"]: m.get("name") or "" for m in ms.view()} if ms is not None else {}
+        return {m.peer_id: m.name for m in ms.view()} if ms is not None else {}
 
     async def _whole(self, request: web.Request, call: ApiCall, events) -> web.StreamResponse:
         final = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mesh.gossip.view import MemberView
 from mesh.http.openai_schema import VIRTUAL_MODEL, ApiCall
 
 MESH_FIELDS = ("peer", "model", "confidence", "min_token_prob", "escalated", "stopped", "tokens_per_s",
@@ -111,7 +112,7 @@ def usage_chunk(call: ApiCall, final: dict, *, id: str, created: int) -> dict[st
             "system_fingerprint": None, "choices": [], "usage": usage(final)}
 
 
-def model_list(view: list[dict], *, own: tuple[str, int] | None, cloud: str | None) -> dict[str, Any]:
+def model_list(view: list[MemberView], *, own: tuple[str, int] | None, cloud: str | None) -> dict[str, Any]:
     """``GET /v1/models``: ``mesh`` (route for me), every model a live (alive or suspect)
     member offers, this peer's own, and the cloud's. Each entry says which members serve it."""
     found: dict[str, dict[str, Any]] = {}
@@ -127,13 +128,9 @@ def model_list(view: list[dict], *, own: tuple[str, int] | None, cloud: str | No
         entry["cloud"] = entry["cloud"] or is_cloud
 
     for m in view:
-        if m.get("state") not in ("alive", "suspect"):
-            continue
-        meta = m.get("meta") if isinstance(m.get("meta"), dict) else {}
-        models = meta.get("models")
-        for e in models if isinstance(models, list) else []:
-            if isinstance(e, dict):
-                add(e.get("name"), e.get("context_length"), str(m.get("name") or m.get("peer_id", ""))[:64])
+        if m.live:
+            for model in m.models:
+                add(model.name, model.context_length, (m.name or m.peer_id)[:64])
     if own is not None:
         add(own[0], own[1], None)
     if cloud:

@@ -30,7 +30,7 @@ from mesh.identity.authority import DEFAULT_CERT_TTL_S, MeshAuthority
 from mesh.identity.certificate import DEFAULT_SKEW_S, Certificate
 from mesh.identity.credentials import CertificateVerifier
 from mesh.identity.membership import MeshMembership
-from mesh.identity.renewal import RENEW_META_KEY, RENEW_METHOD, accept_renewal, handle_renew, renewal_due
+from mesh.identity.renewal import RENEW_METHOD, accept_renewal, handle_renew, renewal_due
 from mesh.paths import DataDir
 from mesh.rpc.pool import PeerPool
 from mesh.rpc.server import CallContext, Method, unary
@@ -57,9 +57,9 @@ def serve_renewal(
     return unary(renew)
 
 
-def renew_meta(data: DataDir) -> dict:
-    """What this peer adds to its gossip meta: whether it can answer ``mesh.renew``."""
-    return {RENEW_META_KEY: True} if data.authority_key.exists() else {}
+def holds_authority(data: DataDir) -> bool:
+    """Whether this peer can answer ``mesh.renew`` (its gossip meta says ``renew: true``)."""
+    return data.authority_key.exists()
 
 
 class Renewer:
@@ -147,9 +147,8 @@ async def ask_authority(
     """Call ``method`` on a live member holding the authority key (its gossip meta says
     ``renew: true``), trying each in random order; the first answer wins."""
     holders = [
-        m["addresses"][0] for m in members.view()
-        if not m["self"] and m["state"] == "alive" and m["addresses"]
-        and isinstance(m.get("meta"), dict) and m["meta"].get(RENEW_META_KEY) is True
+        m.address for m in members.view()
+        if not m.is_self and m.state == "alive" and m.address and m.meta is not None and m.meta.renew
     ]
     if not holders:
         raise MeshError("no live member holds the mesh authority key (is its device on?)")

@@ -1,7 +1,8 @@
 """What a peer tells the mesh about itself: hardware, models and load.
 
-Read from psutil and the backend at the edge; the result is plain msgpack-native data
-that gossip carries (signed by this peer) and routing reads. Kept small: it travels on
+Read from psutil and the backend at the edge; the result is a ``PeerMeta``
+(``mesh.gossip.view``) that gossip carries as msgpack (signed by this peer) and routing
+reads back. Kept small: it travels on
 every refresh (about once a second for load).
 
     hardware  cpu_count, ram_total_mb, ram_available_mb, gpu (name or ""), on_battery (bool or None)
@@ -15,10 +16,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import psutil
 
+from mesh.gossip.view import MAX_REASON_CHARS, EngineInfo, Hardware, LoadInfo, ModelInfo, PeerMeta
 from mesh.inference.backend import Backend
 
 _NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
@@ -36,7 +37,7 @@ def detect_gpu() -> str:
     return ""
 
 
-def hardware() -> dict[str, Any]:
+def hardware() -> Hardware:
     vm = psutil.virtual_memory()
     battery = None
     try:
@@ -45,36 +46,34 @@ def hardware() -> dict[str, Any]:
         sensors = None
     if sensors is not None:
         battery = not sensors.power_plugged
-    return {
-        "cpu_count": psutil.cpu_count(logical=True) or os.cpu_count() or 1,
-        "ram_total_mb": vm.total // (1 << 20),
-        "ram_available_mb": vm.available // (1 << 20),
-        "gpu": detect_gpu(),
-        "on_battery": battery,
-    }
+    return Hardware(
+        cpu_count=psutil.cpu_count(logical=True) or os.cpu_count() or 1,
+        ram_total_mb=vm.total // (1 << 20),
+        ram_available_mb=vm.available // (1 << 20),
+        gpu=detect_gpu(),
+        on_battery=battery,
+    )
 
 
-def models(backend: Backend) -> list[dict[str, Any]]:
+def models(backend: Backend) -> tuple[ModelInfo, ...]:
     if not backend.status().serving:
-        return []
+        return ()
     caps = backend.capabilities
-    return [
-        {
-            "name": caps.model,
-            "parameters": caps.parameters,
-            "quantisation": caps.quantisation,
-            "context_length": caps.context_length,
-            "tokens_per_s": round(caps.tokens_per_s, 1),
-        }
-    ]
+    return (ModelInfo(name=caps.model, parameters=caps.parameters, quantisation=caps.quantisation,
+                      context_length=caps.context_length, tokens_per_s=round(caps.tokens_per_s, 1)),)
 
 
-def load(backend: Backend) -> dict[str, Any]:
+def load(backend: Backend) -> LoadInfo:
     caps = backend.capabilities
     now = backend.load()
-    return {"running": now.running, "waiting": now.waiting, "parallel": caps.parallel, "queue_limit": caps.queue_limit}
+    return LoadInfo(running=now.running, waiting=now.waiting, parallel=caps.parallel, queue_limit=caps.queue_limit)
 
 
-def snapshot(backend: Backend) -> dict[str, Any]:
-    """The whole ``meta`` a peer gossips about itself."""
-    return {"hw": hardware(), "models": models(backend), "load": load(backend), "engine": backend.status().to_wire()}
+def engine(backend: Backend) -> EngineInfo:
+    status = backend.status()
+    return EngineInfo(state=status.state, reason=status.reason[:MAX_REASON_CHARS], restarts=status.restarts)
+
+
+def snapshot(backend: Backend, *, renew: bool = False) -> PeerMeta:
+    """The whole ``meta`` a peer gossips about itself (``renew``: it holds the authority key)."""
+    return PeerMeta(hw=hardware(), models=models(backend), load=load(backend), engine=engine(backend), renew=renew)

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mesh.errors import BackendBusy, InvalidRequest, MeshError
+from mesh.gossip.view import MemberView
 from mesh.identity.keys import peer_id_text
 from mesh.jobs import TERMINAL, JobNotFound, JobState, JobStore
 from mesh.jobs.config import JobSyncConfig
@@ -192,11 +193,11 @@ class JobSync:
                 known.append(o.id)
         return {"stored": stored, "known": known, "refused": refused}
 
-    def _watch_handed(self, view: dict[str, dict], now: float) -> None:
+    def _watch_handed(self, view: dict[str, MemberView], now: float) -> None:
         for job in self.store.handed_over():
             holder = job.lease_holder
             member = view.get(holder)
-            state = member.get("state") if member else None
+            state = member.state if member else None
             if state in _LIVE:
                 self.store.renew(job.id, worker=holder, lease_s=self.cfg.handover_lease_s, now=now)
                 if now - self._rechecked.get(job.id, 0.0) >= self.cfg.recheck_s:
@@ -278,15 +279,15 @@ class JobSync:
             raise InvalidRequest("that job id belongs to another owner")
         return {"state": job.state.value, "outcome": outcome_of(job)}
 
-    async def _deliver(self, view: dict[str, dict], now: float) -> None:
+    async def _deliver(self, view: dict[str, MemberView], now: float) -> None:
         for owner in self.store.undelivered_owners():
             if owner == self.self_id:
                 continue
             member = view.get(owner)
-            if member is None or member.get("state") not in _LIVE:
+            if member is None or member.state not in _LIVE:
                 continue  # held until the owner is back
             next_at, _, incarnation = self._owner_retry.get(owner, (0.0, 0.0, None))
-            if now < next_at and member.get("incarnation") == incarnation:
+            if now < next_at and member.incarnation == incarnation:
                 continue  # backing off, unless the owner has restarted since
             address = self._address(owner, view)
             if address is None:
@@ -302,7 +303,7 @@ class JobSync:
             except (MeshError, OSError) as e:
                 last = self._owner_retry.get(owner, (0.0, 0.0, None))[1]
                 delay = min(self.cfg.retry_max_s, max(self.cfg.retry_base_s, last * 2))
-                self._owner_retry[owner] = (now + delay, delay, member.get("incarnation"))
+                self._owner_retry[owner] = (now + delay, delay, member.incarnation)
                 log.info("delivering %d outcome(s) to %s failed (%s); again in %.0f s", len(outcomes), owner[:12], e,
                          delay)
                 if not isinstance(e, BackendBusy):
@@ -328,7 +329,7 @@ class JobSync:
         while True:
             try:
                 now = self._clock()
-                view = {m["peer_id"]: m for m in self.membership.view()}
+                view = {m.peer_id: m for m in self.membership.view()}
                 self._watch_handed(view, now)
                 await self._deliver(view, now)
             except asyncio.CancelledError:
@@ -339,11 +340,11 @@ class JobSync:
 
     # -- helpers --------------------------------------------------------------------------
 
-    def _address(self, peer: str, view: dict[str, dict] | None = None) -> str | None:
+    def _address(self, peer: str, view: dict[str, MemberView] | None = None) -> str | None:
         if view is None:
-            view = {m["peer_id"]: m for m in self.membership.view()}
-        addresses = (view.get(peer) or {}).get("addresses") or []
-        return addresses[0] if addresses else None
+            view = {m.peer_id: m for m in self.membership.view()}
+        member = view.get(peer)
+        return member.address if member is not None else None
 
     def _reserve(self, job_id: str, peer: str | None) -> None:
         if peer and job_id not in self._reserved:

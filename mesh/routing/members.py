@@ -1,20 +1,12 @@
 """Reading routing candidates out of the membership view.
 
-``candidates_from_members`` takes the dicts ``mesh.gossip.service.Membership.view()``
-returns (``peer_id``, ``name``, ``state``, ``self``, and the owner-signed ``meta`` of
-``mesh.inference.capabilities.snapshot``)::
-
-    meta = {"hw": {..., "on_battery": bool | None},
-            "models": [{"name", "parameters", "quantisation", "context_length", "tokens_per_s",
-                        "tier" (optional int)}],
-            "load": {"running", "waiting", "parallel", "queue_limit"},
-            "tier": optional int (the default tier of this peer's models)}
-
-The signature proves who wrote a meta, not that it is sane: a buggy or hostile member
-can gossip any msgpack. So every field is type- and range-checked here, and a member
-with any bad field is skipped whole (none of its models is offered) and counted by
-reason in ``CandidateList.skipped``; nothing in a meta can raise. Dead and left members
-are not candidates and are counted in ``not_live`` (they are not malformed).
+``candidates_from_members`` takes the typed views ``Membership.view()`` returns
+(``mesh.gossip.view.MemberView``), whose owner-signed metas were parsed and checked by
+``PeerMeta.from_wire``: a member whose meta failed those checks has ``meta=None`` and
+``meta_problem`` naming the part that failed. Such a member is skipped whole (none of
+its models is offered) and counted by that reason in ``CandidateList.skipped``, as is a
+member that offers no model; nothing here can raise. Dead and left members are not
+candidates and are counted in ``not_live`` (they are not malformed).
 """
 
 from __future__ import annotations
@@ -23,27 +15,15 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from mesh.gossip.view import BAD_HW, BAD_LOAD, BAD_MODELS, NO_META, MemberView
 from mesh.routing.candidate import LIVE_STATUSES, Candidate
 
-MAX_MODELS_PER_PEER = 32
-MAX_NAME_CHARS = 128
-MAX_PEER_ID_CHARS = 128
-MAX_PARAMETERS = 10**13
-MAX_CONTEXT = 10**8
-MAX_COUNT = 10**6  # running, waiting, queue_limit
-MAX_PARALLEL = 10**4
-MAX_TOKENS_PER_S = 10**6
-MAX_TIER = 1000
-
-# Skip reasons (keys of CandidateList.skipped)
-BAD_ENTRY = "bad entry"  # peer_id, name or state missing or malformed
+# Skip reasons (keys of CandidateList.skipped): the BadMeta reasons, and these
+NO_MODELS = "no models"  # it serves none now (engine not ready, or --no-model)
 DUPLICATE = "duplicate peer"
-NO_META = "no meta"
-BAD_HW = "bad hw"
-BAD_MODELS = "bad models"
-BAD_LOAD = "bad load"
-_NOT_LIVE = "not live"  # dead or left: counted in not_live, not in skipped
 NOT_LIVE_STATUSES = ("dead", "left")
+__all__ = ["BAD_HW", "BAD_LOAD", "BAD_MODELS", "DUPLICATE", "NO_META", "NO_MODELS", "CandidateList",
+           "candidates_from_members"]
 
 
 class CandidateList(list):
@@ -62,26 +42,6 @@ class CandidateList(list):
         return sum(self.skipped.values())
 
 
-class _Bad(Exception):
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-
-def _int(d: Mapping, key: str, lo: int, hi: int, reason: str, *, optional: bool = False) -> int | None:
-    v = d.get(key)
-    if v is None and optional:
-        return None
-    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-        raise _Bad(reason)
-    return v
-
-
-def _text(v: Any, limit: int, reason: str) -> str:
-    if not isinstance(v, str) or not 0 < len(v) <= limit:
-        raise _Bad(reason)
-    return v
-
-
 def _rtt(rtts: Mapping[str, Any], peer_id: str) -> float | None:
     v = rtts.get(peer_id)
     if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0:
@@ -89,100 +49,62 @@ def _rtt(rtts: Mapping[str, Any], peer_id: str) -> float | None:
     return None
 
 
-def _read(entry: Any, *, rtts: Mapping[str, Any], self_id: str) -> list[Candidate]:
-    if not isinstance(entry, Mapping):
-        raise _Bad(BAD_ENTRY)
-    peer_id = _text(entry.get("peer_id"), MAX_PEER_ID_CHARS, BAD_ENTRY)
-    name = _text(entry.get("name"), MAX_NAME_CHARS, BAD_ENTRY)
-    status = entry.get("state")
-    own = peer_id == self_id or entry.get("self") is True
-    if own and status in NOT_LIVE_STATUSES:
-        status = "alive"  # this peer's own backend still serves what reaches it while it leaves
-    if status in NOT_LIVE_STATUSES:
-        raise _Bad(_NOT_LIVE)
+def _read(m: MemberView, *, rtts: Mapping[str, Any], self_id: str) -> list[Candidate] | str | None:
+    """The member's candidates; a skip reason; or None when it is not live."""
+    own = m.peer_id == self_id or m.is_self
+    status = "alive" if own else m.state  # this peer's own backend still serves what reaches it while it leaves
     if status not in LIVE_STATUSES:
-        raise _Bad(BAD_ENTRY)
-    meta = entry.get("meta")
-    if not isinstance(meta, Mapping) or not meta:
-        raise _Bad(NO_META)
-
-    hw = meta.get("hw")
-    if not isinstance(hw, Mapping):
-        raise _Bad(BAD_HW)
-    on_battery = hw.get("on_battery")
-    if on_battery is not None and not isinstance(on_battery, bool):
-        raise _Bad(BAD_HW)
-
-    load = meta.get("load")
-    if not isinstance(load, Mapping):
-        raise _Bad(BAD_LOAD)
-    running = _int(load, "running", 0, MAX_COUNT, BAD_LOAD)
-    waiting = _int(load, "waiting", 0, MAX_COUNT, BAD_LOAD)
-    parallel = _int(load, "parallel", 1, MAX_PARALLEL, BAD_LOAD)
-    queue_limit = _int(load, "queue_limit", 0, MAX_COUNT, BAD_LOAD)
-
-    peer_tier = _int(meta, "tier", 0, MAX_TIER, BAD_MODELS, optional=True)
-    models = meta.get("models")
-    if not isinstance(models, list) or not 0 < len(models) <= MAX_MODELS_PER_PEER:
-        raise _Bad(BAD_MODELS)
-    is_local = own
-    rtt_s = 0.0 if is_local else _rtt(rtts, peer_id)
+        return None
+    meta = m.meta
+    if meta is None:
+        return m.meta_problem or NO_META
+    if not meta.models:
+        return NO_MODELS
+    rtt_s = 0.0 if own else _rtt(rtts, m.peer_id)
     out: list[Candidate] = []
     seen: set[str] = set()
-    for m in models:
-        if not isinstance(m, Mapping):
-            raise _Bad(BAD_MODELS)
-        model = _text(m.get("name"), MAX_NAME_CHARS, BAD_MODELS)
-        tps = m.get("tokens_per_s")
-        if not isinstance(tps, (int, float)) or isinstance(tps, bool) or not (0 <= tps <= MAX_TOKENS_PER_S):
-            raise _Bad(BAD_MODELS)  # NaN fails the range check too
-        cand = Candidate(
-            peer_id=peer_id,
-            name=name,
-            model=model,
-            parameters=_int(m, "parameters", 0, MAX_PARAMETERS, BAD_MODELS),
-            context_length=_int(m, "context_length", 1, MAX_CONTEXT, BAD_MODELS),
-            tokens_per_s=float(tps),
-            running=running,
-            waiting=waiting,
-            parallel=parallel,
-            queue_limit=queue_limit,
+    for model in meta.models:
+        if model.name in seen:  # a repeated model name: the first entry stands
+            continue
+        seen.add(model.name)
+        out.append(Candidate(
+            peer_id=m.peer_id,
+            name=m.name,
+            model=model.name,
+            parameters=model.parameters,
+            context_length=model.context_length,
+            tokens_per_s=model.tokens_per_s,
+            running=meta.load.running,
+            waiting=meta.load.waiting,
+            parallel=meta.load.parallel,
+            queue_limit=meta.load.queue_limit,
             rtt_s=rtt_s,
-            on_battery=bool(on_battery),
-            is_local=is_local,
+            on_battery=bool(meta.hw.on_battery),
+            is_local=own,
             status=status,
-            tier=_int(m, "tier", 0, MAX_TIER, BAD_MODELS, optional=True) if m.get("tier") is not None else peer_tier,
-        )
-        if model not in seen:  # a repeated model name: the first entry stands
-            seen.add(model)
-            out.append(cand)
+            tier=model.tier if model.tier is not None else meta.tier,
+        ))
     return out
 
 
-def candidates_from_members(
-    view: Iterable[Mapping[str, Any]], *, rtts: Mapping[str, float], self_id: str
-) -> CandidateList:
-    """Candidates (one per live member and model) from ``Membership.view()`` dicts.
+def candidates_from_members(view: Iterable[MemberView], *, rtts: Mapping[str, float], self_id: str) -> CandidateList:
+    """Candidates (one per live member and model) from ``Membership.view()``.
 
     ``rtts``: peer id text -> measured round trip in seconds (missing or bad: unknown,
     scored with ``RoutingConfig.unknown_rtt_s``). ``self_id``: this peer's id text; its
-    candidates are ``is_local`` with an RTT of 0. Never raises on what members gossip:
-    malformed members are skipped and counted (see the module docstring)."""
+    candidates are ``is_local`` with an RTT of 0. Never raises: members with a bad meta
+    or no model are skipped and counted (see the module docstring)."""
     out = CandidateList()
     seen: set[str] = set()
-    for entry in view:
-        try:
-            cands = _read(entry, rtts=rtts, self_id=self_id)
-        except _Bad as bad:
-            if bad.reason == _NOT_LIVE:
-                out.not_live += 1
-            else:
-                out.skipped[bad.reason] = out.skipped.get(bad.reason, 0) + 1
-            continue
-        peer_id = cands[0].peer_id
-        if peer_id in seen:  # the view has one entry per member; a second is not trusted
+    for m in view:
+        got = _read(m, rtts=rtts, self_id=self_id)
+        if got is None:
+            out.not_live += 1
+        elif isinstance(got, str):
+            out.skipped[got] = out.skipped.get(got, 0) + 1
+        elif m.peer_id in seen:  # the view has one entry per member; a second is not trusted
             out.skipped[DUPLICATE] = out.skipped.get(DUPLICATE, 0) + 1
-            continue
-        seen.add(peer_id)
-        out.extend(cands)
+        else:
+            seen.add(m.peer_id)
+            out.extend(got)
     return out

@@ -96,7 +96,7 @@ class Router:
     def _candidates(self) -> tuple[list[Candidate], dict[str, list[str]]]:
         view = self.membership.view()
         cands = candidates_from_members(view, rtts=self.membership.rtts(), self_id=self.self_id)
-        addresses = {m["peer_id"]: list(m.get("addresses") or []) for m in view}
+        addresses = {m.peer_id: list(m.addresses) for m in view}
         return [self._live(c) if c.is_local else c for c in cands], addresses
 
     def _live(self, c: Candidate) -> Candidate:
@@ -112,13 +112,13 @@ class Router:
     def resolve_peer(self, prefix: str) -> str:
         """A peer id from a prefix of it or a member's name (``mesh ask --peer``)."""
         view = self.membership.view()
-        matches = [m for m in view if m["peer_id"].startswith(prefix) or m.get("name") == prefix]
-        hits = {m["peer_id"] for m in matches}
+        matches = [m for m in view if m.peer_id.startswith(prefix) or m.name == prefix]
+        hits = {m.peer_id for m in matches}
         if len(hits) > 1:  # a name outlives a key (mesh rotate): the member in the mesh now is meant,
             # else the one not revoked (rotating right now: the router waits for its successor)
-            current = [m for m in matches if not m.get("revoked")]
-            live = [m for m in current if m["state"] in ("alive", "suspect")]
-            hits = {m["peer_id"] for m in (live or current)}
+            current = [m for m in matches if not m.revoked]
+            live = [m for m in current if m.live]
+            hits = {m.peer_id for m in (live or current)}
         if len(hits) != 1:
             raise InvalidRequest(
                 f"--peer {prefix!r} matches {'no member' if not hits else f'{len(hits)} members'}; see `mesh peers`"
@@ -136,10 +136,8 @@ class Router:
                 out[name] = max(out.get(name, 0), ctx)
 
         for m in self.membership.view():
-            models = (m.get("meta") or {}).get("models") if isinstance(m.get("meta"), dict) else None
-            for entry in models if isinstance(models, list) else []:
-                if isinstance(entry, dict):
-                    add(entry.get("name"), entry.get("context_length"))
+            for model in m.models:
+                add(model.name, model.context_length)
         for backend in (self.backend, self.cloud):
             if backend is not None:
                 caps = backend.capabilities

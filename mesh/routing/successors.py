@@ -7,15 +7,16 @@ peer drains its calls in flight and binds its new keys, usually well under a sec
 a prompt only that peer could answer would find no candidate; the router waits for the
 successor instead (``awaiting``), up to ``ROTATION_WAIT_S`` after the old id left.
 
-Pure: the member view (``Membership.view()`` dicts) is passed in.
+Pure: the member view (``Membership.view()``) is passed in.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
+from mesh.gossip.view import MemberView
+
 ROTATION_WAIT_S = 10.0  # wait this long at most for a rotating peer to come back under its new id
-ROTATING_META_KEY = "rotating"
 MAX_SUCCESSORS = 1024
 
 
@@ -43,17 +44,12 @@ class Successors:
             seen.add(peer_id)
         return peer_id
 
-    def awaiting(self, view: list[dict], *, wait_s: float = ROTATION_WAIT_S) -> list[str]:
+    def awaiting(self, view: list[MemberView], *, wait_s: float = ROTATION_WAIT_S) -> list[str]:
         """Old ids of members that left to rotate less than ``wait_s`` ago and whose
         successor is not alive in ``view`` yet."""
-        alive = {m["peer_id"] for m in view if m.get("state") == "alive"}
-        out = []
-        for m in view:
-            meta = m.get("meta") if isinstance(m.get("meta"), dict) else {}
-            if m.get("state") != "left" or meta.get(ROTATING_META_KEY) is not True:
-                continue
-            if float(m.get("since_s") or 0.0) >= wait_s:
-                continue
-            if self.current(m["peer_id"]) not in alive:
-                out.append(m["peer_id"])
-        return out
+        alive = {m.peer_id for m in view if m.state == "alive"}
+        return [
+            m.peer_id for m in view
+            if m.state == "left" and m.meta is not None and m.meta.rotating and m.since_s < wait_s
+            and self.current(m.peer_id) not in alive
+        ]

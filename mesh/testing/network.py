@@ -47,7 +47,7 @@ from mesh.gossip import (
     GossipConfig,
     MemberChanged,
     MemberRecord,
-    MemberView,
+    MemberSnapshot,
     Send,
     Status,
     Swim,
@@ -299,7 +299,7 @@ class SimNetwork:
 
     # --- observing ---------------------------------------------------------------------
 
-    def view(self, observer: bytes, target: bytes) -> MemberView | None:
+    def view(self, observer: bytes, target: bytes) -> MemberSnapshot | None:
         return self.peers[observer].swim.member(target)
 
     def status(self, observer: bytes, target: bytes) -> Status | None:

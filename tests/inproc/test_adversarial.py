@@ -54,7 +54,7 @@ def rejections(peer) -> dict[str, int]:
 
 
 def states(peer) -> dict[str, str]:
-    return {m["name"]: m["state"] for m in peer.membership_service.view()}
+    return {m.name: m.state for m in peer.membership_service.view()}
 
 
 async def stop_all(peers, ctx=None, *closers):
@@ -182,9 +182,9 @@ def test_a_member_cannot_forge_another_members_state(tmp_path):
                                p1.membership.certificate)
             await wait_for(lambda: p0.membership_service.rejected_records >= before_records + 2, 5)
             assert p0.membership_service.swim.stats.rejected["bad_record"] >= before_bad + 2
-            view = {m["name"]: m for m in p0.membership_service.view()}
-            assert "forged" not in view and view["p2"]["state"] == "alive"
-            assert all("203.0.113.9" not in a for a in view["p2"]["addresses"])
+            view = {m.name: m for m in p0.membership_service.view()}
+            assert "forged" not in view and view["p2"].state == "alive"
+            assert all("203.0.113.9" not in a for a in view["p2"].addresses)
             # "dead" is an assertion anyone may make about (id, incarnation): the owner refutes it
             inc = p0.membership_service.swim.member(victim).incarnation
             await raw.send(member.seal("cast", {"m": "gossip", "a": {"d": adv.dead_claim(victim, inc, p1.identity.peer_id),

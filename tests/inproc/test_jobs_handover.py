@@ -34,7 +34,7 @@ def _submit(peer, model: str):
 
 
 async def _all_see(peers, n):
-    await wait_for(lambda: all(sum(m["state"] == "alive" for m in p.membership_service.view()) == n for p in peers))
+    await wait_for(lambda: all(sum(m.state == "alive" for m in p.membership_service.view()) == n for p in peers))
 
 
 def test_a_job_runs_where_its_model_is_and_the_result_comes_back(tmp_path):

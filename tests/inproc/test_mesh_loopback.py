@@ -11,7 +11,7 @@ from support.loopmesh import config, run, wait_for
 
 
 def states(p: Peer) -> dict[str, str]:
-    return {m["name"]: m["state"] for m in p.membership_service.view()}
+    return {m.name: m.state for m in p.membership_service.view()}
 
 
 async def start_mesh(tmp_path, n):
@@ -25,9 +25,9 @@ def test_peers_find_each_other_gossip_meta_and_leave(tmp_path):
             names = {"p0", "p1", "p2"}
             await wait_for(lambda: all(states(p) == {n: "alive" for n in names} for p in peers))
             # capabilities travel in the owner-signed record
-            view = {m["name"]: m for m in peers[0].membership_service.view()}
-            assert view["p2"]["meta"]["models"][0]["name"] == "m2"
-            assert view["p2"]["meta"]["hw"]["cpu_count"] >= 1
+            view = {m.name: m for m in peers[0].membership_service.view()}
+            assert view["p2"].models[0].name == "m2"
+            assert view["p2"].meta.hw.cpu_count >= 1
             await peers[2].stop()
             await wait_for(lambda: all(states(p).get("p2") == "left" for p in peers[:2]))
         finally:

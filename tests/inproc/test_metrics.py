@@ -195,7 +195,7 @@ def test_collector_reads_members_routing_rpc_and_jobs_of_a_loopback_mesh(tmp_pat
         peers = await start_mesh(tmp_path, backends)
         try:
             await wait_for(lambda: all(
-                sum(m["state"] == "alive" for m in p.membership_service.view()) == 2 for p in peers))
+                sum(m.state == "alive" for m in p.membership_service.view()) == 2 for p in peers))
             c = Client(peers[0].data.root)
             for _ in range(3):
                 await c.aask("hi", max_tokens=2)

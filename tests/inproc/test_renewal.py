@@ -117,10 +117,10 @@ def test_a_peer_renews_before_expiry_and_stays_in_the_mesh(tmp_path):
             p1 = Peer(loopmesh.config(tmp_path, "p1", seeds=(seed_text(p0.endpoint, p0.transport.public),), **short), backend=ScriptedBackend())
             await p1.start()
             peers.append(p1)
-            await wait_for(lambda: {m["name"]: m["state"] for m in p0.membership_service.view()}.get("p1") == "alive")
+            await wait_for(lambda: {m.name: m.state for m in p0.membership_service.view()}.get("p1") == "alive")
             # p0 holds the authority key and says so in its meta
-            await wait_for(lambda: any(m["meta"].get("renew") for m in p1.membership_service.view()
-                                       if m["name"] == "p0" and m["state"] == "alive"))
+            await wait_for(lambda: any(m.meta is not None and m.meta.renew for m in p1.membership_service.view()
+                                       if m.name == "p0" and m.state == "alive"))
             # renewed at 2/3 of its life (~5 s in), from p0 over mesh.renew
             await wait_for(lambda: p1.renewer.renewals == 1, 15)
             assert MeshMembership.load(data.membership).certificate != old
@@ -130,8 +130,8 @@ def test_a_peer_renews_before_expiry_and_stays_in_the_mesh(tmp_path):
             with pytest.raises(CertificateError) as e:
                 p0.keys.certificates.verify(old, now=time.time())
             assert e.value.reason is CertReason.EXPIRED
-            assert {m["name"]: m["state"] for m in p0.membership_service.view()}["p1"] == "alive"
-            assert {m["name"]: m["state"] for m in p1.membership_service.view()}["p0"] == "alive"
+            assert {m.name: m.state for m in p0.membership_service.view()}["p1"] == "alive"
+            assert {m.name: m.state for m in p1.membership_service.view()}["p0"] == "alive"
             assert (await p0.pool.client(p1.endpoint).call("ping", {}, timeout_s=3))["peer"]
             assert (await p1.pool.client(p0.endpoint).call("ping", {}, timeout_s=3))["peer"]
             assert p0.server.codec.rejections.snapshot()["bad_credential"] == 0

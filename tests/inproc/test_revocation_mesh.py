@@ -10,6 +10,7 @@ import pytest
 
 from mesh.discovery.seeds import seed_text
 from mesh.errors import CertificateError, InvalidRequest, MeshError
+from mesh.gossip.view import MemberView
 from mesh.peer import Peer
 from mesh.testing import ScriptedBackend
 from support import loopmesh
@@ -21,12 +22,12 @@ def _seed(peer) -> str:
     return seed_text(peer.endpoint, peer.transport.public)
 
 
-def view(p: Peer) -> dict[str, dict]:
-    return {m["name"]: m for m in p.membership_service.view()}
+def view(p: Peer) -> dict[str, MemberView]:
+    return {m.name: m for m in p.membership_service.view()}
 
 
 def states(p: Peer) -> dict[str, str]:
-    return {n: m["state"] for n, m in view(p).items()}
+    return {n: m.state for n, m in view(p).items()}
 
 
 def refused(p: Peer) -> int:
@@ -62,8 +63,8 @@ def test_revoked_peer_is_refused_everywhere_and_stays_refused_after_restarts(tmp
             assert out["name"] == "p2" and out["peer_id"] == p2.identity.peer_id_text and not out["already"]
             assert p0.revocation_service.revoke(p2.identity.peer_id_text[:8])["already"]
             # p1 learns it within seconds: p2 is dead and shown revoked
-            await wait_for(lambda: view(p1)["p2"]["state"] == "dead" and view(p1)["p2"].get("revoked"), 10)
-            assert view(p0)["p2"]["state"] == "dead" and view(p0)["p2"]["revoked"]
+            await wait_for(lambda: view(p1)["p2"].state == "dead" and view(p1)["p2"].revoked, 10)
+            assert view(p0)["p2"].state == "dead" and view(p0)["p2"].revoked
             elapsed = time.monotonic() - started
             assert elapsed < 5
             assert (tmp_path / "p1" / "revocations.json").exists()

@@ -11,6 +11,7 @@ import pytest
 from mesh.client import Client
 from mesh.discovery.seeds import seed_text
 from mesh.errors import CertificateError, InvalidRequest, MeshError
+from mesh.gossip.view import MemberView
 from mesh.identity.certificate import Certificate
 from mesh.identity.keys import Identity
 from mesh.identity.membership import MeshMembership
@@ -29,8 +30,13 @@ ASK = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 32}
 FAST = JobSyncConfig.for_tests()
 
 
-def by_id(p: Peer) -> dict[str, dict]:
-    return {m["peer_id"]: m for m in p.membership_service.view()}
+def state_of(p: Peer, peer_id: str) -> str | None:
+    m = by_id(p).get(peer_id)
+    return m.state if m is not None else None
+
+
+def by_id(p: Peer) -> dict[str, MemberView]:
+    return {m.peer_id: m for m in p.membership_service.view()}
 
 
 async def ask(frm: Peer, model: str) -> str:
@@ -46,7 +52,7 @@ async def ask(frm: Peer, model: str) -> str:
 
 
 async def all_alive(peers) -> None:
-    await wait_for(lambda: all(sum(m["state"] == "alive" for m in p.membership_service.view()) == len(peers)
+    await wait_for(lambda: all(sum(m.state == "alive" for m in p.membership_service.view()) == len(peers)
                                for p in peers))
 
 
@@ -113,9 +119,9 @@ def test_a_member_rotates_its_keys_while_it_works_and_nothing_is_lost(tmp_path):
 
             # the mesh knows p1 under its new id; its old key is refused everywhere
             for p in (p0, p2):
-                await wait_for(lambda p=p: by_id(p).get(new_id, {}).get("state") == "alive", 15)
+                await wait_for(lambda p=p: state_of(p, new_id) == "alive", 15)
                 await wait_for(lambda p=p: p.revocations.revokes(old_cert), 15)
-                assert by_id(p).get(old_id, {}).get("state") in (None, "left", "dead")
+                assert state_of(p, old_id) in (None, "left", "dead")
                 assert p.verifier.certificate_for(old_cert.peer_id) is None
             # and it answers prompts under the new keys
             assert await ask(p2, "big") == "b" * 25
@@ -129,7 +135,7 @@ def test_a_member_rotates_its_keys_while_it_works_and_nothing_is_lost(tmp_path):
                                  backend=ScriptedBackend(["b"], model="big", parameters=1000))
             await p1.start()
             assert p1.identity.peer_id_text == new_id
-            await wait_for(lambda: by_id(p0).get(new_id, {}).get("state") == "alive", 15)
+            await wait_for(lambda: state_of(p0, new_id) == "alive", 15)
         finally:
             for p in reversed(peers):
                 await p.stop(grace_s=0)
@@ -148,7 +154,7 @@ def test_the_authoritys_own_peer_rotates_and_a_stolen_old_key_cannot_rotate_agai
             out = await p0.rotate()
             await asyncio.wait_for(p0._rotation, 30)
             assert p0.identity.peer_id_text == out["peer_id"]
-            await wait_for(lambda: by_id(p1).get(out["peer_id"], {}).get("state") == "alive", 15)
+            await wait_for(lambda: state_of(p1, out["peer_id"]) == "alive", 15)
             await wait_for(lambda: p1.revocations.revokes(old), 15)
             # the old key's calls are refused: the thief's frames say revoked
             from mesh.identity.transport import TransportKeys
@@ -232,7 +238,7 @@ def test_a_rotation_interrupted_after_the_authority_answered_finishes_at_the_nex
             assert p1.identity.peer_id_text == cert.peer_id_text
             assert Certificate.from_bytes(p1.membership.certificate).predecessor == old.peer_public
             assert not p1.data.rotation_journal.exists()
-            await wait_for(lambda: by_id(p0).get(cert.peer_id_text, {}).get("state") == "alive", 15)
+            await wait_for(lambda: state_of(p0, cert.peer_id_text) == "alive", 15)
             await wait_for(lambda: p0.revocations.revokes(old), 15)
         finally:
             for p in reversed(peers):
@@ -249,7 +255,7 @@ def test_without_the_authority_online_rotation_is_refused_and_retried_with_the_s
             await all_alive(peers)
             old_id = p1.identity.peer_id_text
             await p0.stop(grace_s=0)  # the device holding the authority key goes away
-            await wait_for(lambda: by_id(p1)[p0.identity.peer_id_text]["state"] == "left", 10)
+            await wait_for(lambda: state_of(p1, p0.identity.peer_id_text) == "left", 10)
             with pytest.raises(MeshError, match="no live member holds the mesh authority key"):
                 await p1.rotate()
             assert p1.identity.peer_id_text == old_id and p1._rotation is None  # still serving as before
@@ -258,8 +264,8 @@ def test_without_the_authority_online_rotation_is_refused_and_retried_with_the_s
             p0 = peers[0] = Peer(config(tmp_path, "p0", seeds=(seed_text(p1.endpoint, p1.transport.public),)),
                                  backend=ScriptedBackend(model="m0"))
             await p0.start()
-            await wait_for(lambda: by_id(p1).get(p0.identity.peer_id_text, {}).get("state") == "alive"
-                           and by_id(p1)[p0.identity.peer_id_text].get("meta", {}).get("renew"), 15)
+            await wait_for(lambda: state_of(p1, p0.identity.peer_id_text) == "alive"
+                           and getattr(by_id(p1)[p0.identity.peer_id_text].meta, "renew", False), 15)
             out = await p1.rotate()
             assert out["peer_id"] == pending.identity.peer_id_text  # the keys journalled at the first try
             await asyncio.wait_for(p1._rotation, 30)

@@ -15,7 +15,7 @@ async def mesh_of(tmp_path, backends: list, *, cloud=None) -> list[Peer]:
     peers = await start_mesh(tmp_path, backends, cloud=cloud)
     n = len(peers)
     await wait_for(lambda: all(
-        sum(1 for m in p.membership_service.view() if m["state"] == "alive" and m["meta"].get("models")) == n
+        sum(1 for m in p.membership_service.view() if m.state == "alive" and m.models) == n
         for p in peers))
     return peers
 

@@ -96,7 +96,7 @@ def test_prompt_and_answer_never_cross_the_network_in_clear(tmp_path):
                       backend=ScriptedBackend(["no"], model="small", parameters=1))
             await p1.start()  # enrolment went through the proxy too
             try:
-                await wait_for(lambda: any(m["name"] == "vaultkeeper" and m["state"] == "alive" and m["meta"].get("models")
+                await wait_for(lambda: any(m.name == "vaultkeeper" and m.state == "alive" and m.models
                                            for m in p1.membership_service.view()))
                 async with Client(p1.data.root) as c:
                     answer = await c.aask(PROMPT, max_tokens=16, peer=p0.identity.peer_id_text)

@@ -50,8 +50,8 @@ async def _two_tier_mesh(tmp_path):
                         now=__import__("time").time(), inviter_curve=first.transport.public).to_text()
     second = Peer(config(tmp_path, "p1", join_token=token, seeds=(first.endpoint,)), backend=big)
     await second.start()
-    await wait_for(lambda: any(m["meta"] and any(x.get("name") == "big" for x in m["meta"].get("models", []))
-                               for m in first.membership_service.view() if not m["self"]))
+    await wait_for(lambda: any("big" in [x.name for x in m.models]
+                               for m in first.membership_service.view() if not m.is_self))
     return first, second
 
 

@@ -9,7 +9,7 @@ from mesh.testing import ScriptedBackend
 
 
 def test_snapshot_is_small_msgpack_native_and_real():
-    meta = capabilities.snapshot(ScriptedBackend(model="m1", tokens_per_s=42.0))
+    meta = capabilities.snapshot(ScriptedBackend(model="m1", tokens_per_s=42.0)).to_wire()
     packed = msgpack.packb(meta)
     assert msgpack.unpackb(packed) == meta and len(packed) < 512
     assert meta["hw"]["cpu_count"] == psutil.cpu_count()
@@ -28,4 +28,4 @@ def test_load_follows_the_backend():
         return busy, capabilities.load(backend)
 
     busy, idle = asyncio.run(main())
-    assert busy["running"] == 1 and idle["running"] == 0
+    assert busy.running == 1 and idle.running == 0

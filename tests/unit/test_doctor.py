@@ -23,6 +23,7 @@ from mesh.doctor.model import (
     sighting_from_record,
 )
 from mesh.doctor.report import json_report, text_report
+from mesh.gossip.view import MemberView
 
 OURS = "meshours1"
 OTHER = "meshother2"
@@ -90,7 +91,7 @@ def test_reachable_but_never_heard_on_the_same_subnet_is_multicast_blocked():
 
 def test_multicast_blocked_is_a_warning_when_join_or_gossip_already_reaches_the_peer():
     assert codes(run(probes=[ok(sources=("join",))])) == {"multicast_blocked": Severity.WARNING}
-    members = [{"peer_id": P1, "state": "alive"}]
+    members = [MemberView(peer_id=P1, name="h2", state="alive")]
     assert codes(run(probes=[ok(sources=("members",))], members=members)) == {"multicast_blocked": Severity.WARNING}
 
 

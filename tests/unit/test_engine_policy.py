@@ -142,7 +142,7 @@ def test_a_peer_without_a_model_offers_none_and_refuses_to_generate():
 
     b = NoModel()
     assert b.status().state == "off" and "--no-model" in b.status().reason
-    assert capabilities.models(b) == [] and capabilities.snapshot(b)["engine"]["state"] == "off"
+    assert capabilities.models(b) == () and capabilities.snapshot(b).engine.state == "off"
 
     async def ask():
         async for _ in b.stream(GenerationRequest.from_prompt("hi")):

@@ -3,6 +3,7 @@
 import pytest
 
 from mesh.errors import BackendBusy, GenerationError, InvalidRequest, NoAnswer
+from mesh.gossip.view import MemberView, ModelInfo, PeerMeta
 from mesh.http.openai_api import keyless_allowed
 from mesh.http.openai_format import (
     chunk,
@@ -187,12 +188,16 @@ def test_stream_chunks():
 
 
 def test_model_list_has_mesh_every_live_model_and_the_cloud():
+    def member(peer_id, name, state, *models):
+        meta = PeerMeta(models=tuple(ModelInfo(name=m, parameters=1, context_length=c, tokens_per_s=1.0)
+                                     for m, c in models))
+        return MemberView(peer_id=peer_id, name=name, state=state, meta=meta)
+
     view = [
-        {"peer_id": "a", "name": "alpha", "state": "alive", "meta": {"models": [{"name": "m1", "context_length": 512}]}},
-        {"peer_id": "b", "name": "beta", "state": "suspect", "meta": {"models": [{"name": "m1", "context_length": 2048},
-                                                                                 {"name": "m2"}]}},
-        {"peer_id": "c", "name": "gone", "state": "dead", "meta": {"models": [{"name": "m3"}]}},
-        {"peer_id": "d", "name": "odd", "state": "alive", "meta": {"models": "not a list"}},
+        member("a", "alpha", "alive", ("m1", 512)),
+        member("b", "beta", "suspect", ("m1", 2048), ("m2", 1)),
+        member("c", "gone", "dead", ("m3", 1)),
+        MemberView(peer_id="d", name="odd", state="alive", meta=None, meta_problem="bad models"),
     ]
     out = model_list(view, own=("m1", 512), cloud="gpt-x")
     ids = [m["id"] for m in out["data"]]

@@ -4,10 +4,12 @@ and the seams that let jobs, sessions and transport keys follow a rotated peer."
 
 import json
 import os
+from dataclasses import replace
 
 import pytest
 
 from mesh.errors import CertificateError, IdentityError, InvalidRequest
+from mesh.gossip.view import MemberView, PeerMeta
 from mesh.identity.authority import MeshAuthority
 from mesh.identity.certificate import Certificate, CertReason, sign_certificate
 from mesh.identity.credentials import CertificateVerifier
@@ -263,16 +265,21 @@ def test_jobs_sessions_and_transport_keys_follow_the_successor(tmp_path):
 
 def test_routers_wait_only_for_a_rotating_member_whose_successor_is_not_here_yet():
     succ = Successors(max_entries=2)
+    rotating = PeerMeta(rotating=True)
+
+    def member(peer_id, state, meta, since_s):
+        return MemberView(peer_id=peer_id, name=peer_id, state=state, meta=meta, since_s=since_s)
+
     view = [
-        {"peer_id": "old", "state": "left", "meta": {"rotating": True}, "since_s": 0.5},
-        {"peer_id": "gone", "state": "left", "meta": {}, "since_s": 0.5},  # an ordinary leave
-        {"peer_id": "stale", "state": "left", "meta": {"rotating": True}, "since_s": 60.0},
-        {"peer_id": "odd", "state": "left", "meta": "junk", "since_s": 0.1},
+        member("old", "left", rotating, 0.5),
+        member("gone", "left", PeerMeta(), 0.5),  # an ordinary leave
+        member("stale", "left", rotating, 60.0),
+        member("odd", "left", None, 0.1),  # its meta failed its checks
     ]
     assert succ.awaiting(view) == ["old"]
     succ.learn("old", "new")
     assert succ.awaiting(view) == ["old"]  # known, but not alive yet
-    assert succ.awaiting([*view, {"peer_id": "new", "state": "alive"}]) == []
+    assert succ.awaiting([*view, member("new", "alive", PeerMeta(), 0.0)]) == []
     succ.learn("new", "newer")  # rotated twice
     assert succ.current("old") == "newer" and succ.current("x") == "x"
     succ.learn("newer", "old")  # a cycle cannot hang the lookup
@@ -309,14 +316,14 @@ def test_a_name_pins_the_member_that_holds_it_now():
         def rtts(self):
             return {}
 
-    revoked = {"peer_id": "aaaa1111", "name": "laptop", "state": "dead", "revoked": True}
-    rotating = {"peer_id": "bbbb2222", "name": "laptop", "state": "left", "meta": {"rotating": True}}
-    arrived = {"peer_id": "cccc3333", "name": "laptop", "state": "alive"}
+    revoked = MemberView(peer_id="aaaa1111", name="laptop", state="dead", revoked=True)
+    rotating = MemberView(peer_id="bbbb2222", name="laptop", state="left", meta=PeerMeta(rotating=True))
+    arrived = MemberView(peer_id="cccc3333", name="laptop", state="alive")
     router = Router(self_id="self", backend=ScriptedBackend(), membership=View([revoked, rotating]), pool=None)
     assert router.resolve_peer("laptop") == "bbbb2222"  # its successor is awaited by the router
     router.membership = View([revoked, rotating, arrived])
     assert router.resolve_peer("laptop") == "cccc3333"
     assert router.resolve_peer("aaaa") == "aaaa1111"  # an id prefix still means that id
-    router.membership = View([revoked, {**arrived, "peer_id": "dddd4444"}, arrived])
+    router.membership = View([revoked, replace(arrived, peer_id="dddd4444"), arrived])
     with pytest.raises(InvalidRequest, match="2 members"):
         router.resolve_peer("laptop")  # two live members named alike: say so

@@ -3,6 +3,7 @@ that the two agree: a member built here reads back as the candidate built here."
 
 from __future__ import annotations
 
+from mesh.gossip.view import MemberView
 from mesh.routing import Candidate, candidates_from_members
 
 
@@ -51,7 +52,7 @@ def member(
     battery: bool | None = False,
     is_self: bool = False,
 ) -> dict:
-    """One entry as ``mesh.gossip.service.Membership.view()`` returns it."""
+    """One entry as a peer's ``members`` answer carries it (``MemberView.to_wire``)."""
     return {
         "peer_id": peer, "name": f"host-{peer}", "state": state, "incarnation": 1,
         "addresses": ["tcp://10.0.0.1:7000"], "self": is_self, "last_heard_s": 0.5, "since_s": 10.0,
@@ -64,6 +65,7 @@ def member(
 
 
 def test_a_built_member_reads_back_as_the_built_candidate():
-    got = candidates_from_members([member("pa", running=2, battery=True)], rtts={"pa": 0.001}, self_id="zz")
+    view = [MemberView.from_wire(member("pa", running=2, battery=True))]
+    got = candidates_from_members(view, rtts={"pa": 0.001}, self_id="zz")
     assert got == [cand("pa", running=2, battery=True)]
     assert got.skipped == {} and got.not_live == 0

@@ -1,5 +1,8 @@
-"""Reading candidates from the membership view: every field validated, bad members
-skipped and counted, never a crash."""
+"""Reading candidates from the membership view: members whose gossiped meta failed its
+checks (``mesh.gossip.view``) are skipped and counted by reason, never a crash.
+
+Entries are built as wire dicts and read with ``MemberView.from_wire``, the way a meta
+arrives from another member."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import random
 import pytest
 from test_routing_builders import cand, member, model_meta
 
+from mesh.gossip.view import BAD_ENTRY, BadMeta, MemberView
 from mesh.inference import capabilities
 from mesh.routing import candidates_from_members
 from mesh.routing import members as M
@@ -19,11 +23,11 @@ from mesh.testing import ScriptedBackend
 def read(view, **kw):
     kw.setdefault("rtts", {})
     kw.setdefault("self_id", "zz")
-    return candidates_from_members(view, **kw)
+    return candidates_from_members([MemberView.from_wire(e) for e in view], **kw)
 
 
 def test_reads_the_meta_a_real_peer_gossips():
-    meta = capabilities.snapshot(ScriptedBackend(model="smol", tokens_per_s=42.0, parallel=2, queue_limit=5))
+    meta = capabilities.snapshot(ScriptedBackend(model="smol", tokens_per_s=42.0, parallel=2, queue_limit=5)).to_wire()
     entry = member("pa") | {"meta": meta}
     [c] = read([entry], rtts={"pa": 0.004})
     assert (c.peer_id, c.name, c.model, c.tokens_per_s, c.parallel, c.queue_limit) == (
@@ -65,12 +69,6 @@ BROKEN = [
     (M.NO_META, lambda e: e.update(meta=None)),
     (M.NO_META, lambda e: e.update(meta={})),
     (M.NO_META, lambda e: e.update(meta=["hw"])),
-    (M.BAD_ENTRY, lambda e: e.pop("peer_id")),
-    (M.BAD_ENTRY, lambda e: e.update(peer_id=b"raw")),
-    (M.BAD_ENTRY, lambda e: e.update(peer_id="x" * 500)),
-    (M.BAD_ENTRY, lambda e: e.update(name="")),
-    (M.BAD_ENTRY, lambda e: e.update(state="zombie")),
-    (M.BAD_ENTRY, lambda e: e.update(state=None)),
     (M.BAD_HW, lambda e: e["meta"].pop("hw")),
     (M.BAD_HW, lambda e: e["meta"]["hw"].update(on_battery="yes")),
     (M.BAD_LOAD, lambda e: e["meta"].pop("load")),
@@ -80,7 +78,7 @@ BROKEN = [
     (M.BAD_LOAD, lambda e: e["meta"]["load"].update(queue_limit=True)),
     (M.BAD_LOAD, lambda e: e["meta"]["load"].update(running=10**9)),
     (M.BAD_MODELS, lambda e: e["meta"].update(models=None)),
-    (M.BAD_MODELS, lambda e: e["meta"].update(models=[])),
+    (M.NO_MODELS, lambda e: e["meta"].update(models=[])),  # engine not ready, or --no-model
     (M.BAD_MODELS, lambda e: e["meta"].update(models=[model_meta(f"m{i}") for i in range(33)])),
     (M.BAD_MODELS, lambda e: e["meta"].update(models=["m"])),
     (M.BAD_MODELS, lambda e: e["meta"]["models"][0].update(name=7)),
@@ -104,10 +102,26 @@ def test_a_malformed_member_is_skipped_and_counted(reason, mutate):
     assert got.skipped == {reason: 1} and got.skipped_total == 1
 
 
-def test_not_a_dict_and_duplicates_are_skipped():
-    got = read([member("pa"), "garbage", None, member("pa", running=5)])
+@pytest.mark.parametrize("mutate", [
+    lambda e: e.pop("peer_id"),
+    lambda e: e.update(peer_id=b"raw"),
+    lambda e: e.update(peer_id="x" * 500),
+    lambda e: e.update(name=""),
+    lambda e: e.update(state="zombie"),
+    lambda e: e.update(state=None),
+    lambda e: e.update(addresses="tcp://x:1"),
+    lambda e: e.update(self="yes"),
+])
+def test_a_malformed_entry_is_refused_with_a_typed_error(mutate):
+    with pytest.raises(BadMeta) as err:
+        read([_broken(mutate)])
+    assert err.value.reason == BAD_ENTRY
+
+
+def test_duplicates_are_skipped():
+    got = read([member("pa"), member("pa", running=5)])
     assert got == [cand("pa", rtt=None)]
-    assert got.skipped == {M.BAD_ENTRY: 2, M.DUPLICATE: 1}
+    assert got.skipped == {M.DUPLICATE: 1}
 
 
 KEYS = ["hw", "models", "load", "name", "tier", "running", "parallel", "context_length", "tokens_per_s",
@@ -132,7 +146,13 @@ def test_random_garbage_never_raises():
         key = rng.choice(list(target))
         target[key] = _garbage(rng)
         view.append(copy.deepcopy(e))
-    got = read(view)
-    assert len(got) + got.skipped_total + got.not_live == 300
+    views = []
+    for e in view:
+        try:
+            views.append(MemberView.from_wire(e))
+        except BadMeta as bad:  # the entry itself (not its meta) was hit: typed, never anything else
+            assert bad.reason == "bad entry"
+    got = candidates_from_members(views, rtts={}, self_id="zz")
+    assert len(got) + got.skipped_total + got.not_live == len(views) > 150
     for c in got:  # what came through is sane
         assert c.parallel >= 1 and c.context_length >= 1 and math.isfinite(c.tokens_per_s)
