@@ -170,7 +170,7 @@ class LoadInfo:
         return cls(
             running=_int(d, "running", 0, MAX_COUNT, BAD_LOAD),
             waiting=_int(d, "waiting", 0, MAX_COUNT, BAD_LOAD),
-            parallel=_int(d, "parallel", 1, MAX_PARALLEL, BAD_LOAD),
+            parallel=_int(d, "parallel", 0, MAX_PARALLEL, BAD_LOAD),  # 0: serves no model
             queue_limit=_int(d, "queue_limit", 0, MAX_COUNT, BAD_LOAD),
         )
 
@@ -226,6 +226,8 @@ class PeerMeta:
         models = meta.get("models")
         if not isinstance(models, list) or len(models) > MAX_MODELS_PER_PEER:
             raise BadMeta(BAD_MODELS, f"models must be a list of at most {MAX_MODELS_PER_PEER}")
+        if models and load.parallel < 1:
+            raise BadMeta(BAD_LOAD, "a peer that serves models runs at least one generation at once")
         engine = meta.get("engine")
         if engine is not None and not isinstance(engine, Mapping):
             raise BadMeta(BAD_ENGINE, "engine must be a map")
