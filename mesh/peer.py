@@ -38,6 +38,7 @@ from typing import Any
 
 import zmq.asyncio
 
+from mesh.clock import SYSTEM, Clock
 from mesh.config import PeerConfig
 from mesh.discovery.netaddr import advertise_endpoints
 from mesh.discovery.seeds import RememberedPeers, split_seed_text
@@ -85,7 +86,7 @@ from mesh.rpc.codec import FrameCodec
 from mesh.rpc.faults import FaultInjector
 from mesh.rpc.pool import PeerPool
 from mesh.rpc.server import CallContext, RpcServer, unary
-from mesh.rpc.tasks import cancel_and_wait
+from mesh.rpc.tasks import Background
 from mesh.service import PeerService
 
 log = logging.getLogger("mesh.peer")
@@ -132,13 +133,19 @@ class Peer:
         backend: Backend | None = None,
         backend_factory: Callable[[PeerConfig], Backend] = load_backend,
         cloud: Backend | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM,
+        rng: random.Random | None = None,
     ) -> None:
+        """``clock`` and ``rng`` reach every part that keeps time or draws at random (gossip,
+        routing, jobs, renewal, revocations, rotation): a test passes a ``ManualClock`` and
+        a seeded ``random.Random`` to run whole peers in virtual time, reproducibly."""
         self.config = config
         self.data = DataDir(Path(config.data_dir))
         self._backend = backend
         self._backend_factory = backend_factory
         self._clock = clock
+        self._rng = rng if rng is not None else random.Random()
+        self._background = Background("peer")  # work of the peer itself: the key switch of a rotation
         self.identity: Identity | None = None
         self.server: RpcServer | None = None
         self.endpoint: str | None = None
@@ -157,7 +164,7 @@ class Peer:
         self.http = None  # mesh.http.HttpServer when config.http_port is set
         self.metrics = PeerMetrics(clock=clock)  # this peer's own Prometheus registry and recent requests
         self.http_url: str | None = None
-        self._rotation: asyncio.Task | None = None  # the switch to new keys (rotate), while it runs
+        self._rotation: asyncio.Task | None = None  # the switch to new keys (rotate), while it runs (in _background)
         self.service: PeerService | None = None
         self.rotations = 0
         self.successors = Successors()  # members that rotated their keys: old id -> new id
@@ -176,11 +183,17 @@ class Peer:
         assert self._backend is not None, "peer not started"
         return self._backend
 
+    @property
+    def clock(self) -> Clock:
+        """The clock every part of this peer keeps time by."""
+        return self._clock
+
     async def start(self) -> str:
         """Bring the peer up; returns the RPC endpoint it serves on."""
         if not 0.5 <= self.config.renew_at < 1:
             raise ConfigError(f"renew_at must be in [0.5, 1), got {self.config.renew_at}")
         self.data.ensure()
+        await self._background.start()
         rotation = resume_rotation(self.data)  # a `mesh rotate` interrupted after the authority answered
         self.identity, created = Identity.load_or_create(self.data.identity_key)
         if created:
@@ -192,7 +205,7 @@ class Peer:
         try:
             self.membership = await join_or_create_mesh(
                 self.data, self.identity, self.transport, name=self.config.name, join_token=self.config.join_token,
-                ctx=self._ctx, rpc=self.config.rpc, now=self._clock(),
+                ctx=self._ctx, rpc=self.config.rpc, clock=self._clock,
             )
             self.certificate = self.membership.verify(peer_public_raw=self.identity.public_raw, now=self._clock())
             if self.certificate.curve_public != self.transport.public:
@@ -295,7 +308,7 @@ class Peer:
             identity=self.identity, name=self.config.name, certificate=self.membership.certificate,
             addresses=self.advertise, verifier=verifier, codec=codec, ctx=self._ctx, cfg=self.config.gossip,
             meta=self._own_meta,
-            remembered=remembered, clock=self._clock,
+            remembered=remembered, clock=self._clock, rng=self._child_rng(),
             faults=FaultInjector(self.config.faults) if self.config.faults and self.config.faults.active else None,
             transport=self.transport, keybook=self.keybook, successor=self.successors.current,
         )
@@ -303,19 +316,19 @@ class Peer:
             revocations=self.revocations, path=self.data.revocations, verifier=verifier,
             membership=self.membership_service, authority_key=self.data.authority_key,
             self_id=self.identity.peer_id, is_local=is_local,
-            interval_s=self.config.gossip.reconnect_interval_s, clock=self._clock,
+            interval_s=self.config.gossip.reconnect_interval_s, clock=self._clock, rng=self._child_rng(),
         )
         self.pool = PeerPool(codec=codec, ctx=self._ctx, transport=self.transport, keybook=self.keybook)
         self.router = Router(
             self_id=self.identity.peer_id_text, backend=self._backend, membership=self.membership_service,
-            pool=self.pool, cloud=self._cloud, cfg=self.config.routing, clock=self._clock, observer=self.metrics,
-            successors=self.successors,
+            pool=self.pool, cloud=self._cloud, cfg=self.config.routing, clock=self._clock, rng=self._child_rng(),
+            observer=self.metrics, successors=self.successors,
         )
         self.renewer = Renewer(
             data=self.data, membership=self.membership, certificate=self.certificate,
             members=self.membership_service, pool=self.pool, on_renewed=self._renewed,
             fraction=self.config.renew_at, check_s=self.config.renew_check_s, skew_s=self.config.cert_skew_s,
-            clock=self._clock,
+            clock=self._clock, rng=self._child_rng(),
         )
         if self.jobs is not None:
             self.job_sync = JobSync(
@@ -348,11 +361,11 @@ class Peer:
         })
         if self.job_runner is not None:
             with entered("job"):  # the runner's task (and the prompts it routes) count as entry "job"
-                self.job_runner.start()
-            self.job_sync.start()
+                await self.job_runner.start()
+            await self.job_sync.start()
         await self.membership_service.start(seeds)
         await self.revocation_service.start()
-        self.renewer.start()
+        await self.renewer.start()
         if self.config.mdns:
             await self._start_mdns(port)
 
@@ -410,10 +423,10 @@ class Peer:
         journal, cert = await certify_new_keys(
             self.data, identity=self.identity, membership=self.membership, certificate=self.certificate,
             members=self.membership_service, pool=self.pool, now=self._clock(), skew_s=self.config.cert_skew_s,
-            rng=random.Random(),
+            rng=self._child_rng(),
         )
         old = self.identity.peer_id_text
-        self._rotation = asyncio.create_task(self._switch(journal), name="rotate-switch")
+        self._rotation = self._background.spawn(self._switch(journal), name="rotate-switch")
         return {
             "old_peer_id": old, "peer_id": cert.peer_id_text, "name": cert.name,
             "transport_key": key_text(cert.curve_public), "expires_at": cert.expires_at,
@@ -518,6 +531,10 @@ class Peer:
             log.warning("mDNS discovery unavailable (%s); reach other peers with --join HOST:PORT", e)
             self.discovery = None
 
+    def _child_rng(self) -> random.Random:
+        """An rng of its own for one part, drawn from the peer's (reproducible when that is seeded)."""
+        return random.Random(self._rng.getrandbits(64))
+
     def _own_meta(self) -> PeerMeta:
         """What this peer gossips about itself (refreshed about once a second)."""
         return capabilities.snapshot(self.backend, renew=holds_authority(self.data))
@@ -541,7 +558,7 @@ class Peer:
         grace = self.config.shutdown_grace_s if grace_s is None else grace_s
         if self._rotation is not None:  # let a key switch under way finish: half a switch is worse
             await asyncio.wait({self._rotation}, timeout=2 * grace + 10)
-            await cancel_and_wait(self._rotation)
+        await self._background.close()
         if self.config.write_peer_file:
             self._remove_peer_file()
         if self.http is not None:

@@ -19,11 +19,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import time
 from collections.abc import Callable
 
 import zmq.asyncio
 
+from mesh.clock import SYSTEM, Clock
 from mesh.discovery.hints import Hint, Source
 from mesh.discovery.seeds import RememberedPeers
 from mesh.errors import MeshError
@@ -40,7 +40,7 @@ from mesh.rpc.codec import FrameCodec
 from mesh.rpc.faults import FaultInjector
 from mesh.rpc.keybook import KeyBook, KeySource
 from mesh.rpc.server import CallContext, Method, oneway, unary
-from mesh.rpc.tasks import cancel_and_wait, wait_event
+from mesh.rpc.tasks import Background
 from mesh.rpc.zap import CurveClient
 
 log = logging.getLogger("mesh.gossip.service")
@@ -64,7 +64,7 @@ class Membership:
         cfg: GossipConfig,
         meta: Callable[[], PeerMeta],
         remembered: RememberedPeers | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM,
         rng: random.Random | None = None,
         faults: FaultInjector | None = None,
         transport: TransportKeys | None = None,
@@ -95,8 +95,7 @@ class Membership:
         )
         self._pool: dict[str, tuple[RpcClient, bytes | None]] = {}
         self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
-        self._inflight: set[asyncio.Task] = set()  # sends and closes under way
+        self._background = Background("gossip")  # the tick and meta loops, sends and closes under way
         self.rejected_records = 0
         self.revoked: set[bytes] = set()  # peer ids the mesh authority revoked (mesh.identity.revocation_service)
         self.listeners: list[Callable[[MemberChanged], None]] = []  # told of every status change
@@ -124,25 +123,26 @@ class Membership:
             if h.transport_key is not None:
                 self.keybook.learn(h.address, h.transport_key, KeySource.HINT)
         addresses = list(dict.fromkeys([*seeds, *(h.address for h in hints)]))
+        await self._background.start(tick=self._tick_loop, meta=self._meta_loop)
         if addresses:
             self._apply(self.swim.join(addresses, self._clock()))
-        self._tasks = [
-            asyncio.create_task(self._tick_loop(), name="gossip-tick"),
-            asyncio.create_task(self._meta_loop(), name="gossip-meta"),
-        ]
 
     async def stop(self, *, announce_leave: bool = True, leave_meta: PeerMeta | None = None) -> None:
         """Stop gossiping; first tell the mesh this peer left (with ``leave_meta`` in its
         last record when given)."""
         if announce_leave and not self.swim.left:
             self._apply(self.swim.leave(self._clock(), meta=leave_meta.to_wire() if leave_meta else None))
-            await asyncio.sleep(0.2)  # let the "left" news leave the sockets
-        for task in self._tasks:
-            await cancel_and_wait(task)
+            await asyncio.sleep(0.2)  # let the "left" news leave the sockets (real time: this is I/O)
+        await self._background.close()
         self._remember()
         for client, _ in self._pool.values():
             await client.close()
         self._pool.clear()
+
+    @property
+    def running(self) -> bool:
+        """Its loops run (False before start, after stop, or when one of them died)."""
+        return self._background.running and all(not t.done() for t in self._background.loops.values())
 
     def expel(self, peer_id: bytes) -> None:
         """Its certificate was revoked: declare it dead now and show it as revoked."""
@@ -256,12 +256,15 @@ class Membership:
                 self.no_transport_key += 1
                 continue
             send = client.cast(GOSSIP_METHOD, {"d": fx.data, "a": self.addresses[0]})
-            self._spawn(send if not delay else _after(delay, send))
+            self._spawn(send if not delay else self._after(delay, send))
+
+    async def _after(self, delay_s: float, coro) -> None:
+        """A send the fault layer delays (simulated latency: on this peer's clock)."""
+        await self._clock.sleep(delay_s)
+        await coro
 
     def _spawn(self, coro) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._inflight.add(task)
-        task.add_done_callback(self._inflight.discard)
+        self._background.spawn(coro)
 
     def _client(self, address: str, peer_id: bytes | None = None) -> RpcClient | None:
         """The datagram connection to ``address`` (where ``peer_id`` is, when known); None
@@ -294,12 +297,12 @@ class Membership:
             self._apply(self.swim.tick(now))
             self._wake.clear()
             delay = min(max(self.swim.next_tick_at - self._clock(), 0.005), 0.25)
-            await wait_event(self._wake, delay)
+            await self._clock.wait(self._wake, delay)
 
     async def _meta_loop(self) -> None:
         last_remember = self._clock()
         while True:
-            await asyncio.sleep(self.cfg.probe_interval_s)
+            await self._clock.sleep(self.cfg.probe_interval_s)
             self._apply(self.swim.update_own_meta(self._meta().to_wire(), self._clock()))
             if self._clock() - last_remember >= REMEMBER_EVERY_S:
                 last_remember = self._clock()
@@ -320,12 +323,7 @@ class Membership:
         except (MeshError, OSError) as e:
             log.warning("could not remember peers: %s", e)
 
-
     def _certified_key(self, peer_id: bytes) -> bytes | None:
         cert = self.verifier.certificate_for(peer_id)
         return cert.curve_public if cert is not None and cert.curve_public else None
 
-
-async def _after(delay_s: float, coro) -> None:
-    await asyncio.sleep(delay_s)
-    await coro

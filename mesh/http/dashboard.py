@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -128,7 +127,7 @@ async def api_mesh(request: web.Request) -> web.Response:
     refused = refusal(request, peer.config.http_host, peer.config.http_open_loopback)
     if refused is not None:
         return refused
-    return web.json_response(snapshot(peer, now=time.time()))
+    return web.json_response(snapshot(peer, now=peer.clock()))
 
 
 def _event_stream() -> web.StreamResponse:
@@ -147,7 +146,7 @@ async def api_events(request: web.Request) -> web.StreamResponse:
     await resp.prepare(request)
     try:
         while not stop.is_set():
-            await resp.write(sse("mesh", snapshot(peer, now=time.time())))
+            await resp.write(sse("mesh", snapshot(peer, now=peer.clock())))
             try:
                 await asyncio.wait_for(stop.wait(), EVENT_INTERVAL_S)
             except TimeoutError:

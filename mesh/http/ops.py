@@ -44,8 +44,7 @@ def not_ready_reason(peer: "Peer") -> str | None:
     membership = peer.membership_service
     if membership is None:
         return "membership not started"
-    tasks = getattr(membership, "_tasks", [])
-    if not tasks or any(t.done() for t in tasks):
+    if not membership.running:
         return "membership (gossip) not running"
     if peer.router is None:
         return "router not built"

@@ -16,7 +16,7 @@ Called once by the composition root (``mesh.peer``), in this order:
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import zmq.asyncio
 
@@ -38,7 +38,7 @@ log = logging.getLogger("mesh.peer")
 
 async def join_or_create_mesh(
     data: DataDir, identity: Identity, transport: TransportKeys, *, name: str, join_token: str | None,
-    ctx: zmq.asyncio.Context, rpc: RpcConfig, now: float,
+    ctx: zmq.asyncio.Context, rpc: RpcConfig, clock: Callable[[], float],
 ) -> MeshMembership:
     membership = load_membership(data)
     if membership is not None:
@@ -46,8 +46,8 @@ async def join_or_create_mesh(
             log.warning("already in mesh %s; ignoring --join-token", membership.mesh_id_text)
         return membership
     if join_token:
-        return await enrol(data, identity, join_token, name=name, ctx=ctx, rpc=rpc, transport=transport)
-    return create_mesh(data, identity, name=name, transport=transport, now=now)
+        return await enrol(data, identity, join_token, name=name, ctx=ctx, rpc=rpc, transport=transport, clock=clock)
+    return create_mesh(data, identity, name=name, transport=transport, now=clock())
 
 
 def renew_for_transport(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import zmq.asyncio
 
@@ -71,11 +72,12 @@ async def enrol(
     transport: TransportKeys,
     rpc: RpcConfig | None = None,
     timeout_s: float = 10.0,
+    clock: Callable[[], float] = time.time,
 ) -> MeshMembership:
     """Join the mesh a token invites to; saves and returns this device's membership."""
     if data.membership.exists():
         raise ConfigError(f"{data.root} is already in a mesh ({data.membership}); use another --data-dir to join another")
-    token = parse_token(token_text.strip(), now=time.time())
+    token = parse_token(token_text.strip(), now=clock())
     if not token.inviter_curve:
         raise TokenError(
             "this token carries no transport key: it was made by an older mesh build; "
@@ -89,7 +91,7 @@ async def enrol(
         client = RpcClient(codec=codec, endpoint=endpoint, ctx=ctx, curve=CurveClient(transport, token.inviter_curve))
         client.connect()
         try:
-            request = enrol_request(token, identity, name, now=time.time(), curve_public=transport.public)
+            request = enrol_request(token, identity, name, now=clock(), curve_public=transport.public)
             reply = await client.call(ENROL_METHOD, request, timeout_s=timeout_s)
         except TokenError:
             raise  # the inviter refused the token itself: another endpoint would too
@@ -99,7 +101,7 @@ async def enrol(
         finally:
             await client.close()
         membership = accept_enrolment(
-            reply, token=token, joiner_public_raw=identity.public_raw, now=time.time(), curve_public=transport.public
+            reply, token=token, joiner_public_raw=identity.public_raw, now=clock(), curve_public=transport.public
         )
         membership.save(data.membership)
         log.info("joined mesh %s as %s", token.mesh_id_text, name)

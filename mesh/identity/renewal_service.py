@@ -18,12 +18,12 @@ and warns; the peer keeps working until its certificate expires.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
 import time
 from collections.abc import Callable
 
+from mesh.clock import SYSTEM, Clock
 from mesh.errors import ConfigError, MeshError
 from mesh.gossip.service import Membership
 from mesh.identity.authority import DEFAULT_CERT_TTL_S, MeshAuthority
@@ -34,7 +34,7 @@ from mesh.identity.renewal import RENEW_METHOD, accept_renewal, handle_renew, re
 from mesh.paths import DataDir
 from mesh.rpc.pool import PeerPool
 from mesh.rpc.server import CallContext, Method, unary
-from mesh.rpc.tasks import cancel_and_wait
+from mesh.rpc.tasks import Background
 
 log = logging.getLogger("mesh.identity.renewal_service")
 
@@ -75,7 +75,7 @@ class Renewer:
         fraction: float = 2 / 3,
         check_s: float = 60.0,
         skew_s: float = DEFAULT_SKEW_S,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM,
         rng: random.Random | None = None,
         call_timeout_s: float = 10.0,
     ) -> None:
@@ -95,20 +95,19 @@ class Renewer:
         self._clock = clock
         self._rng = rng or random.Random()
         self.call_timeout_s = call_timeout_s
-        self._task: asyncio.Task | None = None
+        self._background = Background("renewal")
         self.renewals = 0
         self.failures = 0
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="renewal")
+    async def start(self) -> None:
+        await self._background.start(loop=self._loop)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            await cancel_and_wait(self._task)
+        await self._background.close()
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self.check_s)
+            await self._clock.sleep(self.check_s)
             await self.renew_if_due()
 
     async def renew_if_due(self) -> bool:

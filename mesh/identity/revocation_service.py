@@ -30,14 +30,13 @@ its file). This shell:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from mesh.clock import SYSTEM, Clock
 from mesh.errors import CertificateError, IdentityError, InvalidRequest, MeshError
 from mesh.gossip.effects import MemberChanged
 from mesh.gossip.member import Status
@@ -48,7 +47,7 @@ from mesh.identity.credentials import CertificateVerifier
 from mesh.identity.keys import peer_id_text
 from mesh.identity.revocation import Revocation, RevocationList, save_revocations, sign_revocation
 from mesh.rpc.server import CallContext, Method, oneway, unary
-from mesh.rpc.tasks import cancel_and_wait
+from mesh.rpc.tasks import Background
 
 log = logging.getLogger("mesh.identity.revocation_service")
 
@@ -71,7 +70,7 @@ class RevocationService:
         is_local: Callable[[bytes], bool],
         interval_s: float,
         fanout: int = 3,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM,
         rng: random.Random | None = None,
     ) -> None:
         self.revocations = revocations
@@ -86,7 +85,7 @@ class RevocationService:
         self._clock = clock
         self._rng = rng or random.Random()
         self._answered: dict[bytes, float] = {}  # sender -> when we last sent it our whole list
-        self._task: asyncio.Task | None = None
+        self._background = Background("revocations")
         self.refused = 0  # revocations received that failed verification
         self.self_revoked: Revocation | None = None
         membership.listeners.append(self._on_member_changed)
@@ -97,11 +96,10 @@ class RevocationService:
     async def start(self) -> None:
         for rev in self.revocations:  # loaded from the file: nobody revoked is admitted again
             self._apply(rev)
-        self._task = asyncio.create_task(self._loop(), name="revocations")
+        await self._background.start(loop=self._loop)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            await cancel_and_wait(self._task)
+        await self._background.close()
 
     def stats(self) -> dict[str, Any]:
         return {"held": len(self.revocations), "refused": self.refused, "evicted": self.revocations.evictions}
@@ -178,7 +176,7 @@ class RevocationService:
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self.interval_s * self._rng.uniform(0.8, 1.2))
+            await self._clock.sleep(self.interval_s * self._rng.uniform(0.8, 1.2))
             now = self._clock()
             if self.revocations.prune(now=now):
                 try:

@@ -19,15 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 
+from mesh.clock import SYSTEM, Clock
 from mesh.errors import BackendBusy, InvalidRequest, MeshError, NoAnswer
 from mesh.jobs import JobStore
 from mesh.routing import RouteRequest
 from mesh.routing.router import Router
 from mesh.rpc.server import Final
-from mesh.rpc.tasks import cancel_and_wait, wait_event
+from mesh.rpc.tasks import Background, cancel_and_wait
 
 log = logging.getLogger("mesh.jobs")
 
@@ -43,7 +43,7 @@ MAX_STORE_BYTES = 256 << 20  # ... and within this disk budget
 class JobRunner:
     def __init__(
         self, *, store: JobStore, router: Router, self_id: str, threshold: float = 0.7,
-        clock: Callable[[], float] = time.time, sync=None, keep_s: float = KEEP_RESULTS_S,
+        clock: Clock = SYSTEM, sync=None, keep_s: float = KEEP_RESULTS_S,
         max_bytes: int = MAX_STORE_BYTES,
     ) -> None:
         """``sync`` (a ``mesh.jobs.sync.JobSync``): hand this peer's jobs to the peer the
@@ -57,13 +57,13 @@ class JobRunner:
         self.threshold = threshold
         self._clock = clock
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._background = Background("job-runner")
         self._waits: dict[str, int] = {}  # job id -> times nothing could answer it (its back-off)
         self._draining = False
         self._running: tuple[str, asyncio.Task] | None = None  # the job being routed now, and that task
         self._unwatch: Callable[[], None] | None = None
 
-    def start(self) -> None:
+    async def start(self) -> None:
         # Jobs this peer was running when it died (kill -9, power loss): requeue them now
         # instead of waiting for their leases to expire.
         for job in self.store.list(states=["running"], limit=1000):
@@ -71,7 +71,7 @@ class JobRunner:
                 self.store.fail(job.id, worker=self.self_id, error="the peer restarted", retry=True, now=self._clock())
                 log.info("job %s requeued: this peer restarted while running it", job.id)
         self._unwatch = self.store.watch_cancel(self._stop_job)
-        self._task = asyncio.create_task(self._loop(), name="job-runner")
+        await self._background.start(loop=self._loop)
 
     def wake(self) -> None:
         self._wake.set()
@@ -79,7 +79,7 @@ class JobRunner:
     async def stop(self, *, drain_s: float = 0.0) -> None:
         """Stop. With ``drain_s``, claim nothing new and give the job in flight that long
         to finish first (``mesh rotate``); a job still running then goes back to the queue."""
-        if self._task is None:
+        if not self._background.running:
             return
         if self._unwatch is not None:
             self._unwatch()
@@ -87,8 +87,8 @@ class JobRunner:
         if drain_s > 0:
             self._draining = True
             self._wake.set()
-            await asyncio.wait({self._task}, timeout=drain_s)
-        await cancel_and_wait(self._task)
+            await asyncio.wait({self._background.loops["loop"]}, timeout=drain_s)
+        await self._background.close()
 
     async def _loop(self) -> None:
         last_prune = 0.0
@@ -102,7 +102,7 @@ class JobRunner:
             job = self.store.claim(worker=self.self_id, lease_s=LEASE_S, now=now)
             if job is None:
                 self._wake.clear()
-                await wait_event(self._wake, IDLE_POLL_S)
+                await self._clock.wait(self._wake, IDLE_POLL_S)
                 continue
             await self._run(job)
 
@@ -121,7 +121,7 @@ class JobRunner:
                 self._waits.pop(job.id, None)
                 return
         # the prompt is routed in a task of its own, so that cancelling the job (_stop_job)
-        # stops it and nothing else
+        # stops it and nothing else; both tasks end before _run returns (the finally below)
         answering = asyncio.create_task(self._answer(job, gen, route), name=f"job-{job.id}")
         self._running = (job.id, answering)
         renewer = asyncio.create_task(self._renew(job.id))
@@ -183,7 +183,7 @@ class JobRunner:
 
     async def _renew(self, job_id: str) -> None:
         while True:
-            await asyncio.sleep(LEASE_S / 3)
+            await self._clock.sleep(LEASE_S / 3)
             if not self.store.renew(job_id, worker=self.self_id, lease_s=LEASE_S, now=self._clock()):
                 log.warning("lost the lease on job %s (cancelled, or taken over): stopping it", job_id)
                 self._stop_job(job_id)

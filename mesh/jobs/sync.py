@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from mesh.clock import SYSTEM, Clock
 from mesh.errors import BackendBusy, InvalidRequest, MeshError
 from mesh.gossip.view import MemberView
 from mesh.identity.keys import peer_id_text
@@ -51,7 +51,7 @@ from mesh.jobs.wire import (
     outcomes_from_wire,
 )
 from mesh.rpc.server import CallContext, Method, unary
-from mesh.rpc.tasks import cancel_and_wait
+from mesh.rpc.tasks import Background
 
 log = logging.getLogger("mesh.jobs")
 
@@ -64,7 +64,7 @@ class JobSync:
     def __init__(
         self, *, store: JobStore, membership, pool, self_id: str, reservations: Counter | None = None,
         on_new_job: Callable[[], None] | None = None, cfg: JobSyncConfig | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM,
     ) -> None:
         self.store = store
         self.membership = membership
@@ -74,12 +74,11 @@ class JobSync:
         self.reservations = reservations if reservations is not None else Counter()
         self.on_new_job = on_new_job
         self._clock = clock
-        self._task: asyncio.Task | None = None
+        self._background = Background("job-sync")  # the sync loop, rechecks and probes in flight
         self._unwatch: Callable[[], None] | None = None
         self._reserved: dict[str, str] = {}  # handed-over job id -> executor counted in reservations
         self._rechecked: dict[str, float] = {}  # handed-over job id -> last time the executor was asked
         self._owner_retry: dict[str, tuple] = {}  # owner -> (next try at, current delay, its incarnation then)
-        self._tasks: set[asyncio.Task] = set()  # rechecks and probes in flight
         self._probing: set[str] = set()  # handed-over jobs whose executor is being asked before a requeue
         self._started = clock()
         self.counts: Counter[str] = Counter()  # handed, adopted, delivered, imported, requeued, refused:*
@@ -89,20 +88,18 @@ class JobSync:
     def methods(self) -> dict[str, Method]:
         return {HANDOVER_METHOD: unary(self._on_handover), RESULT_METHOD: unary(self._on_result)}
 
-    def start(self) -> None:
+    async def start(self) -> None:
         self._started = self._clock()
         for job in self.store.handed_over():  # after a restart: still running elsewhere
             self._reserve(job.id, job.lease_holder)
         self._unwatch = self.store.watch_cancel(self._release)  # cancelled: no longer counts against its executor
-        self._task = asyncio.create_task(self._loop(), name="job-sync")
+        await self._background.start(loop=self._loop)
 
     async def stop(self) -> None:
         if self._unwatch is not None:
             self._unwatch()
             self._unwatch = None
-        await cancel_and_wait(self._task)
-        for task in list(self._tasks):
-            await cancel_and_wait(task)
+        await self._background.close()
 
     def pending(self, counts: dict[str, int] | None = None) -> dict[str, int]:
         """What waits to sync: outcomes held for other peers, own jobs running elsewhere
@@ -336,7 +333,7 @@ class JobSync:
                 raise
             except Exception:  # one bad tick must not end syncing for good
                 log.exception("job sync tick failed")
-            await asyncio.sleep(self.cfg.tick_s)
+            await self._clock.sleep(self.cfg.tick_s)
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -360,6 +357,4 @@ class JobSync:
                 del self.reservations[peer]
 
     def _spawn(self, coro) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._background.spawn(coro)

@@ -20,16 +20,15 @@ once per decision and passed down.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import random
-import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
 from mesh.api import ask_args, final_to_wire
+from mesh.clock import SYSTEM, Clock
 from mesh.errors import BackendBusy, InvalidRequest, MeshError, NoAnswer, PeerUnavailable, RpcError
 from mesh.gossip.service import Membership
 from mesh.inference.backend import Backend, FinalStats, GenerationRequest, TextChunk
@@ -67,7 +66,7 @@ class Router:
         cloud: Backend | None = None,
         cfg: RoutingConfig | None = None,
         generate_timeout_s: float = 300.0,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM,
         rng: random.Random | None = None,
         observer=None,
         successors: Successors | None = None,
@@ -197,9 +196,9 @@ class Router:
             if streamed or not waiting:
                 raise
             log.info("nothing could answer while %d peer(s) rotate their keys; waiting for them", len(waiting))
-            deadline = time.monotonic() + ROTATION_WAIT_S
-            while self.successors.awaiting(self.membership.view()) and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
+            deadline = self._clock() + ROTATION_WAIT_S
+            while self.successors.awaiting(self.membership.view()) and self._clock() < deadline:
+                await self._clock.sleep(0.1)
         async for ev in self._ask(gen, self._following(route)):
             yield ev
 
@@ -322,7 +321,7 @@ class Router:
             if nxt is None:
                 break
             restart = restart or streamed
-            await asyncio.sleep(backoff)
+            await self._clock.sleep(backoff)
             candidate = nxt
         yield (Attempt.no_route(reason=f"{why}; every peer tried failed"), None)
 
