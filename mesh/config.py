@@ -62,6 +62,7 @@ class PeerConfig:
     engine_url: str | None = None  # serve through this OpenAI-compatible engine instead of llama.cpp
     engine_model: str | None = None
     engine_context: int = 8192  # the engine model's context length, in tokens
+    engine_parallel: int = 4  # requests the engine runs at once (llama-server -np, OLLAMA_NUM_PARALLEL)
     cert_skew_s: float = 300.0  # certificates are honoured this long before issue and past expiry (clocks differ)
     renew_at: float = 2 / 3  # renew this peer's certificate once this fraction of its lifetime has passed
     renew_check_s: float = 60.0  # how often the peer checks whether its certificate is due for renewal

@@ -106,7 +106,7 @@ def load_backend(config: PeerConfig) -> Backend:
 
         return OpenAIBackend(
             config.engine_url, config.engine_model or "", context_length=config.engine_context,
-            queue_limit=config.queue_limit,
+            max_concurrency=config.engine_parallel, queue_limit=config.queue_limit,
         )
     from mesh.inference.cpu_variant import default_threads
     from mesh.inference.engine_backend import EngineBackend

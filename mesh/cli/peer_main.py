@@ -81,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine-model", metavar="NAME", help="the engine's model name (with --engine-url)")
     p.add_argument("--engine-context", type=int, default=8192, metavar="TOKENS",
                    help="the engine model's context length (default 8192)")
+    p.add_argument("--engine-parallel", type=int, default=4, metavar="N",
+                   help="requests the engine runs at once (llama-server -np, OLLAMA_NUM_PARALLEL; default 4); "
+                        "more wait here, where the router can see them")
     p.add_argument("--jobs-keep-days", type=float, default=7.0, metavar="DAYS",
                    help="keep finished jobs this long (default 7); results not yet delivered to the "
                         "peer that asked are held 30 days")
@@ -126,6 +129,8 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         raise MeshError("the cloud needs both --cloud-url and --cloud-model (or MESH_CLOUD_URL and MESH_CLOUD_MODEL)")
     if bool(args.engine_url) != bool(args.engine_model):
         raise MeshError("--engine-url needs --engine-model (the name the engine knows the model by)")
+    if not 1 <= args.engine_parallel <= 256:
+        raise MeshError(f"--engine-parallel must be 1..256, got {args.engine_parallel}")
     from mesh.config import default_name
     from mesh.discovery.seeds import parse_seed_with_key, parse_seeds, seed_text
     from mesh.rpc.faults import FaultConfig
@@ -152,6 +157,7 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         engine_url=args.engine_url,
         engine_model=args.engine_model,
         engine_context=args.engine_context,
+        engine_parallel=args.engine_parallel,
         name=args.name or default_name(),
         join_token=args.join_token,
         seeds=tuple(dict.fromkeys(

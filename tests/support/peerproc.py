@@ -27,7 +27,7 @@ def mesh_cmd(*args: str) -> list[str]:
 
 
 class PeerProcess:
-    def __init__(self, data_dir: Path, *extra: str) -> None:
+    def __init__(self, data_dir: Path, *extra: str, preexec_fn=None) -> None:
         self.data_dir = Path(data_dir)
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-peer.log"
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -42,6 +42,7 @@ class PeerProcess:
             [str(BIN / "mesh-peer"), "--data-dir", str(self.data_dir), "--rpc-port", "0", *defaults, *extra],
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            preexec_fn=preexec_fn,  # run in the child before mesh-peer starts (e.g. CpuQuota.join)
         )
         self.info: dict = {}
 

@@ -130,3 +130,17 @@ def test_parsing_leaves_the_parser_defaults_intact(tmp_path):
     write(tmp_path / "mesh.toml", "rpc-port = 7500\n")
     parse_with_file(p, ["--data-dir", str(tmp_path), "--rpc-port", "1"], default_path=lambda a: tmp_path / "mesh.toml")
     assert p.parse_args([]).rpc_port == DEFAULT_RPC_PORT and p.parse_args([]).join == []
+
+
+def test_engine_parallel_reaches_the_engine_backend_and_is_checked(tmp_path):
+    from mesh.errors import MeshError
+    from mesh.peer import load_backend
+
+    args = parse(tmp_path, "--engine-url", "http://127.0.0.1:9/v1", "--engine-model", "m", "--engine-parallel", "1")
+    backend = load_backend(peer_main.config_from_args(args))
+    assert backend.capabilities.parallel == 1  # what gossip says and the router divides the queue by
+    assert peer_main.config_from_args(parse(tmp_path, "--engine-url", "http://127.0.0.1:9/v1",
+                                            "--engine-model", "m")).engine_parallel == 4
+    with pytest.raises(MeshError, match="--engine-parallel must be 1..256"):
+        peer_main.config_from_args(parse(tmp_path, "--engine-url", "http://x/v1", "--engine-model", "m",
+                                         "--engine-parallel", "0"))
