@@ -9,6 +9,7 @@ Modules, one noun each:
 * ``timing``     SWIM/Lifeguard/memberlist formulas and local health (``Awareness``)
 * ``suspicion``  one Lifeguard suspicion timer
 * ``broadcast``  the transmit-limited news queue, one slot per member
+* ``load``       members' load outside the signed record: versions, relay order, refutation
 * ``table``      the bounded member table with tombstones
 * ``state``      ``MemberState``: the table plus what news about others does to it
 * ``probe``      ``Prober``: probes, ping-req relays, randomized round-robin order

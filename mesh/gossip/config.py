@@ -41,6 +41,15 @@ class GossipConfig:
     max_piggyback_bytes: int = 1400  # news bytes added to one message (one oversized item may go alone)
     max_news_per_message: int = 64  # news items in one message, sent or accepted
 
+    # Load (requests running and waiting), outside the signed record (mesh.gossip.load).
+    # Every message carries its sender's own load; up to load_piggyback_max values about
+    # others ride along, each passed on max(3, load_retransmit_mult * ceil(log10(n+1))) times.
+    load_piggyback_max: int = 16  # load values about others added to one message
+    load_retransmit_mult: int = 3  # times each member passes a load value on, times ceil(log10(n+1))
+    load_gossip_fanout: int = 1  # members sent to per gossip round when only load news is pending
+    load_future_s: float = 30.0  # a load version (the owner's clock, ms) further ahead of ours is refused
+    max_load_relay: int = 256  # load values waiting to be passed on (the most sent are dropped first)
+
     # Anti-entropy and membership lifetime
     sync_interval_s: float = 30.0  # push-pull full state with one random member (scaled up past 32 members)
     reconnect_interval_s: float = 10.0  # push-pull with one random dead member, so a healed partition merges
@@ -64,6 +73,8 @@ class GossipConfig:
             raise ValueError("gossip_fanout and retransmit_mult must be >= 1, indirect_checks >= 0")
         if self.suspicion_max_mult < 1 or self.suspicion_mult <= 0 or self.awareness_max < 1:
             raise ValueError("suspicion multipliers and awareness_max must be >= 1")
+        if self.load_piggyback_max < 0 or self.load_retransmit_mult < 1 or self.load_gossip_fanout < 0:
+            raise ValueError("load_piggyback_max and load_gossip_fanout must be >= 0, load_retransmit_mult >= 1")
         if self.max_sync_bytes > self.max_message_bytes or self.max_piggyback_bytes > self.max_message_bytes:
             raise ValueError("max_sync_bytes and max_piggyback_bytes must fit in max_message_bytes")
 

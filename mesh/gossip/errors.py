@@ -24,6 +24,8 @@ class GossipReason(enum.Enum):
     TABLE_FULL = "table_full"  # a new member while the table is at max_members with nothing to evict
     MISDIRECTED = "misdirected"  # a ping meant for another peer id (a restarted peer at an old address)
     FROM_SELF = "from_self"  # a message claiming to come from this peer
+    BAD_LOAD = "bad_load"  # a load value (own or relayed) of the wrong shape or out of range
+    LOAD_AHEAD = "load_ahead"  # a load version further ahead of this peer's clock than load_future_s
 
 
 class GossipError(MeshError):

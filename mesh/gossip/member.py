@@ -2,7 +2,8 @@
 
 ``Member`` is the frozen table entry the merge rules (``mesh.gossip.merge``) take and
 return. ``MemberSnapshot`` is the read-only snapshot ``Swim.members()`` gives the shell,
-the router and the CLI.
+the router and the CLI; its ``load`` is the newest load this peer knows of the member,
+which travels outside the signed record (``mesh.gossip.load``).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+from mesh.gossip.load import Load
 from mesh.gossip.record import MemberRecord
 
 
@@ -59,9 +61,12 @@ class MemberSnapshot:
     since: float  # when the status last changed
     last_heard: float | None  # last message received from this member directly (None: never)
     is_self: bool = False
+    load: Load | None = None  # its newest load this peer knows (mesh.gossip.load); None: only meta's
 
     @classmethod
-    def of(cls, m: Member, *, last_heard: float | None, is_self: bool = False) -> MemberSnapshot:
+    def of(
+        cls, m: Member, *, last_heard: float | None, is_self: bool = False, load: Load | None = None
+    ) -> MemberSnapshot:
         r = m.record
         return cls(
             peer_id=r.peer_id,
@@ -75,4 +80,5 @@ class MemberSnapshot:
             since=m.since,
             last_heard=last_heard,
             is_self=is_self,
+            load=load,
         )

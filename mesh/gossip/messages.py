@@ -9,6 +9,8 @@ A message is one datagram (one-way, may be lost, may arrive late)::
 * ``news``: piggybacked dissemination items (SWIM section 4), each
   ``[kind, ...]`` with ``kind`` an index into ``NEWS_KINDS``. Items of a kind this peer
   does not know are skipped, so newer peers may add kinds.
+* ``fields`` of any type may hold ``l``: the sender's own load ``[seq, running,
+  waiting]`` (``mesh.gossip.load``), authenticated by the envelope around the message.
 * Trailing array elements after ``news`` are ignored (append-only).
 
 News items are packed once when queued (``pack_news``) and spliced into each message
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 
 from mesh.gossip import wire
 from mesh.gossip.errors import GossipError, GossipReason
+from mesh.gossip.load import Load
 from mesh.gossip.member import STATUS_CODE, STATUS_CODES, Status
 from mesh.gossip.record import (
     MAX_ADDRESS_CHARS,
@@ -40,7 +43,8 @@ SUPPORTED_VERSIONS = range(1, 2)
 # Message types. ONLY APPEND TO THIS LIST: the index is the wire code.
 MESSAGE_TYPES = ("ping", "ack", "ping_req", "nack", "gossip", "sync")
 # News kinds. ONLY APPEND TO THIS LIST.
-NEWS_KINDS = ("alive", "suspect", "dead")
+NEWS_KINDS = ("alive", "suspect", "dead", "load")
+LOAD_FIELD = "l"  # in any message's fields: the sender's own load
 
 
 # --- news -------------------------------------------------------------------------
@@ -71,12 +75,23 @@ class Dead:
     sender: bytes
 
 
-News = Alive | Suspect | Dead
+@dataclass(frozen=True)
+class LoadNews:
+    """``peer_id``'s load as the sender last learned it (not signed by ``peer_id``:
+    see ``mesh.gossip.load`` for the rules that bound a lie)."""
+
+    peer_id: bytes
+    load: Load
+
+
+News = Alive | Suspect | Dead | LoadNews
 
 
 def pack_news(item: News) -> bytes:
     if isinstance(item, Alive):
         return wire.pack([0, *item.record.to_parts()])
+    if isinstance(item, LoadNews):
+        return wire.pack([3, item.peer_id, *item.load.to_wire()])
     kind = 1 if isinstance(item, Suspect) else 2
     return wire.pack([kind, item.peer_id, item.incarnation, item.sender])
 
@@ -85,6 +100,8 @@ def _news(raw: object, parse) -> News | None:
     if not isinstance(raw, list) or not raw or not isinstance(raw[0], int) or isinstance(raw[0], bool):
         raise wire.bad("a news item is [kind, ...]")
     kind = raw[0]
+    if kind == 3:
+        return _load_news(raw)
     if kind == 0:
         return Alive(parse(raw[1:3]))
     if kind in (1, 2):
@@ -95,6 +112,12 @@ def _news(raw: object, parse) -> News | None:
         sender = wire.blob(raw[3], "sender", size=PEER_ID_BYTES)
         return Suspect(pid, inc, sender) if kind == 1 else Dead(pid, inc, sender)
     return None  # a kind from a newer peer: skip it
+
+
+def _load_news(raw: list) -> LoadNews:
+    if len(raw) < 5 or type(raw[1]) is not bytes or len(raw[1]) != PEER_ID_BYTES:
+        raise GossipError(GossipReason.BAD_LOAD, "load news is [kind, 16-byte peer id, seq, running, waiting]")
+    return LoadNews(raw[1], Load.from_wire(raw[2:5]))
 
 
 # --- messages ---------------------------------------------------------------------
@@ -189,16 +212,35 @@ def _fields(body: Body) -> dict:
     return {}
 
 
-def encode(body: Body, news: list[bytes] | tuple[bytes, ...] = ()) -> bytes:
-    """One message; ``news`` are items already packed by ``pack_news``."""
-    head = wire.pack(PROTOCOL_VERSION) + wire.pack(_TYPE_CODE[type(body)]) + wire.pack(_fields(body))
+def encode(body: Body, news: list[bytes] | tuple[bytes, ...] = (), *, load: Load | None = None) -> bytes:
+    """One message; ``news`` are items already packed by ``pack_news``; ``load`` the
+    sender's own load."""
+    fields = _fields(body)
+    if load is not None:
+        fields[LOAD_FIELD] = load.to_wire()
+    head = wire.pack(PROTOCOL_VERSION) + wire.pack(_TYPE_CODE[type(body)]) + wire.pack(fields)
     return b"\x94" + head + wire.array_header(len(news)) + b"".join(news)
+
+
+@dataclass(frozen=True)
+class Message:
+    body: Body
+    news: list[News]
+    load: Load | None  # the sender's own load, when it sent one
 
 
 def decode(
     data: bytes, *, max_bytes: int, max_news: int, max_entries: int, records: RecordCache | None = None
 ) -> tuple[Body, list[News]]:
     """One message and its news. ``records``: a cache of parsed records (optional)."""
+    msg = decode_message(data, max_bytes=max_bytes, max_news=max_news, max_entries=max_entries, records=records)
+    return msg.body, msg.news
+
+
+def decode_message(
+    data: bytes, *, max_bytes: int, max_news: int, max_entries: int, records: RecordCache | None = None
+) -> Message:
+    """One message, its news and the sender's own load (see ``decode``)."""
     parse = MemberRecord.from_parts if records is None else records.parse
     doc = wire.unpack(data, max_bytes=max_bytes)
     if not isinstance(doc, list) or len(doc) < 4:
@@ -213,7 +255,9 @@ def decode(
     if len(raw_news) > max_news:
         raise wire.bad(f"more than {max_news} news items")
     news = [n for n in (_news(r, parse) for r in raw_news) if n is not None]
-    return _body(code, fields, max_entries, parse), news
+    raw_load = fields.get(LOAD_FIELD)
+    load = None if raw_load is None else Load.from_wire(raw_load)
+    return Message(_body(code, fields, max_entries, parse), news, load)
 
 
 def _status(value: object) -> Status:

@@ -12,6 +12,7 @@ for the shell to perform. Driving it::
         wait for a datagram or until swim.next_tick_at
         perform(swim.receive(sender_peer_id, data, now, sender_address=addr))  # on a datagram
         perform(swim.tick(now))                                                # when due
+        perform(swim.update_own_load(running, waiting, now))                   # on a change
 
 What it does, and where it comes from:
 
@@ -23,6 +24,10 @@ What it does, and where it comes from:
 * Dissemination: news piggybacked on every ping, ack and ping-req, plus memberlist's
   gossip rounds (``gossip_fanout`` members every ``gossip_interval_s`` while there is
   news), each item sent O(log n) times (``mesh.gossip.broadcast``).
+* Load: outside the signed record (``mesh.gossip.load``): every message carries this
+  peer's own load; values about others ride in probes, acks and gossip rounds, a
+  bounded number per message, and a gossip round runs (to ``load_gossip_fanout``
+  members) while only load news is pending. Changing load never re-signs the record.
 * Anti-entropy: push-pull of the whole table with one random live member every
   ``sync_interval_s`` (scaled with n), and with one random dead member every
   ``reconnect_interval_s``, so two sides of a healed partition merge again.
@@ -49,6 +54,7 @@ from mesh.gossip import sync
 from mesh.gossip.config import GossipConfig
 from mesh.gossip.effects import Effect, Send
 from mesh.gossip.errors import GossipError, GossipReason
+from mesh.gossip.load import Load, LoadBook, Verdict
 from mesh.gossip.member import Member, MemberSnapshot, Status
 from mesh.gossip.probe import Prober
 from mesh.gossip.record import MemberRecord, RecordCache, Sign
@@ -91,6 +97,7 @@ class Swim:
         self._prober = Prober(cfg, rng=rng, now=now, state=self._state, send=self._send, stats=self.stats)
         self._table = self._state.table
         self._queue = self._state.queue
+        self._loads = LoadBook(own.peer_id, now=now, future_s=cfg.load_future_s, max_relay=cfg.max_load_relay)
         self._corrected: dict[bytes, float] = {}
         self._left = False
         self._pending_meta: dict | None = None
@@ -138,7 +145,7 @@ class Swim:
         if not self._left:
             t = min(t, self._prober.next_probe_at)
         t = min(t, self._prober.next_deadline, self._state.next_deadline)
-        if len(self._queue):
+        if len(self._queue) or self._loads.pending:
             t = min(t, self._next_gossip_at)
         if self._pending_meta is not None:
             t = min(t, self._meta_published_at + self.cfg.meta_min_interval_s)
@@ -149,19 +156,34 @@ class Swim:
         """Smoothed round trip (seconds) of direct probes, per member probed so far."""
         return dict(self._prober.rtts)
 
+    @property
+    def own_load(self) -> Load:
+        return self._loads.own
+
+    def load_of(self, peer_id: bytes) -> Load | None:
+        """The newest load this peer knows of ``peer_id`` (its own for itself), or None."""
+        if peer_id == self.peer_id:
+            return self._loads.own
+        held = self._loads.get(peer_id)
+        return None if held is None else held.load
+
     def members(self) -> list[MemberSnapshot]:
         """Every member in the table, this peer first, then by peer id."""
-        views = [MemberSnapshot.of(self._self_member(), last_heard=None, is_self=True)]
+        views = [MemberSnapshot.of(self._self_member(), last_heard=None, is_self=True, load=self._loads.own)]
         heard = self._table.last_heard
         others = sorted(self._table, key=lambda x: x.peer_id)
-        views.extend(MemberSnapshot.of(x, last_heard=heard.get(x.peer_id)) for x in others)
+        views.extend(
+            MemberSnapshot.of(x, last_heard=heard.get(x.peer_id), load=self.load_of(x.peer_id)) for x in others
+        )
         return views
 
     def member(self, peer_id: bytes) -> MemberSnapshot | None:
         if peer_id == self.peer_id:
-            return MemberSnapshot.of(self._self_member(), last_heard=None, is_self=True)
+            return MemberSnapshot.of(self._self_member(), last_heard=None, is_self=True, load=self._loads.own)
         x = self._table.get(peer_id)
-        return None if x is None else MemberSnapshot.of(x, last_heard=self._table.last_heard.get(peer_id))
+        if x is None:
+            return None
+        return MemberSnapshot.of(x, last_heard=self._table.last_heard.get(peer_id), load=self.load_of(peer_id))
 
     # --- what the shell calls ----------------------------------------------------
 
@@ -176,7 +198,7 @@ class Swim:
             x = self._table.get(target)
             if x is not None and x.live:
                 self._state.apply_suspect(target, incarnation, self.peer_id, now)
-        if len(self._queue) and now >= self._next_gossip_at:
+        if (len(self._queue) or self._loads.pending) and now >= self._next_gossip_at:
             self._gossip_round(now)
         if now >= self._next_sync_at:
             self._next_sync_at = now + self.cfg.sync_interval_s * self._rng.uniform(0.8, 1.2)
@@ -193,6 +215,7 @@ class Swim:
         if now >= self._next_housekeeping_at:
             self._next_housekeeping_at = now + self._housekeeping_s
             self._state.reclaim(now)
+            self._loads.retain(self._table.__contains__)
             if len(self._corrected) > self.cfg.max_members:
                 self._corrected.clear()
         return self._drain()
@@ -210,7 +233,7 @@ class Swim:
             self.stats.rejected[GossipReason.FROM_SELF.value] += 1
             return self._drain()
         try:
-            body, news = m.decode(
+            msg = m.decode_message(
                 data,
                 max_bytes=self.cfg.max_message_bytes,
                 max_news=self.cfg.max_news_per_message,
@@ -220,9 +243,12 @@ class Swim:
         except GossipError as e:
             self.stats.rejected[e.reason.value] += 1
             return self._drain()
+        body = msg.body
         self.stats.received[m.type_name(body)] += 1
-        for item in news:
+        for item in msg.news:
             self._on_news(item, sender, now)
+        if msg.load is not None:
+            self._on_load(sender, msg.load, now)  # first-hand: the envelope proved who sent it
         if sender in self._table:
             self._table.last_heard[sender] = now
         elif not isinstance(body, m.Sync) and self._table.tombstone(sender) is None and not self._left:
@@ -263,9 +289,17 @@ class Swim:
         if not self._left:
             self._left = True
             self._prober.stop()
+            self._loads.own_pending = False
             self._own = self._resign(left=True, **({"meta": meta} if meta is not None else {}))
             self._state.queue_news(m.Alive(self._own), urgent=True)
             self._gossip_round(now)
+        return self._drain()
+
+    def update_own_load(self, running: int, waiting: int, now: float) -> list[Effect]:
+        """This peer's load now (requests running, waiting). A change gets a new version
+        that rides the next messages and gossip round; the record is not re-signed."""
+        if not self._left:
+            self._loads.set_own(running, waiting, now)
         return self._drain()
 
     def update_own_meta(self, meta: dict, now: float) -> list[Effect]:
@@ -315,7 +349,9 @@ class Swim:
     # --- news, and this peer's own record ------------------------------------------------
 
     def _on_news(self, item: m.News, sender: bytes, now: float) -> None:
-        if isinstance(item, m.Alive):
+        if isinstance(item, m.LoadNews):
+            self._on_load(item.peer_id, item.load, now)
+        elif isinstance(item, m.Alive):
             if item.record.peer_id == self.peer_id:
                 self._on_own_record(item.record, now)
             else:
@@ -326,6 +362,13 @@ class Swim:
             self._state.apply_suspect(item.peer_id, item.incarnation, item.sender, now, via=sender)
         else:
             self._state.apply_dead(item.peer_id, item.incarnation, item.sender, now, via=sender)
+
+    def _on_load(self, peer_id: bytes, load: Load, now: float) -> None:
+        verdict = self._loads.learn(peer_id, load, now, is_member=self._table.__contains__)
+        if verdict is Verdict.AHEAD:
+            self.stats.rejected[GossipReason.LOAD_AHEAD.value] += 1
+        elif verdict is Verdict.REFUTED:
+            self.stats.events["load_refuted"] += 1
 
     def _on_own_record(self, rec: MemberRecord, now: float) -> None:
         # A record of ours we did not sign in this life (a previous life, before a
@@ -373,10 +416,13 @@ class Swim:
     def _gossip_round(self, now: float) -> None:
         self._next_gossip_at = now + self.cfg.gossip_interval_s
         cutoff = now - self.cfg.gossip_to_dead_s
-        for pid in self._table.sample_gossip_targets(self._rng, self.cfg.gossip_fanout, dead_since=cutoff):
-            if not len(self._queue):
+        # membership news goes to gossip_fanout members; load news alone to load_gossip_fanout
+        fanout = self.cfg.gossip_fanout if len(self._queue) else self.cfg.load_gossip_fanout
+        for pid in self._table.sample_gossip_targets(self._rng, fanout, dead_since=cutoff):
+            if not len(self._queue) and not self._loads.pending:
                 break
             self._send(pid, m.Gossip(), now)
+        self._loads.own_pending = False
 
     def _scaled_chance(self, interval_s: float) -> bool:
         """Whether a periodic push-pull runs this time: on average once per
@@ -485,9 +531,13 @@ class Swim:
             news += self._queue.take(
                 budget, limit, max_items=self.cfg.max_news_per_message - len(news), meta_limit=meta_limit
             )
-        if isinstance(body, m.Gossip) and not news:
+        if piggyback and self._loads.relay_size:
+            room = min(self.cfg.load_piggyback_max, self.cfg.max_news_per_message - len(news))
+            limit = max(3, retransmit_limit(self.cfg.load_retransmit_mult, self.n))
+            news += [m.pack_news(m.LoadNews(p, load)) for p, load in self._loads.take(room, limit)]
+        if isinstance(body, m.Gossip) and not news and not self._loads.own_pending:
             return
-        data = m.encode(body, news)
+        data = m.encode(body, news, load=None if self._left else self._loads.own)
         if pid is not None and pid == self._replying_to[0] and self._replying_to[1]:
             # a reply goes where the sender is now: a restarted peer may have a new address
             # that no record we hold names yet

@@ -1,7 +1,10 @@
 """The typed member view: what gossip hands routing, jobs, identity, HTTP and the CLI.
 
 ``PeerMeta`` is the self-description a peer signs and gossips (hardware, models, load,
-engine, and two flags); ``MemberView`` is one member as this peer sees it now. Both are
+engine, and two flags); ``MemberView`` is one member as this peer sees it now. Its
+``meta.load`` running and waiting are the freshest this peer knows: they travel outside
+the signed record (``mesh.gossip.load``) and replace the signed ones (``with_load``); a
+record is re-signed only when something else changes (``needs_resign``). Both are
 read from the wire with ``from_wire`` (a member's meta is msgpack any member may have
 written; the CLI reads views from a peer's ``members`` answer) and written back with
 ``to_wire`` (the dict shape documented in docs/protocol.md).
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mesh.errors import MeshError
@@ -258,6 +261,31 @@ class PeerMeta:
 
     def model_names(self) -> list[str]:
         return [m.name for m in self.models]
+
+
+RESIGN_RAM_FRACTION = 0.1  # available memory is re-signed when it moves by a tenth of the total ...
+RESIGN_RAM_MIN_MB = 512  # ... and at least this much
+
+
+def needs_resign(signed: PeerMeta, current: PeerMeta) -> bool:
+    """Whether ``current`` says something the last signed meta does not, so the member
+    record must be re-signed. Load (running, waiting) does not count: it travels outside
+    the record (``mesh.gossip.load``); nor do small moves of available memory, which
+    changes every second and would otherwise re-sign the record as often."""
+    ram_signed, ram_now = signed.hw.ram_available_mb, current.hw.ram_available_mb
+    if ram_signed is not None and ram_now is not None:
+        step = max(RESIGN_RAM_MIN_MB, (current.hw.ram_total_mb or 0) * RESIGN_RAM_FRACTION)
+        if abs(ram_now - ram_signed) < step:
+            current = replace(current, hw=replace(current.hw, ram_available_mb=ram_signed))
+    current = replace(current, load=replace(current.load, running=signed.load.running, waiting=signed.load.waiting))
+    return current != signed
+
+
+def with_load(meta: PeerMeta, running: int, waiting: int) -> PeerMeta:
+    """``meta`` with a fresher load (from ``mesh.gossip.load``) than the one it was signed with."""
+    if meta.load.running == running and meta.load.waiting == waiting:
+        return meta
+    return replace(meta, load=replace(meta.load, running=running, waiting=waiting))
 
 
 def read_meta(meta: Any) -> tuple[PeerMeta | None, str | None]:
