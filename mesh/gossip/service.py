@@ -2,8 +2,10 @@
 peer's signed RPC: gossip datagrams travel as one-way ``cast``s named ``gossip``.
 
 It owns: a pool of datagram connections to other members (one DEALER per address), the
-timer loop that calls ``Swim.tick`` when the core asks, the once-a-second refresh of this
-peer's load and capabilities, checking member records (the owner's signature against
+timer loop that calls ``Swim.tick`` when the core asks, the refresh of this peer's load
+(read every ``gossip_interval_s`` and handed to ``Swim.update_own_load``: it travels
+outside the signed record) and of its capabilities (the record is re-signed only when
+they change, ``needs_resign``), checking member records (the owner's signature against
 the key in its certificate from this mesh's authority), hints from discovery (mDNS,
 ``--join`` seeds, remembered peers) turned into joins, and remembering the addresses of
 members across restarts. Policy stays in the core.
@@ -31,7 +33,7 @@ from mesh.gossip.config import GossipConfig
 from mesh.gossip.effects import MemberChanged, Send
 from mesh.gossip.record import MemberRecord
 from mesh.gossip.swim import Swim
-from mesh.gossip.view import MemberView, PeerMeta, read_meta
+from mesh.gossip.view import MemberView, PeerMeta, needs_resign, read_meta, with_load
 from mesh.identity.credentials import CertificateVerifier
 from mesh.identity.keys import Identity, load_public_raw, peer_id_text, verify
 from mesh.identity.transport import TransportKeys, key_text
@@ -86,13 +88,15 @@ class Membership:
         self._clock = clock
         self.remembered = remembered
         now = clock()
+        self._signed_meta = meta()  # what this peer's record says; load travels apart from it
         own = MemberRecord.create(
-            peer_id=identity.peer_id, name=name, addresses=tuple(addresses), meta=meta().to_wire(),
+            peer_id=identity.peer_id, name=name, addresses=tuple(addresses), meta=self._signed_meta.to_wire(),
             credential=certificate, sign=identity.sign,
         )
         self.swim = Swim(
             own, cfg, now=now, rng=rng or random.Random(), sign=identity.sign, verify_record=self._verify_record
         )
+        self.swim.update_own_load(self._signed_meta.load.running, self._signed_meta.load.waiting, now)
         self._pool: dict[str, tuple[RpcClient, bytes | None]] = {}
         self._wake = asyncio.Event()
         self._background = Background("gossip")  # the tick and meta loops, sends and closes under way
@@ -175,6 +179,8 @@ class Membership:
         for m in self.swim.members():
             peer_id = peer_id_text(m.peer_id)
             meta, problem = read_meta(m.meta)
+            if meta is not None and m.load is not None:  # fresher than the signed record's
+                meta = with_load(meta, m.load.running, m.load.waiting)
             key = self._certified_key(m.peer_id)  # its certificate's CurveZMQ key: what a caller must dial
             now_id = self.successor(peer_id) if self.successor is not None else None
             out.append(MemberView(
@@ -302,8 +308,12 @@ class Membership:
     async def _meta_loop(self) -> None:
         last_remember = self._clock()
         while True:
-            await self._clock.sleep(self.cfg.probe_interval_s)
-            self._apply(self.swim.update_own_meta(self._meta().to_wire(), self._clock()))
+            await self._clock.sleep(self.cfg.gossip_interval_s)
+            meta, now = self._meta(), self._clock()
+            self._apply(self.swim.update_own_load(meta.load.running, meta.load.waiting, now))
+            if needs_resign(self._signed_meta, meta):
+                self._signed_meta = meta
+                self._apply(self.swim.update_own_meta(meta.to_wire(), now))
             if self._clock() - last_remember >= REMEMBER_EVERY_S:
                 last_remember = self._clock()
                 self._remember()

@@ -79,3 +79,27 @@ def test_restart_rejoins_through_remembered_addresses_and_lossy_gossip_keeps_eve
             for p in peers:
                 await p.stop()
     run(main())
+
+
+def test_load_reaches_the_view_without_re_signing_the_record(tmp_path):
+    """Load travels outside the signed record (mesh.gossip.load): a change at p2 shows in
+    the others' MemberView.meta.load, and p2's record is not re-signed for it."""
+    from mesh.inference.backend import Load
+
+    async def main():
+        peers = await start_mesh(tmp_path, 3)
+        try:
+            await wait_for(lambda: all(len(states(p)) == 3 for p in peers))
+            busy = peers[2]
+            version = busy.membership_service.swim.own_record.version
+            busy.backend.load = lambda: Load(running=1, waiting=3)  # as if requests started
+
+            def seen(p):
+                view = {m.name: m for m in p.membership_service.view()}
+                return view["p2"].meta is not None and (view["p2"].meta.load.running, view["p2"].meta.load.waiting) == (1, 3)
+            await wait_for(lambda: all(seen(p) for p in peers))
+            assert busy.membership_service.swim.own_record.version == version
+        finally:
+            for p in peers:
+                await p.stop()
+    run(main())
