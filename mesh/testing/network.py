@@ -15,6 +15,7 @@ The network can, like memberlist's ``MockNetwork`` plus a fault layer:
 * ``kill`` a peer (kill -9: it stops ticking; datagrams to it are dropped; its record
   stays wherever it had spread) and ``restart`` it (a fresh ``Swim`` with the same peer
   id and address at incarnation 0, that joins through a running peer);
+* change a peer's load (``update_load``) or meta (``update_meta``);
 * ``pause`` and ``resume`` a peer (SIGSTOP / SIGCONT: a gray failure; datagrams to it
   wait and are read on resume).
 
@@ -135,6 +136,7 @@ class SimPeer:
     generation: int = 0  # bumped by restart; older tick events are ignored
     scheduled_at: float = float("inf")
     sent: Counter = field(default_factory=Counter)  # bytes sent by message kind, over all lives
+    wire_sent: Counter = field(default_factory=Counter)  # the same on the wire (SimNetwork's wire_bytes)
 
 
 class SimNetwork:
@@ -149,6 +151,7 @@ class SimNetwork:
         start_at: float = 1000.0,
         credential_bytes: int = 220,
         record_events: bool = True,
+        wire_bytes: Callable[[Send], int] | None = None,
     ) -> None:
         self.cfg = cfg or GossipConfig.for_tests()
         self.now = start_at
@@ -157,6 +160,7 @@ class SimNetwork:
         self.jitter_s = jitter_s
         self.credential_bytes = credential_bytes
         self.record_events = record_events
+        self.wire_bytes = wire_bytes  # what one datagram costs on the wire (envelope, credential, framing)
         self.rng = random.Random(seed)  # the network's own: loss, latency, ids
         self.authority = SimAuthority(random.Random(seed + 1), credential_bytes=credential_bytes)
         # One parse cache for all peers: parsing is pure, so sharing it changes no
@@ -248,6 +252,11 @@ class SimNetwork:
     def update_meta(self, pid: bytes, meta: dict) -> None:
         peer = self.peers[pid]
         self._perform(peer, peer.swim.update_own_meta(meta, self.now))
+
+    def update_load(self, pid: bytes, running: int, waiting: int) -> None:
+        """The peer's load changed (a request started or ended)."""
+        peer = self.peers[pid]
+        self._perform(peer, peer.swim.update_own_load(running, waiting, self.now))
 
     def running(self) -> list[bytes]:
         return [p for p, peer in self.peers.items() if peer.running]
@@ -390,6 +399,8 @@ class SimNetwork:
 
     def _send(self, peer: SimPeer, fx: Send) -> None:
         peer.sent[fx.kind] += len(fx.data)
+        if self.wire_bytes is not None:
+            peer.wire_sent[fx.kind] += self.wire_bytes(fx)
         dst = self._by_address.get(fx.addresses[0]) if fx.addresses else fx.peer_id
         if dst is None or dst not in self.peers:
             self.dropped["unroutable"] += 1
