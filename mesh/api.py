@@ -58,6 +58,8 @@ def ask_args(request: GenerationRequest) -> dict[str, Any]:
     }
     if request.seed is not None:
         args["seed"] = request.seed
+    if request.session is not None:
+        args["session"] = request.session  # the answering peer keeps this conversation's prompt cache
     return args
 
 
@@ -86,12 +88,16 @@ def request_from_ask_args(args: dict[str, Any]) -> GenerationRequest:
     seed = args.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):
         raise InvalidRequest("seed must be an integer in 0..2**32-1")
+    session = args.get("session")
+    if session is not None and not isinstance(session, str):
+        raise InvalidRequest("session must be a string")
     return GenerationRequest(
         messages=tuple(messages),
         max_tokens=_number(args, "max_tokens", 256, int),
         temperature=_number(args, "temperature", 0.7, float),
         top_p=_number(args, "top_p", 0.95, float),
         seed=seed,
+        session=session,
     ).validate()
 
 

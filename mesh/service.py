@@ -203,7 +203,7 @@ def _engine_info(backend: Backend) -> dict[str, Any]:
 
     st, load = backend.status(), backend.load()
     return {**st.to_wire(), "reason": st.reason, "pid": st.pid, "build": st.engine, "cpu": cpu_summary(),
-            "load": {"running": load.running, "waiting": load.waiting}}
+            "load": {"running": load.running, "waiting": load.waiting}, "session_cache": st.session_cache}
 
 
 def _check_servable(request: dict, route: dict, known: dict[str, int]) -> None:

@@ -210,6 +210,15 @@ class PeerCollector(Collector):
         yield st
         yield CounterMetricFamily("mesh_engine_restarts", "Times the engine process was restarted after it died",
                                   value=status.restarts)
+        cache = status.session_cache
+        if cache:
+            c = CounterMetricFamily("mesh_session_cache", "This engine's prompt cache per session: restored (hit), "
+                                    "not helpful (miss), dropped for room (eviction)", labels=["event"])
+            for event, key in (("hit", "hits"), ("miss", "misses"), ("eviction", "evictions")):
+                c.add_metric([event], cache.get(key, 0))
+            yield c
+            yield GaugeMetricFamily("mesh_session_cache_bytes", "RAM held by this engine's session prompt cache",
+                                    value=cache.get("bytes", 0))
 
     def _members(self, p):
         counts = dict.fromkeys(MEMBER_STATES, 0)

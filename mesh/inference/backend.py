@@ -51,9 +51,11 @@ class GenerationRequest:
     temperature: float = 0.7
     top_p: float = 0.95
     seed: int | None = None
+    session: str | None = None  # the conversation it belongs to: its peer keeps its prompt cache
 
     MAX_TOKENS_LIMIT = 8192
     MAX_PROMPT_CHARS = 256 * 1024
+    MAX_SESSION_CHARS = 128  # as mesh.routing.request.MAX_SESSION_ID_CHARS
 
     def validate(self) -> "GenerationRequest":
         if not self.messages:
@@ -75,6 +77,10 @@ class GenerationRequest:
             raise InvalidRequest(f"temperature must be in 0..2, got {self.temperature}")
         if not (0.0 < self.top_p <= 1.0):
             raise InvalidRequest(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.session is not None and (
+            not isinstance(self.session, str) or not 0 < len(self.session) <= self.MAX_SESSION_CHARS
+        ):
+            raise InvalidRequest(f"session must be a string of 1..{self.MAX_SESSION_CHARS} characters")
         return self
 
     @classmethod
@@ -133,6 +139,7 @@ class EngineStatus:
     restarts: int = 0
     pid: int | None = None  # the engine process, when it runs in one
     engine: dict = field(default_factory=dict)  # CPU variant, threads, build (engine processes)
+    session_cache: dict = field(default_factory=dict)  # mesh.inference.session_cache counters ({} without one)
 
     @property
     def serving(self) -> bool:

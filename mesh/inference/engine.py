@@ -4,6 +4,9 @@ scheduling around it (queue, worker thread, async streaming) is ``mesh.inference
 
 - Confidence is measured while generating by ``LogitsRecorder`` (a logits processor);
   ``logits_all`` stays False.
+- A context's key/value state can be copied out and back in (``snapshot_sequence``,
+  ``restore_sequence``): the session cache (``mesh.inference.session_cache``) keeps a
+  conversation's state between its turns this way.
 - llama.cpp failures map to ``ModelError`` (loading) and ``GenerationError`` (generating).
 """
 
@@ -56,6 +59,7 @@ class Generation:
     started_at: float
     first_token_at: float | None
     last_token_at: float | None
+    prompt_evaluated: int = 0  # prompt tokens llama.cpp evaluated (the rest came from the KV cache)
 
     @property
     def decode_tokens_per_s(self) -> float:
@@ -119,7 +123,9 @@ def generate_once(
     when ``stop`` is set ("cancelled", checked after every token, text of that token not
     emitted). ``on_text`` receives decoded text as it completes. With ``confidence``, a
     ``LogitsRecorder`` supplies each chosen token's log-probability. Engine failures
-    raise ``GenerationError``.
+    raise ``GenerationError``. ``prompt_evaluated`` counts the prompt tokens evaluated
+    rather than found in the context (``CountingLlama``'s count at the first token; 0
+    for a plain ``Llama``).
     """
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
     decoder = TokenTextDecoder(_Pieces(vocab))
@@ -130,9 +136,11 @@ def generate_once(
     finish = "length"
     first_at = last_at = None
     yielded = 0
+    evaluated = 0
     llm.set_seed(seed)
     if not reuse_cache:
         llm.reset()
+    evaluated_before = getattr(llm, "evaluated", 0)
     started_at = clock()
     tokens = llm.generate(
         list(prompt_tokens),
@@ -147,6 +155,8 @@ def generate_once(
         for token in tokens:
             now = clock()
             yielded += 1
+            if yielded == 1:
+                evaluated = getattr(llm, "evaluated", 0) - evaluated_before
             if stop is not None and stop.is_set():
                 finish = "cancelled"
                 break
@@ -186,7 +196,61 @@ def generate_once(
         started_at=started_at,
         first_token_at=first_at,
         last_token_at=last_at,
+        prompt_evaluated=evaluated,
     )
+
+
+def live_tokens(llm: Llama) -> list[int]:
+    """The tokens the context holds now, in order from position 0."""
+    return llm.input_ids[: llm.n_tokens].tolist()
+
+
+def snapshot_sequence(llm: Llama) -> tuple[tuple[int, ...], ctypes.Array]:
+    """Copy the context's key/value cells (sequence 0, the only one) and the tokens they
+    hold. Only the cells: llama-cpp-python's ``save_state`` also copies its logits rows
+    (``n_batch`` x vocabulary floats, about 100 MB for a 49k vocabulary), which a prompt
+    that goes on to evaluate at least one token does not need."""
+    n = llm.n_tokens
+    tokens = tuple(llm.input_ids[:n].tolist())
+    mem = llama_cpp.llama_get_memory(llm.ctx)
+    llama_cpp.llama_memory_seq_rm(mem, -1, n, -1)  # nothing beyond the tokens we name
+    size = llama_cpp.llama_state_seq_get_size(llm.ctx, 0)
+    buf = (ctypes.c_uint8 * size)()
+    written = llama_cpp.llama_state_seq_get_data(llm.ctx, buf, size, 0)
+    if written != size:
+        raise GenerationError(f"llama.cpp copied {written} of {size} bytes of the context state")
+    return tokens, buf
+
+
+def restore_sequence(llm: Llama, tokens: Sequence[int], data: ctypes.Array, *, keep: int) -> None:
+    """Put back cells copied by ``snapshot_sequence`` and keep their first ``keep`` tokens
+    as the context (``Llama.generate`` then evaluates only what the prompt adds).
+    ``GenerationError`` if llama.cpp refuses them; the context is then empty."""
+    if not 0 < keep <= len(tokens):
+        raise ValueError(f"keep {keep} outside 1..{len(tokens)}")
+    mem = llama_cpp.llama_get_memory(llm.ctx)
+    llama_cpp.llama_memory_seq_rm(mem, -1, -1, -1)
+    llm.reset()
+    if llama_cpp.llama_state_seq_set_data(llm.ctx, data, len(data), 0) != len(data):
+        llama_cpp.llama_memory_seq_rm(mem, -1, -1, -1)
+        raise GenerationError("llama.cpp refused a saved context state")
+    if not llama_cpp.llama_memory_seq_rm(mem, -1, keep, -1):
+        llama_cpp.llama_memory_seq_rm(mem, -1, -1, -1)  # a recurrent model cannot cut: start afresh
+        return
+    llm.input_ids[:keep] = tokens[:keep]
+    llm.n_tokens = keep
+
+
+class CountingLlama(Llama):
+    """A ``Llama`` that counts the tokens it evaluates (``evaluated``): the prompt suffix
+    ``generate`` did not find in the context, then each generated token. (llama.cpp's own
+    performance counters cannot tell 0 from 1 decoded token: they report at least 1.)"""
+
+    evaluated = 0
+
+    def eval(self, tokens: Sequence[int]) -> None:
+        self.evaluated += len(tokens)
+        super().eval(tokens)
 
 
 class ChatPrompter:
@@ -253,7 +317,7 @@ def load_llama(path: Path, *, n_ctx: int, n_threads: int) -> Llama:
 
     ensure_cpu_variant()
     try:
-        return Llama(
+        return CountingLlama(
             model_path=str(path),
             n_ctx=n_ctx,
             n_threads=n_threads,

@@ -31,6 +31,10 @@ Shape::
   words, with a hint from the CPU and the build.
 - Time to first token and total time in ``FinalStats`` are measured here, from the
   moment the request was admitted, so they include any wait in the queue.
+- Sessions: a request's ``session`` travels in the ``gen`` frame; the engine keeps each
+  session's prompt cache (``mesh.inference.session_cache``, sized by ``session_cache``)
+  and reports its counters with every ``done`` frame; ``status().session_cache`` shows
+  the latest, ``prompt_tokens_evaluated`` sums what the engine evaluated.
 - Loop-agnostic (like ``LlamaBackend``): its threads own the process; callers on any
   event loop stream from it. ``start()`` waits for the first attempt's outcome (ready
   or an exit), and never raises for an engine that fails: the peer runs without a model.
@@ -76,6 +80,7 @@ from mesh.inference.backend import (
 from mesh.inference.cpu_variant import cpu_summary
 from mesh.inference.models import check_model_file, model_info
 from mesh.inference.restarts import EngineExit, RestartConfig, after_exit, crash_hint
+from mesh.inference.session_cache import SessionCacheConfig, stats_from_wire
 
 log = logging.getLogger("mesh.engine")
 
@@ -139,6 +144,7 @@ class EngineBackend:
         queue_limit: int,
         warmup_tokens: int = 8,
         chunk_window_s: float = 0.05,
+        session_cache: SessionCacheConfig | None = None,
         restart: RestartConfig = DEFAULT_RESTART,
         on_progress: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.perf_counter,
@@ -161,6 +167,9 @@ class EngineBackend:
             "--queue-limit", str(queue_limit), "--warmup-tokens", str(warmup_tokens),
             "--chunk-window-s", str(chunk_window_s),
         ]
+        sessions = session_cache if session_cache is not None else SessionCacheConfig()
+        self._args += ["--session-cache-bytes", str(sessions.budget_bytes),
+                       "--session-cache-sessions", str(sessions.max_sessions)]
         self._restart = restart
         self._on_progress = on_progress
         self._clock = clock
@@ -183,6 +192,8 @@ class EngineBackend:
         self._ids = itertools.count(1)
         self._started = 0
         self._generated = 0
+        self._evaluated = 0
+        self._session_cache: dict = {}  # the engine's latest counters (a new engine starts at 0)
         self._restarts = 0
         self._crashes = 0
         self._closed = False
@@ -241,7 +252,8 @@ class EngineBackend:
         return len(self._waiting)
 
     def status(self) -> EngineStatus:
-        return dataclasses.replace(self._state, restarts=self._restarts, pid=self._pid, engine=dict(self._build))
+        return dataclasses.replace(self._state, restarts=self._restarts, pid=self._pid, engine=dict(self._build),
+                                   session_cache=dict(self._session_cache))
 
     @property
     def started_count(self) -> int:
@@ -252,6 +264,11 @@ class EngineBackend:
     def tokens_generated(self) -> int:
         """Tokens the engine generated for requests, stopped ones included (its own count)."""
         return self._generated
+
+    @property
+    def prompt_tokens_evaluated(self) -> int:
+        """Prompt tokens the engine evaluated for requests (not found in a cache), its own count."""
+        return self._evaluated
 
     @property
     def crashes(self) -> int:
@@ -415,6 +432,12 @@ class EngineBackend:
                 n = msg.get("n")
                 if isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= job.request.max_tokens + 1:
                     self._generated += n
+                p = msg.get("p")
+                if isinstance(p, int) and not isinstance(p, bool) and 0 <= p <= self._caps.context_length:
+                    self._evaluated += p
+                cache = stats_from_wire(msg.get("cache"))
+                if cache is not None:
+                    self._session_cache = cache
                 self._finish_locked(job)
                 self._dispatch_locked()
 

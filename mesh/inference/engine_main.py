@@ -14,6 +14,10 @@ Text is coalesced here as in ``mesh.inference.coalesce``: the first piece of an 
 is sent at once, later ones when ``--chunk-window-s`` has passed since the last send (or
 at the end), so the peer wakes a few times per answer rather than once per token.
 
+The runner keeps a prompt cache per session (``mesh.inference.session_cache``, sized by
+``--session-cache-bytes`` and ``--session-cache-sessions``); each ``done`` frame carries
+the prompt tokens that request evaluated and the cache's counters.
+
 Exit codes: 0 asked to exit or the peer went away; 3 the model cannot be served (a
 ``fail`` frame said why). Anything else (a signal) is a crash the peer restarts from.
 """
@@ -35,6 +39,7 @@ from pathlib import Path
 from mesh.api import request_from_ask_args
 from mesh.errors import MeshError, ModelError
 from mesh.inference import engine_wire as wire
+from mesh.inference.session_cache import SessionCacheConfig
 
 EXIT_MODEL_ERROR = 3
 # Fault injection for tests and chaos runs: ``MESH_ENGINE_FAULT=segv-at:warming`` (or
@@ -123,11 +128,11 @@ def serve(channel: Channel, runner, *, window_s: float) -> None:
         with lock:
             stop = stops[rid]
         batcher = TextBatcher(lambda s, rid=rid: channel.send({"t": "text", "id": rid, "s": s}), window_s=window_s)
-        generated = 0
+        generated = evaluated = 0
         try:
             request = request_from_ask_args(msg.get("req") if isinstance(msg.get("req"), dict) else {})
             outcome = runner.run(request, admitted_at=time.perf_counter(), stop=stop, on_text=batcher.add)
-            generated = outcome.generated
+            generated, evaluated = outcome.generated, outcome.prompt_evaluated
             if outcome.stats is not None:
                 batcher.flush()
                 channel.send({"t": "final", "id": rid, "stats": wire.stats_to_wire(outcome.stats)})
@@ -139,7 +144,7 @@ def serve(channel: Channel, runner, *, window_s: float) -> None:
         finally:
             with lock:
                 stops.pop(rid, None)
-            channel.send({"t": "done", "id": rid, "n": generated})
+            channel.send({"t": "done", "id": rid, "n": generated, "p": evaluated, "cache": runner.sessions.stats()})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,7 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queue-limit", type=int, required=True)
     ap.add_argument("--warmup-tokens", type=int, default=8)
     ap.add_argument("--chunk-window-s", type=float, default=0.05)
+    ap.add_argument("--session-cache-bytes", type=int, default=SessionCacheConfig().budget_bytes)
+    ap.add_argument("--session-cache-sessions", type=int, default=SessionCacheConfig().max_sessions)
     args = ap.parse_args(argv)
+    sessions = SessionCacheConfig(budget_bytes=args.session_cache_bytes, max_sessions=args.session_cache_sessions)
     faulthandler.enable()  # a segfault in llama.cpp prints the Python stack to stderr (the peer keeps it)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
     channel = Channel(socket.socket(fileno=args.fd))
@@ -171,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         phase("loading", f"{Path(args.model).name}, CPU variant {variant.name}, {args.threads} threads")
         from mesh.inference.model_runner import ModelRunner
 
-        runner = ModelRunner(Path(args.model), n_ctx=args.n_ctx, n_threads=args.threads, queue_limit=args.queue_limit)
+        runner = ModelRunner(Path(args.model), n_ctx=args.n_ctx, n_threads=args.threads, queue_limit=args.queue_limit,
+                             session_cache=sessions)
         if args.warmup_tokens > 0:
             phase("warming")
             runner.warm_up(args.warmup_tokens)

@@ -19,7 +19,13 @@ Engine -> peer (``t``)::
     {"t": "text", "id": N, "s": str}                      answer text, coalesced
     {"t": "final", "id": N, "stats": {...FinalStats}}
     {"t": "error", "id": N, "code": str, "msg": str}      mesh error code (invalid_request ...)
-    {"t": "done", "id": N, "n": tokens}                   request N holds the engine no more; it generated n tokens
+    {"t": "done", "id": N, "n": tokens, "p": tokens, "cache": {...}}
+                                                          request N holds the engine no more; it generated n
+                                                          tokens and evaluated p prompt tokens; "cache": the
+                                                          session cache's counters (``session_cache.stats``)
+
+``req`` carries the request's ``session`` (``mesh.api.ask_args``), so the engine keeps
+that conversation's prompt cache. Fields are only ever added; unknown ones are ignored.
 """
 
 from __future__ import annotations

@@ -30,6 +30,9 @@ Shape::
 - A seeded request evaluates its prompt from scratch so the same seed gives the same
   text; unseeded requests reuse the KV cache for the prompt prefix they share with the
   previous one, and draw their sampling seed from the injected ``rng``.
+- A request with a ``session`` reuses that session's saved context when it helps, even
+  after other requests came in between (``mesh.inference.session_cache``, within
+  ``session_cache``'s RAM budget); ``status().session_cache`` holds its counters.
 - llama.cpp failures map to ``ModelError`` (loading) and ``GenerationError`` (generating).
 """
 
@@ -65,6 +68,7 @@ from mesh.inference.backend import (
 from mesh.inference.engine import default_threads
 from mesh.inference.model_runner import WARMUP_PROMPT, ModelRunner
 from mesh.inference.models import check_model_file, default_model_path
+from mesh.inference.session_cache import SessionCacheConfig
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +120,7 @@ class LlamaBackend:
         n_threads: int | None = None,
         queue_limit: int = DEFAULT_QUEUE_LIMIT,
         warmup_tokens: int = 8,
+        session_cache: SessionCacheConfig | None = None,
         on_progress: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.perf_counter,
         rng: random.Random | None = None,
@@ -131,6 +136,7 @@ class LlamaBackend:
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
         self._queue_limit = queue_limit
+        self._session_cache = session_cache
 
         self._lock = threading.Condition()
         self._waiting: collections.deque[_Job] = collections.deque()
@@ -202,7 +208,8 @@ class LlamaBackend:
     # -- load, for schedulers and tests
 
     def status(self) -> EngineStatus:
-        return READY
+        runner = self._runner
+        return READY if runner is None else EngineStatus(session_cache=runner.sessions.stats())
 
     def load(self) -> Load:
         return Load(running=self.running, waiting=self.waiting)
@@ -219,6 +226,11 @@ class LlamaBackend:
     def started_count(self) -> int:
         """Requests that began generating since construction (the warm-up excluded)."""
         return self._started
+
+    @property
+    def prompt_tokens_evaluated(self) -> int:
+        """Prompt tokens llama.cpp evaluated for requests (not found in a cache), warm-up excluded."""
+        return self._runner.prompt_tokens_evaluated if self._runner is not None else 0
 
     # -- internals
 
@@ -268,7 +280,8 @@ class LlamaBackend:
         try:
             self._progress(f"loading model {path.name} ({path.stat().st_size / 1e6:.0f} MB, {threads} threads)")
             runner = ModelRunner(
-                path, n_ctx=n_ctx, n_threads=threads, queue_limit=self._queue_limit, clock=self._clock, rng=self._rng
+                path, n_ctx=n_ctx, n_threads=threads, queue_limit=self._queue_limit,
+                session_cache=self._session_cache, clock=self._clock, rng=self._rng,
             )
             try:
                 if warmup_tokens > 0:

@@ -164,6 +164,8 @@ class Router:
     def ask(self, gen: GenerationRequest, route: RouteRequest, *, entry: str | None = None) -> AsyncIterator[Any]:
         """The events of one prompt (see the module docstring). ``entry``: where it came in
         (rpc, http, job), for metrics; None lets the observer tell from the context."""
+        if route.session_id is not None and gen.session != route.session_id:
+            gen = replace(gen, session=route.session_id)  # the answering backend keeps the session's prompt cache
         events = self._counted(self._ask_across_rotation(gen, route))
         return events if self.observer is None else self.observer.watch(events, gen, entry=entry)
 
