@@ -10,6 +10,9 @@ subclasses::
     │   ├── CertificateError   a certificate that is malformed, expired, of another mesh, or forged
     │   └── TokenError         a join token that is malformed, expired, used, or forged
     ├── ModelError             model file missing, corrupt, or failed to load
+    │   ├── ModelNotFound      no model by that name or hash (in this store, or in the mesh)
+    │   ├── ModelStoreFull     the model store's disk budget (or the disk) cannot hold it
+    │   └── ManifestError      a model manifest malformed, forged, or not matching its model
     ├── BackendBusy            the backend's bounded queue is full; try later or elsewhere
     ├── GenerationError        the engine failed while generating
     ├── InvalidRequest         a request that cannot be served as asked (bad field, empty prompt)
@@ -64,6 +67,18 @@ class TokenError(IdentityError):
 
 class ModelError(MeshError):
     code = "model_error"
+
+
+class ModelNotFound(ModelError):
+    code = "model_not_found"
+
+
+class ModelStoreFull(ModelError):
+    code = "model_store_full"
+
+
+class ManifestError(ModelError):
+    code = "bad_manifest"
 
 
 class BackendBusy(MeshError):
@@ -141,7 +156,7 @@ class RemoteError(RpcError):
 _BY_CODE: dict[str, type[MeshError]] = {
     cls.code: cls
     for cls in (
-        CertificateError, TokenError, ModelError, BackendBusy, GenerationError, InvalidRequest, PeerUnavailable,
+        CertificateError, TokenError, ModelError, ModelNotFound, ModelStoreFull, ManifestError, BackendBusy, GenerationError, InvalidRequest, PeerUnavailable,
         NoAnswer, JobError, JobNotFound, IdempotencyConflict, InvalidResult, JobStoreError, RpcError,
         DeadlineExceeded, Cancelled, RemoteError,
     )

@@ -50,6 +50,8 @@ _MAX_ARRAY_DEPTH = 4
 # GGUF metadata value types -> byte size of fixed-size scalars (8 = string, 9 = array).
 _SCALAR_SIZE = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
 _STRING, _ARRAY = 8, 9
+_SCALAR_FORMAT = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<B", 10: "<Q", 11: "<q", 12: "<d"}
+_MAX_KEPT_VALUE = 4096  # metadata strings longer than this (chat templates) are not kept by read_gguf_metadata
 
 # ggml tensor type -> (elements per block, bytes per block); from ggml_blck_size and
 # ggml_type_size of the ggml bundled with llama-cpp-python 0.3.36 (tests cross-check).
@@ -112,7 +114,18 @@ def resolve_model_path(path: str | os.PathLike | None) -> Path:
 
 def check_model_file(path: str | os.PathLike) -> Path:
     """Return ``path`` if it looks like a complete GGUF model; raise ``ModelError`` if not."""
-    p = Path(path)
+    return _check(Path(path), None)
+
+
+def read_gguf_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The checked file's GGUF metadata as text (scalars and strings; what ``model_info``
+    reads), without loading the model; ``ModelError`` as ``check_model_file``."""
+    metadata: dict[str, str] = {}
+    _check(Path(path), metadata)
+    return metadata
+
+
+def _check(p: Path, metadata: dict[str, str] | None) -> Path:
     fix = "pass --model PATH to a GGUF model file"
     if not p.exists():
         raise ModelError(f"model file {p} does not exist; {fix}")
@@ -130,7 +143,7 @@ def check_model_file(path: str | os.PathLike) -> Path:
                     f"llama.cpp needs GGUF models: {fix}"
                 )
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-                required = _gguf_required_size(mm)
+                required = _gguf_required_size(mm, metadata)
     except PermissionError:
         raise ModelError(f"cannot read model file {p}: permission denied; fix its permissions or {fix}") from None
     except OSError as e:
@@ -178,6 +191,16 @@ class _Reader:
     def skip_string(self) -> None:
         self.take(self.u64())
 
+    def scalar_text(self, vtype: int) -> str:
+        """A scalar or string value as llama.cpp's metadata dict shows it (text)."""
+        if vtype == _STRING:
+            return self.string().decode("utf-8", errors="replace")
+        fmt = _SCALAR_FORMAT[vtype]
+        value = struct.unpack_from(fmt, self.buf, self.take(struct.calcsize(fmt)))[0]
+        if vtype == 7:
+            return "true" if value else "false"
+        return repr(value) if isinstance(value, float) else str(value)
+
     def skip_value(self, vtype: int, depth: int = 0) -> None:
         if vtype in _SCALAR_SIZE:
             self.take(_SCALAR_SIZE[vtype])
@@ -198,11 +221,13 @@ class _Reader:
             raise _Malformed(f"unknown metadata value type {vtype}")
 
 
-def _gguf_required_size(buf) -> int:
+def _gguf_required_size(buf, metadata: dict[str, str] | None = None) -> int:
     """Smallest file size consistent with the GGUF header in ``buf``; raises ``_Malformed``.
 
     Tensors of a ggml type not in ``GGML_BLOCKS`` are left out, so the result is then a
-    lower bound, which is all a truncation check needs.
+    lower bound, which is all a truncation check needs. With ``metadata``, the header's
+    scalar and string values (not arrays, not strings over 4 KiB) are put in it as text,
+    keyed as in the file.
     """
     r = _Reader(buf)
     _magic, version, n_tensors, n_kv = _HEADER.unpack_from(buf, r.take(_HEADER.size))
@@ -218,6 +243,14 @@ def _gguf_required_size(buf) -> int:
             alignment = r.u32()
             if alignment == 0 or alignment & (alignment - 1):
                 raise _Malformed(f"general.alignment {alignment} is not a power of two")
+        elif metadata is not None and (vtype in _SCALAR_FORMAT or vtype == _STRING):
+            at = r.pos
+            if vtype == _STRING and r.u64() > _MAX_KEPT_VALUE:
+                r.pos = at
+                r.skip_value(vtype)
+            else:
+                r.pos = at
+                metadata[key.decode("utf-8", errors="replace")] = r.scalar_text(vtype)
         else:
             r.skip_value(vtype)
     data_end = 0

@@ -1,0 +1,206 @@
+"""``Manifest``: what a model file is, piece by piece, signed by the peer that publishes it.
+
+A model is named by the SHA-256 of its whole file. For transfer it is cut into pieces
+of ``piece_size`` bytes (the last one shorter); the manifest lists every piece's
+SHA-256, so a puller checks each piece as it arrives, from any source, and refuses a bad
+one before it is written. It also carries what the store knows of the model (its name
+and GGUF metadata), the publisher's peer id and Ed25519 public key, and the publisher's
+signature over all of that. The whole-file hash is checked again once every piece is
+in: a manifest cannot make a wrong file visible.
+
+Wire form (msgpack map): ``v`` 1, ``sha256`` (32 bytes), ``size``, ``piece_size``,
+``pieces`` (concatenated 32-byte piece hashes), ``info`` (name, family, parameters,
+quantisation, context_length), ``publisher`` (peer id bytes), ``key`` (32-byte Ed25519
+public key), ``sig`` (64 bytes, over the canonical msgpack of every other field).
+
+Pure: hashing is done by the caller (``piece_hashes`` over a file is a helper here, with
+no other I/O); ``from_wire`` checks every field and bound and raises ``ManifestError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from mesh.errors import ManifestError
+from mesh.identity.keys import Identity, peer_id_from_public, peer_id_text
+
+VERSION = 1
+MIN_PIECE = 64 * 1024
+DEFAULT_PIECE = 4 * 1024 * 1024
+MAX_PIECE = 64 * 1024 * 1024
+MAX_PIECES = 16_384  # 32 bytes each: a manifest stays under 600 KB, inside one RPC frame
+MAX_SIZE = MAX_PIECES * MAX_PIECE  # 1 TiB
+MAX_NAME = 128
+MAX_TEXT = 64
+SHA_HEX = re.compile(r"^[0-9a-f]{64}$")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
+
+
+def piece_size_for(size: int) -> int:
+    """The piece size of a file of ``size`` bytes: 4 MiB, doubled until at most
+    ``MAX_PIECES`` pieces cover it."""
+    piece = DEFAULT_PIECE
+    while math.ceil(size / piece) > MAX_PIECES and piece < MAX_PIECE:
+        piece *= 2
+    return piece
+
+
+def hash_file(path: Path, piece_size: int) -> tuple[bytes, list[bytes]]:
+    """(whole-file SHA-256, each piece's SHA-256), in one read of the file."""
+    whole = hashlib.sha256()
+    pieces = []
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(piece_size)
+            if not chunk:
+                break
+            whole.update(chunk)
+            pieces.append(hashlib.sha256(chunk).digest())
+    return whole.digest(), pieces
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        raise ManifestError(f"a model name is 1..{MAX_NAME} letters, digits, '.', '_' or '-', "
+                            f"starting with a letter or digit; got {str(name)[:40]!r}")
+    return name
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What the store knows of a model, from its GGUF header (and the name it was added as)."""
+
+    name: str
+    family: str = ""  # general.architecture, e.g. "llama"
+    parameters: int = 0
+    quantisation: str = ""
+    context_length: int = 0
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"name": self.name, "family": self.family, "parameters": self.parameters,
+                "quantisation": self.quantisation, "context_length": self.context_length}
+
+    @classmethod
+    def from_wire(cls, d: Any) -> ModelCard:
+        if not isinstance(d, Mapping):
+            raise ManifestError("info must be a map")
+        name = check_name(d.get("name"))
+        texts = {k: d.get(k, "") for k in ("family", "quantisation")}
+        ints = {k: d.get(k, 0) for k in ("parameters", "context_length")}
+        if not all(isinstance(v, str) and len(v) <= MAX_TEXT for v in texts.values()):
+            raise ManifestError(f"info family and quantisation must be text of at most {MAX_TEXT} characters")
+        if not all(type(v) is int and 0 <= v < 1 << 53 for v in ints.values()):
+            raise ManifestError("info parameters and context_length must be non-negative integers")
+        return cls(name=name, **texts, **ints)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    sha256: bytes
+    size: int
+    piece_size: int
+    pieces: tuple[bytes, ...]
+    info: ModelCard
+    publisher: bytes = b""  # peer id
+    key: bytes = b""  # the publisher's Ed25519 public key (raw, 32 bytes)
+    sig: bytes = field(default=b"", repr=False)
+
+    @property
+    def sha_hex(self) -> str:
+        return self.sha256.hex()
+
+    @property
+    def publisher_text(self) -> str:
+        return peer_id_text(self.publisher) if self.publisher else ""
+
+    def piece_range(self, index: int) -> tuple[int, int]:
+        """(offset, length) of piece ``index``."""
+        if not 0 <= index < len(self.pieces):
+            raise ManifestError(f"piece {index} is not in a model of {len(self.pieces)} pieces")
+        offset = index * self.piece_size
+        return offset, min(self.piece_size, self.size - offset)
+
+    def check_piece(self, index: int, data: bytes) -> bool:
+        """Whether ``data`` is piece ``index`` (its length and its hash)."""
+        _, length = self.piece_range(index)
+        return len(data) == length and hashlib.sha256(data).digest() == self.pieces[index]
+
+    def same_model(self, other: Manifest) -> bool:
+        """Another publisher's manifest describes the same bytes, cut the same way."""
+        return (self.sha256, self.size, self.piece_size, self.pieces) == (
+            other.sha256, other.size, other.piece_size, other.pieces)
+
+    # -- signing
+
+    def _body(self) -> dict[str, Any]:
+        return {"v": VERSION, "sha256": self.sha256, "size": self.size, "piece_size": self.piece_size,
+                "pieces": b"".join(self.pieces), "info": self.info.to_wire(), "publisher": self.publisher,
+                "key": self.key}
+
+    def signed_by(self, identity: Identity) -> Manifest:
+        unsigned = Manifest(self.sha256, self.size, self.piece_size, self.pieces, self.info,
+                            publisher=identity.peer_id, key=identity.public_raw)
+        sig = identity.sign(msgpack.packb(unsigned._body()))
+        return Manifest(self.sha256, self.size, self.piece_size, self.pieces, self.info,
+                        publisher=identity.peer_id, key=identity.public_raw, sig=sig)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {**self._body(), "sig": self.sig}
+
+    @classmethod
+    def from_wire(cls, d: Any, *, publisher: bytes | None = None) -> Manifest:
+        """Check every field, then the signature; with ``publisher``, the manifest must be
+        signed by that peer (the one it came from). ``ManifestError`` otherwise."""
+        if not isinstance(d, Mapping):
+            raise ManifestError("a manifest must be a map")
+        if d.get("v") != VERSION:
+            raise ManifestError(f"manifest version {d.get('v')!r} is not {VERSION}")
+        sha, size, piece_size, pieces = d.get("sha256"), d.get("size"), d.get("piece_size"), d.get("pieces")
+        who, key, sig = d.get("publisher"), d.get("key"), d.get("sig")
+        if not (isinstance(sha, bytes) and len(sha) == 32):
+            raise ManifestError("sha256 must be 32 bytes")
+        if not (type(size) is int and 0 < size <= MAX_SIZE):
+            raise ManifestError(f"size must be 1..{MAX_SIZE} bytes")
+        if not (type(piece_size) is int and MIN_PIECE <= piece_size <= MAX_PIECE):
+            raise ManifestError(f"piece_size must be {MIN_PIECE}..{MAX_PIECE}")
+        count = math.ceil(size / piece_size)
+        if count > MAX_PIECES or not (isinstance(pieces, bytes) and len(pieces) == 32 * count):
+            raise ManifestError(f"a model of {size} bytes in pieces of {piece_size} has {count} piece hashes "
+                                f"(at most {MAX_PIECES})")
+        if not (isinstance(who, bytes) and isinstance(key, bytes) and len(key) == 32 and isinstance(sig, bytes)
+                and len(sig) == 64):
+            raise ManifestError("a manifest must carry its publisher, a 32-byte key and a 64-byte signature")
+        if peer_id_from_public(key) != who:
+            raise ManifestError("the manifest's key is not its publisher's")
+        if publisher is not None and who != publisher:
+            raise ManifestError(f"the manifest was published by {peer_id_text(who)}, not by the peer that sent it")
+        m = cls(sha, size, piece_size, tuple(pieces[i:i + 32] for i in range(0, len(pieces), 32)),
+                ModelCard.from_wire(d.get("info")), publisher=who, key=key, sig=sig)
+        try:
+            Ed25519PublicKey.from_public_bytes(key).verify(sig, msgpack.packb(m._body()))
+        except (InvalidSignature, ValueError):
+            raise ManifestError(f"the manifest's signature does not verify (publisher {peer_id_text(who)})") from None
+        return m
+
+
+def build(path: Path, info: ModelCard, *, sha256: bytes | None = None, piece_size: int | None = None) -> Manifest:
+    """The unsigned manifest of a file (hashing it; ``sha256``, when known, is checked).
+    ``piece_size`` (tests: small files in many pieces) must keep the count within bounds."""
+    size = path.stat().st_size
+    piece = piece_size or piece_size_for(size)
+    if not (MIN_PIECE <= piece <= MAX_PIECE and math.ceil(size / piece) <= MAX_PIECES):
+        raise ManifestError(f"a piece size of {piece} does not fit a file of {size} bytes")
+    whole, pieces = hash_file(path, piece)
+    if sha256 is not None and whole != sha256:
+        raise ManifestError(f"{path} does not hash to {sha256.hex()} any more (it changed on disk)")
+    return Manifest(whole, size, piece, tuple(pieces), info)
