@@ -8,7 +8,8 @@ Shell: ``engine_backend`` (``EngineBackend``: llama.cpp in a supervised engine p
 ``engine_main`` (that process), ``model_runner`` and ``engine`` (one model, one thread),
 ``llama`` (``LlamaBackend``, in-process), ``openai_backend`` (any OpenAI-compatible
 engine or cloud), ``cpu_variant`` (which CPU kernels), ``capabilities`` (what a peer
-gossips about its hardware, models, load and engine). See docs/engine.md.
+gossips about its hardware, models, load and engine), ``known_models`` (where Gemma 3
+270M, the stronger model set-up installs, is assembled). See docs/engine.md.
 """
 
 from mesh.inference.backend import (
