@@ -396,6 +396,40 @@ class Client:
         _no_running_loop("info", "ainfo")
         return self._once(self.ainfo(timeout_s=timeout_s))
 
+    # -- models (mesh.models) ------------------------------------------------------------
+
+    async def amodels(self, *, timeout_s: float = 30.0) -> dict:
+        """Every model in the mesh: ``{"models": [{sha256, name, family, parameters,
+        quantisation, context_length, size, holders, loaded_on}], "peers_asked",
+        "unreachable"}``, asking every live member."""
+        return await self.acall("models.mesh", {}, timeout_s=timeout_s)
+
+    def models(self, *, timeout_s: float = 30.0) -> dict:
+        _no_running_loop("models", "amodels")
+        return self._once(self.amodels(timeout_s=timeout_s))
+
+    async def apull(self, model: str, *, rate_mb_s: float | None = None, pin: bool = False,
+                    on_progress: Callable[[dict], None] | None = None, timeout_s: float = 24 * 3600.0) -> dict:
+        """Fetch ``model`` (a name, a SHA-256 or a 12+ digit prefix) from the peers that hold
+        it into this peer's store; ``on_progress`` gets each progress report (``pieces``,
+        ``pieces_done``, ``bytes_done``, ``size``, ``by_source``). Returns the pull's result
+        (``already: True`` when the store had it). Errors: ``ModelNotFound``,
+        ``ModelStoreFull``, ``ManifestError``, ``ModelError`` (no source left; pull again to
+        resume)."""
+        args: dict[str, Any] = {"model": model, "pin": pin}
+        if rate_mb_s is not None:
+            args["rate"] = rate_mb_s * 1e6
+        conn = await self._connection()
+        async with conn.stream("models.pull", args, timeout_s=timeout_s) as call:
+            async for chunk in call:
+                if on_progress is not None and isinstance(chunk, dict) and isinstance(chunk.get("p"), dict):
+                    on_progress(chunk["p"])
+            return call.result or {}
+
+    def pull(self, model: str, **kw) -> dict:
+        _no_running_loop("pull", "apull")
+        return self._once(self.apull(model, **kw))
+
     # -- any method ----------------------------------------------------------------------
 
     async def acall(self, method: str, args: dict[str, Any] | None = None, *, timeout_s: float = 10.0) -> dict:

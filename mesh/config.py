@@ -52,6 +52,8 @@ class PeerConfig:
     jobs_max_bytes: int = 256 << 20  # ... and within this disk budget (jobs.db)
     jobs_max_open: int = 10_000  # jobs submitted here that may wait or run at once; more: busy
     jobsync: JobSyncConfig = field(default_factory=JobSyncConfig)
+    models_max_bytes: int | None = None  # disk budget of the model store (None: the disk's free space)
+    pull_rate: float = 0.0  # bytes/s a model pull may fetch (0: no cap)
     http_host: str = "127.0.0.1"  # interface the HTTP API (OpenAI API, metrics, dashboard) binds
     http_port: int | None = None  # None: no HTTP server (mesh-peer's default is 7412); 0 picks a free port
     http_open_loopback: str = "auto"  # keyless API callers on this machine: auto (when bound to loopback), yes, no

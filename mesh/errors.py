@@ -12,7 +12,8 @@ subclasses::
     ├── ModelError             model file missing, corrupt, or failed to load
     │   ├── ModelNotFound      no model by that name or hash (in this store, or in the mesh)
     │   ├── ModelStoreFull     the model store's disk budget (or the disk) cannot hold it
-    │   └── ManifestError      a model manifest malformed, forged, or not matching its model
+    │   ├── ManifestError      a model manifest malformed, forged, or not matching its model
+    │   └── PullStopped        a model pull with pieces left and no peer left to ask (resumable)
     ├── BackendBusy            the backend's bounded queue is full; try later or elsewhere
     ├── GenerationError        the engine failed while generating
     ├── InvalidRequest         a request that cannot be served as asked (bad field, empty prompt)
@@ -79,6 +80,10 @@ class ModelStoreFull(ModelError):
 
 class ManifestError(ModelError):
     code = "bad_manifest"
+
+
+class PullStopped(ModelError):
+    code = "pull_stopped"
 
 
 class BackendBusy(MeshError):
@@ -156,7 +161,8 @@ class RemoteError(RpcError):
 _BY_CODE: dict[str, type[MeshError]] = {
     cls.code: cls
     for cls in (
-        CertificateError, TokenError, ModelError, ModelNotFound, ModelStoreFull, ManifestError, BackendBusy, GenerationError, InvalidRequest, PeerUnavailable,
+        CertificateError, TokenError, ModelError, ModelNotFound, ModelStoreFull, ManifestError, PullStopped,
+        BackendBusy, GenerationError, InvalidRequest, PeerUnavailable,
         NoAnswer, JobError, JobNotFound, IdempotencyConflict, InvalidResult, JobStoreError, RpcError,
         DeadlineExceeded, Cancelled, RemoteError,
     )

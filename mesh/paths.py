@@ -79,6 +79,10 @@ class DataDir:
         return self.root / "known_peers.json"
 
     @property
+    def models_dir(self) -> Path:  # the model store (mesh.models.store): blobs, partial pulls, index
+        return self.root / "models"
+
+    @property
     def config_file(self) -> Path:  # mesh.toml: mesh-peer's flags, read at start (mesh.cli.configfile)
         return self.root / "mesh.toml"
 

@@ -78,6 +78,8 @@ from mesh.inference.backend import Backend
 from mesh.jobs import JobStore
 from mesh.jobs.runner import JobRunner
 from mesh.jobs.sync import JobSync
+from mesh.models.service import ModelService
+from mesh.models.store import ModelStore
 from mesh.paths import DataDir
 from mesh.peerfile import PeerAddress, remove_peer_file, write_peer_file
 from mesh.routing.router import Router
@@ -159,6 +161,8 @@ class Peer:
         self.pool: PeerPool | None = None
         self.router: Router | None = None
         self.jobs: JobStore | None = None
+        self.models: ModelStore | None = None  # the model store (mesh.models), kept across rotations
+        self.model_service: ModelService | None = None
         self.job_runner: JobRunner | None = None
         self.job_sync: JobSync | None = None
         self.http = None  # mesh.http.HttpServer when config.http_port is set
@@ -244,11 +248,14 @@ class Peer:
                 self.jobs = JobStore(self.data.jobs_db, local_peer=self.identity.peer_id_text, clock=self._clock)
                 if rotation is not None:  # the switch was interrupted: own jobs follow the new id
                     self.jobs.rename_peer(rotation.old_peer_id_text, self.identity.peer_id_text)
+            self.models = ModelStore(self.data.models_dir, max_bytes=self.config.models_max_bytes)
             await self._start_stack(f"tcp://{self.config.rpc_host}:{self.config.rpc_port}", seeds, remembered)
         except BaseException:
             await self._backend.aclose()
             if self.jobs is not None:
                 self.jobs.close()
+            if self.models is not None:
+                self.models.close()
             self._ctx.term()
             raise
         self.metrics.attach(self)
@@ -342,6 +349,7 @@ class Peer:
                 keep_s=self.config.jobs_keep_s, max_bytes=self.config.jobs_max_bytes,
             )
         previous = self.service  # built again (mesh rotate): uptime and counts are the process's
+        previous_models = self.model_service
         self.service = PeerService(
             backend=self._backend, peer_id=self.identity.peer_id_text, codec=codec, server=lambda: self.server,
             clock=self._clock, name=self.config.name, mesh=self.membership.mesh_id_text,
@@ -351,8 +359,13 @@ class Peer:
             started_at=previous._started if previous is not None else None,
             answers=previous.answers if previous is not None else 0,
         )
+        self.model_service = ModelService(
+            store=self.models, identity=self.identity, members=self.membership_service, pool=self.pool,
+            is_local=is_local, loaded=self._loaded_models, clock=self._clock, pull_rate=self.config.pull_rate,
+            counts=previous_models.counts if previous_models is not None else None,
+        )
         self.server.methods.update({
-            **self.service.methods(), ENROL_METHOD: serve_enrolment(self.data, clock=self._clock),
+            **self.service.methods(), **self.model_service.methods(), ENROL_METHOD: serve_enrolment(self.data, clock=self._clock),
             RENEW_METHOD: serve_renewal(self.data, verifier, clock=self._clock),
             ROTATE_METHOD: serve_rotation(self.data, verifier, clock=self._clock),
             ROTATE_LOCAL_METHOD: unary(self._serve_rotate_local(is_local)),
@@ -535,6 +548,10 @@ class Peer:
         """An rng of its own for one part, drawn from the peer's (reproducible when that is seeded)."""
         return random.Random(self._rng.getrandbits(64))
 
+    def _loaded_models(self) -> list[str]:
+        model = self.backend.capabilities.model
+        return [model] if model else []
+
     def _own_meta(self) -> PeerMeta:
         """What this peer gossips about itself (refreshed about once a second)."""
         return capabilities.snapshot(self.backend, renew=holds_authority(self.data))
@@ -570,6 +587,8 @@ class Peer:
             await self._cloud.aclose()
         if self.jobs is not None:
             self.jobs.close()
+        if self.models is not None:
+            self.models.close()
         if self._ctx is not None:
             self._ctx.term()
         log.info("mesh-peer stopped")

@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="disk budget of the job store; the oldest finished jobs go first (default 256)")
     p.add_argument("--jobs-max-open", type=int, default=10_000, metavar="N",
                    help="jobs submitted here that may wait or run at once; more are refused as busy (default 10000)")
+    p.add_argument("--models-max-gb", type=float, default=None, metavar="GB",
+                   help="disk budget of the model store; least recently used unpinned models go first "
+                        "(default: the disk's free space)")
+    p.add_argument("--pull-rate", type=float, default=0.0, metavar="MB_PER_S",
+                   help="bandwidth cap of `mesh models pull` on this peer, in MB/s (default 0: no cap)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--version", action="version", version=f"mesh-peer {__version__}")
     t = p.add_argument_group("testing (fault injection under the gossip transport)")
@@ -131,6 +136,8 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         raise MeshError("--engine-url needs --engine-model (the name the engine knows the model by)")
     if not 1 <= args.engine_parallel <= 256:
         raise MeshError(f"--engine-parallel must be 1..256, got {args.engine_parallel}")
+    if (args.models_max_gb is not None and not 0 < args.models_max_gb <= 1 << 20) or args.pull_rate < 0:
+        raise MeshError("--models-max-gb must be in (0, 1048576] and --pull-rate cannot be negative")
     from mesh.config import default_name
     from mesh.discovery.seeds import parse_seed_with_key, parse_seeds, seed_text
     from mesh.rpc.faults import FaultConfig
@@ -158,6 +165,8 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         engine_model=args.engine_model,
         engine_context=args.engine_context,
         engine_parallel=args.engine_parallel,
+        models_max_bytes=None if args.models_max_gb is None else int(args.models_max_gb * 1e9),
+        pull_rate=args.pull_rate * 1e6,
         name=args.name or default_name(),
         join_token=args.join_token,
         seeds=tuple(dict.fromkeys(

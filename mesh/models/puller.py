@@ -1,0 +1,170 @@
+"""``Puller``: fetch one model's pieces from several peers at once into the store.
+
+The caller (``ModelService``) has found the peers that hold the model and checked their
+manifests; the puller gets the manifest they agree on and, per source, an async
+``fetch(index) -> bytes``. Then:
+
+- ``store.begin_partial`` says which pieces a previous pull (crashed, cut off) already
+  has; only the others are asked for.
+- Each source runs ``per_source`` workers; a ``PieceSchedule`` hands each the next piece.
+  A piece is checked against the manifest before it is written; a piece that fails is
+  refused, counted (``bad_pieces``) and its sender is not asked again for this model.
+  A source that fails ``max_failures`` times in a row (a dead or unreachable peer) is
+  dropped; its pieces go to the others.
+- ``pacer`` (``--pull-rate``) caps the bandwidth of the whole pull.
+- When every piece is in, ``store.finish_partial`` checks the whole file's SHA-256 and
+  makes it visible. When no source is left, the pull stops with ``PullStopped``, and the
+  pieces written so far stay for the next try.
+
+Progress goes to ``on_progress(PullProgress)`` after every piece.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from mesh.clock import Clock, SystemClock
+from mesh.errors import MeshError, ModelError, PullStopped
+from mesh.models.manifest import Manifest
+from mesh.models.rate import BytePacer
+from mesh.models.schedule import PieceSchedule
+from mesh.models.store import ModelStore, StoredModel
+
+Fetch = Callable[[int], Awaitable[bytes]]
+
+
+@dataclass
+class PullProgress:
+    sha: str
+    name: str
+    size: int
+    pieces: int
+    pieces_done: int
+    bytes_done: int  # this run's and a resumed pull's earlier pieces
+    resumed_pieces: int
+    by_source: dict[str, int] = field(default_factory=dict)  # pieces each source delivered in this run
+    elapsed_s: float = 0.0
+
+    def to_wire(self) -> dict:
+        return {"sha256": self.sha, "name": self.name, "size": self.size, "pieces": self.pieces,
+                "pieces_done": self.pieces_done, "bytes_done": self.bytes_done,
+                "resumed_pieces": self.resumed_pieces, "by_source": dict(self.by_source),
+                "elapsed_s": round(self.elapsed_s, 3)}
+
+
+@dataclass
+class PullResult:
+    model: StoredModel
+    progress: PullProgress
+    bytes_fetched: int
+    bad_pieces: dict[str, int]  # source -> pieces refused (the source was then banned)
+    dropped: list[str]  # sources that stopped answering
+    seconds: float
+
+    def to_wire(self) -> dict:
+        return {"model": self.model.to_wire(), "progress": self.progress.to_wire(),
+                "bytes_fetched": self.bytes_fetched, "bad_pieces": dict(self.bad_pieces),
+                "dropped": list(self.dropped), "seconds": round(self.seconds, 3)}
+
+
+class Puller:
+    def __init__(self, *, store: ModelStore, manifest: Manifest, sources: dict[str, Fetch],
+                 pacer: BytePacer | None = None, clock: Clock | None = None, per_source: int = 2,
+                 max_failures: int = 3, on_progress: Callable[[PullProgress], None] | None = None,
+                 on_bad_piece: Callable[[str], None] | None = None, pinned: bool = False) -> None:
+        self.store = store
+        self.manifest = manifest
+        self.sources = sources
+        self.pacer = pacer or BytePacer(0)
+        self.clock = clock or SystemClock()
+        self.per_source = per_source
+        self.max_failures = max_failures
+        self.on_progress = on_progress or (lambda p: None)
+        self.on_bad_piece = on_bad_piece or (lambda source: None)
+        self.pinned = pinned
+        self.bad_pieces: dict[str, int] = {}
+        self.errors: dict[str, str] = {}  # source -> its last failure, for the report
+        self.bytes_fetched = 0
+
+    async def run(self) -> PullResult:
+        m = self.manifest
+        started = time.monotonic()
+        done = await asyncio.to_thread(self.store.begin_partial, m)
+        schedule = PieceSchedule(len(m.pieces), done=done, sources=self.sources, max_failures=self.max_failures)
+        progress = PullProgress(sha=m.sha_hex, name=m.info.name, size=m.size, pieces=len(m.pieces),
+                                pieces_done=len(done), bytes_done=sum(m.piece_range(i)[1] for i in done),
+                                resumed_pieces=len(done))
+        self.on_progress(progress)
+
+        changed = asyncio.Event()  # a piece was done or given back: idle workers look again
+
+        async def next_piece(source: str) -> int | None:
+            while True:
+                index = schedule.next_for(source)
+                if index is not None or schedule.finished or source not in schedule.active():
+                    return index
+                if not schedule.in_flight:  # nothing left to do, nothing that may come back
+                    return None
+                changed.clear()
+                await changed.wait()
+
+        def settle() -> None:
+            changed.set()
+
+        async def worker(source: str, fetch: Fetch) -> None:
+            while (index := await next_piece(source)) is not None:
+                length = m.piece_range(index)[1]
+                wait = self.pacer.reserve(length, self.clock())
+                if wait > 0:
+                    await self.clock.sleep(wait)
+                try:
+                    data = await fetch(index)
+                except asyncio.CancelledError:
+                    raise
+                except (MeshError, OSError, ValueError, TypeError) as e:
+                    self.errors[source] = f"{type(e).__name__}: {e}"
+                    schedule.failed(source, index)
+                    settle()
+                    continue
+                if not m.check_piece(index, data):
+                    self.bad_pieces[source] = self.bad_pieces.get(source, 0) + 1
+                    self.errors[source] = f"piece {index} failed its SHA-256"
+                    self.on_bad_piece(source)
+                    schedule.bad(source, index)
+                    settle()
+                    return
+                try:
+                    await asyncio.to_thread(self.store.write_piece, m, index, data)
+                except OSError as e:
+                    raise ModelError(f"cannot write piece {index} of {m.info.name}: {e.strerror or e}; "
+                                     "the pieces written so far are kept") from None
+                schedule.done_by(source, index)
+                settle()
+                self.bytes_fetched += len(data)
+                progress.pieces_done += 1
+                progress.bytes_done += len(data)
+                progress.by_source[source] = progress.by_source.get(source, 0) + 1
+                progress.elapsed_s = time.monotonic() - started
+                self.on_progress(progress)
+
+        if not schedule.finished:
+            try:
+                async with asyncio.TaskGroup() as group:
+                    for source, fetch in self.sources.items():
+                        for _ in range(self.per_source):
+                            group.create_task(worker(source, fetch))
+            except ExceptionGroup as group_error:  # a worker could not write: say why, as itself
+                raise group_error.exceptions[0] from None
+        if not schedule.finished:
+            why = "; ".join(f"{s[:12]}: {e}" for s, e in sorted(self.errors.items())) or "no source to ask"
+            raise PullStopped(
+                f"pull of {m.info.name} ({m.sha_hex[:12]}) stopped at {progress.pieces_done} of {progress.pieces} "
+                f"pieces: no source left ({why}); the pieces fetched are kept: pull again to resume")
+        model = await asyncio.to_thread(self.store.finish_partial, m, pinned=self.pinned)
+        progress.elapsed_s = time.monotonic() - started
+        return PullResult(model=model, progress=progress, bytes_fetched=self.bytes_fetched,
+                          bad_pieces=dict(self.bad_pieces), dropped=sorted(schedule.dropped),
+                          seconds=progress.elapsed_s)
