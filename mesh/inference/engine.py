@@ -7,6 +7,11 @@ scheduling around it (queue, worker thread, async streaming) is ``mesh.inference
 - A context's key/value state can be copied out and back in (``snapshot_sequence``,
   ``restore_sequence``): the session cache (``mesh.inference.session_cache``) keeps a
   conversation's state between its turns this way.
+- A model whose GGUF has no chat template (a base model, such as Gemma 3 270M) is
+  prompted with a plain question/answer transcript, and its answer ends at the end of
+  its first line of text (``ChatPrompter.base_model``, ``generate_once``'s
+  ``ends_at_line_break``): a base model has no end-of-turn token, and ChatML's markers,
+  unknown to its vocabulary, made it echo the prompt.
 - llama.cpp failures map to ``ModelError`` (loading) and ``GenerationError`` (generating).
 """
 
@@ -37,10 +42,15 @@ log = logging.getLogger(__name__)
 TOP_K = 40  # llama.cpp's default; sampling steps the request does not name keep their defaults
 MIN_P = 0.05
 
-# Used only when a GGUF carries no chat template (base models): ChatML.
-_CHATML = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content']"
-    " + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+# Used only when a GGUF carries no chat template (base models): a plain transcript, which
+# a base model continues with an answer on the "Answer:" line (and then, left alone, with
+# more questions of its own: generation ends at that line's end).
+_TRANSCRIPT = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}"
+    "{% elif message['role'] == 'user' %}{{ 'Question: ' + message['content'] + '\\n' }}"
+    "{% else %}{{ 'Answer: ' + message['content'] + '\\n' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ 'Answer:' }}{% endif %}"
 )
 
 
@@ -53,8 +63,8 @@ class Generation:
 
     token_ids: tuple[int, ...]  # completion tokens, end-of-generation token excluded
     logprobs: tuple[float, ...]  # one per token_ids entry; empty when confidence is off
-    finish_reason: str  # "stop" (end-of-generation token), "length" (max_tokens), "cancelled"
-    confidence: float  # geometric mean of chosen-token probabilities, the EOG token included
+    finish_reason: str  # "stop" (end-of-generation token, or line break), "length" (max_tokens), "cancelled"
+    confidence: float  # geometric mean of chosen-token probabilities, the EOG (or line break) token included
     min_token_prob: float
     started_at: float
     first_token_at: float | None
@@ -115,17 +125,21 @@ def generate_once(
     stop: threading.Event | None = None,
     on_text: Callable[[str], None] | None = None,
     clock: Callable[[], float] = time.perf_counter,
+    ends_at_line_break: bool = False,
 ) -> Generation:
     """Drive ``Llama.generate`` token by token; the one loop the backend, its warm-up and
     the benchmark share. Blocking: call it from the thread that owns ``llm``.
 
     Stops on an end-of-generation token ("stop"), after ``max_tokens`` ("length"), or
     when ``stop`` is set ("cancelled", checked after every token, text of that token not
-    emitted). ``on_text`` receives decoded text as it completes. With ``confidence``, a
-    ``LogitsRecorder`` supplies each chosen token's log-probability. Engine failures
-    raise ``GenerationError``. ``prompt_evaluated`` counts the prompt tokens evaluated
-    rather than found in the context (``CountingLlama``'s count at the first token; 0
-    for a plain ``Llama``).
+    emitted). With ``ends_at_line_break`` (a base model's transcript), leading blank
+    space is dropped and the first line break after some text is an end too ("stop"):
+    the text before it in that token is emitted, the token counted and its probability
+    in the confidence, like an end-of-generation token's. ``on_text`` receives decoded
+    text as it completes. With ``confidence``, a ``LogitsRecorder`` supplies each chosen
+    token's log-probability. Engine failures raise ``GenerationError``.
+    ``prompt_evaluated`` counts the prompt tokens evaluated rather than found in the
+    context (``CountingLlama``'s count at the first token; 0 for a plain ``Llama``).
     """
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
     decoder = TokenTextDecoder(_Pieces(vocab))
@@ -135,6 +149,7 @@ def generate_once(
     logprobs: list[float] = []
     finish = "length"
     first_at = last_at = None
+    answered = cut = False  # ends_at_line_break: some non-blank text emitted yet; ended at a line break
     yielded = 0
     evaluated = 0
     llm.set_seed(seed)
@@ -176,16 +191,24 @@ def generate_once(
             first_at = now if first_at is None else first_at
             last_at = now
             text = decoder.feed(token)
+            if ends_at_line_break:
+                if not answered:
+                    text = text.lstrip()
+                    answered = bool(text)
+                if "\n" in text:
+                    text, cut, finish = text[: text.index("\n")], True, "stop"
             if text and on_text is not None:
                 on_text(text)
-            if len(ids) >= max_tokens:
+            if cut or len(ids) >= max_tokens:
                 break
     except (RuntimeError, ValueError, OSError, IndexError) as e:
         raise GenerationError(f"llama.cpp failed while generating: {e}") from e
     finally:
         tokens.close()
     tail = decoder.flush()
-    if tail and on_text is not None and finish != "cancelled":
+    if ends_at_line_break and not answered:
+        tail = tail.lstrip()
+    if tail and on_text is not None and finish != "cancelled" and not cut:
         on_text(tail)
     return Generation(
         token_ids=tuple(ids),
@@ -259,9 +282,11 @@ class ChatPrompter:
     def __init__(self, llm: Llama) -> None:
         self._llm = llm
         template = llm.metadata.get("tokenizer.chat_template")
+        self.base_model = not template  # prompted with a transcript; answers end at a line break
         if not template:
-            log.warning("model has no chat template in its metadata; using ChatML")
-            template = _CHATML
+            log.warning("model has no chat template in its metadata (a base model): prompting it with a "
+                         "question/answer transcript, answers ending at a line break")
+            template = _TRANSCRIPT
         self._bos = llm.token_bos()
         self._formatter = Jinja2ChatFormatter(
             template=template,

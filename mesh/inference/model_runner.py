@@ -107,7 +107,7 @@ class ModelRunner:
         try:
             gen = generate_once(
                 self._llm, prompt, max_tokens=n_tokens, temperature=0.0, seed=0, reuse_cache=False, clock=self._clock
-            )
+            )  # without a base model's line-break end: the warm-up measures decode speed
         except GenerationError as e:
             raise ModelError(f"the model loaded but could not generate: {e}") from e
         self.caps = _with_tps(self.caps, gen.decode_tokens_per_s, first=True)
@@ -149,6 +149,7 @@ class ModelRunner:
             stop=stop,
             on_text=on_text,
             clock=self._clock,
+            ends_at_line_break=self._prompter.base_model,
         )
         self.prompt_tokens_evaluated += gen.prompt_evaluated
         if gen.finish_reason == "cancelled":
