@@ -6,6 +6,8 @@
     mesh keys create NAME        an API key for the OpenAI-compatible HTTP API (list, revoke)
     mesh revoke PEER             revoke a member's certificate (where `mesh init` ran)
     mesh rotate                  roll this peer's keys without stopping it (the old key is revoked)
+    mesh models list             every model in the mesh: who holds it, who serves it, its size
+    mesh models pull NAME        fetch a model from the peers that hold it (add, rm, pin too)
 """
 
 from __future__ import annotations
@@ -138,6 +140,28 @@ def build_parser() -> argparse.ArgumentParser:
     kr.add_argument("id", help="the key's id (or a unique prefix), from `mesh keys list`")
     for kp in (kc, kl, kr):
         add_data_dir(kp)
+
+    models = sub.add_parser("models", help="models in the mesh: list, pull from other peers, add, rm, pin")
+    models_sub = models.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    ml = models_sub.add_parser("list", help="every model in the mesh: holders, where it is loaded, size")
+    ml.add_argument("--json", action="store_true", help="print JSON")
+    mp = models_sub.add_parser("pull", help="fetch a model from the peers that hold it, in verified pieces")
+    mp.add_argument("model", help="its name, SHA-256, or a SHA-256 prefix of 12+ hex digits")
+    mp.add_argument("--rate", type=float, default=None, metavar="MB_PER_S",
+                    help="bandwidth cap of this pull (default: the peer's --pull-rate)")
+    mp.add_argument("--pin", action="store_true", help="pin it: never evicted to make room")
+    mp.add_argument("--json", action="store_true", help="print the result as JSON")
+    ma = models_sub.add_parser("add", help="import a GGUF file into the local peer's model store (copied)")
+    ma.add_argument("path", help="the GGUF file")
+    ma.add_argument("--name", help="the name to list it under (default: from the file name)")
+    ma.add_argument("--pin", action="store_true", help="pin it: never evicted to make room")
+    mr = models_sub.add_parser("rm", help="remove a model from the local peer's store")
+    mr.add_argument("model", help="its name, SHA-256, or a SHA-256 prefix of 12+ hex digits")
+    mpin = models_sub.add_parser("pin", help="keep a model in the local peer's store (never evicted)")
+    mpin.add_argument("model", help="its name, SHA-256, or a SHA-256 prefix of 12+ hex digits")
+    mpin.add_argument("--off", action="store_true", help="unpin it instead")
+    for sp in (ml, mp, ma, mr, mpin):
+        add_data_dir(sp)
 
     doctor = sub.add_parser("doctor", help="explain why peers do not see each other (mDNS, ports, clocks, meshes)")
     add_data_dir(doctor)
@@ -538,6 +562,70 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return EXIT_ERROR if has_problem(findings) else EXIT_OK
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mesh.cli.render import model_row, models_table
+
+    action = args.models_command
+    if action == "list":
+        doc = _call(args, "models.mesh", {})
+        print(json.dumps(doc, indent=2) if args.json else models_table(doc))
+        return EXIT_OK
+    if action == "pull":
+        return _pull(args)
+    if action == "add":
+        path = Path(args.path).expanduser().resolve()  # the peer runs elsewhere: never a relative path
+        if not path.is_file():
+            return fail(f"no file at {path}; give the path of a GGUF model file", EXIT_USAGE)
+        print(f"importing {path} (copied and hashed; a big model takes a while) ...", file=sys.stderr)
+        doc = _call(args, "models.add", {"path": str(path), "name": args.name, "pin": args.pin}, timeout_s=3600)
+        print(f"added {model_row(doc['model'])}")
+    elif action == "rm":
+        print(f"removed {model_row(_call(args, 'models.rm', {'model': args.model})['model'])}")
+    elif action == "pin":
+        doc = _call(args, "models.pin", {"model": args.model, "pinned": not args.off})
+        print(f"{'unpinned' if args.off else 'pinned'} {model_row(doc['model'])}")
+    return EXIT_OK
+
+
+def _pull(args: argparse.Namespace) -> int:
+    from mesh.cli.render import model_row, pull_progress
+    from mesh.client import Client
+
+    tty = sys.stderr.isatty()
+    shown = {"at": -1}
+
+    def progress(p: dict) -> None:
+        line = pull_progress(p)
+        if tty:
+            sys.stderr.write("\r" + line.ljust(78))
+            sys.stderr.flush()
+        else:  # a log: a line per tenth
+            tenth = (10 * p["pieces_done"]) // max(p["pieces"], 1)
+            if tenth != shown["at"]:
+                shown["at"] = tenth
+                print(line, file=sys.stderr)
+
+    with Client(args.data_dir) as client:
+        result = client.pull(args.model, rate_mb_s=args.rate, pin=args.pin, on_progress=progress)
+    if tty:
+        sys.stderr.write("\n")
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif result.get("already"):
+        print(f"already here: {model_row(result['model'])}")
+    else:
+        p = result["progress"]
+        rate = result["bytes_fetched"] / max(result["seconds"], 1e-6) / 1e6
+        resumed = f", {p['resumed_pieces']} pieces resumed from an earlier pull" if p["resumed_pieces"] else ""
+        print(f"pulled {model_row(result['model'])} in {result['seconds']:.1f} s ({rate:.1f} MB/s) "
+              f"from {len(p['by_source'])} peer(s){resumed}")
+        for peer, n in sorted(result["bad_pieces"].items()):
+            print(f"  refused {n} bad piece(s) from {peer[:12]}: it was not asked again", file=sys.stderr)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {
@@ -545,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
         "init": cmd_init, "invite": cmd_invite, "join": cmd_join,
         "submit": cmd_submit, "jobs": cmd_jobs, "result": cmd_result, "cancel": cmd_cancel,
         "doctor": cmd_doctor, "keys": cmd_keys, "revoke": cmd_revoke,
-        "rotate": cmd_rotate,
+        "rotate": cmd_rotate, "models": cmd_models,
     }
     try:
         if args.command in commands:

@@ -252,3 +252,40 @@ def jobs_table(jobs: list[dict], counts: dict) -> str:
         ])
     summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if n) or "no jobs"
     return grid(["JOB", "STATE", "RAN ON", "ATTEMPTS", "AGE", "PROMPT"], rows) + f"\n{summary}"
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
+def _params(n: int) -> str:
+    return "" if not n else f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M"
+
+
+def model_row(m: dict) -> str:
+    """One model of a store, in a line: name, SHA-256 prefix, size, quantisation."""
+    extra = ", ".join(x for x in (_params(m.get("parameters", 0)), m.get("quantisation", ""),
+                                  "pinned" if m.get("pinned") else "") if x)
+    return f"{m['name']} ({m['sha256'][:12]}, {_size(m['size'])}{', ' + extra if extra else ''})"
+
+
+def models_table(doc: dict) -> str:
+    rows = [[m["name"], m["sha256"][:12], _size(m["size"]), _params(m["parameters"]), m["quantisation"],
+             str(m["context_length"] or ""), ", ".join(short_id(p) for p in m["holders"]),
+             ", ".join(short_id(p) for p in m["loaded_on"]) or "-"] for m in doc["models"]]
+    out = grid(["MODEL", "SHA256", "SIZE", "PARAMS", "QUANT", "CTX", "HELD BY", "LOADED ON"], rows)
+    if not rows:
+        out += "\n(no model in any store yet: `mesh models add PATH` imports one)"
+    footer = f"{doc['peers_asked']} peer(s) answered"
+    if doc.get("unreachable"):
+        footer += f"; {len(doc['unreachable'])} did not: " + "; ".join(doc["unreachable"])
+    return out + "\n" + footer
+
+
+def pull_progress(p: dict) -> str:
+    size = max(p["size"], 1)
+    rate = p.get("fetched", 0) / p["elapsed_s"] / 1e6 if p["elapsed_s"] else 0.0
+    width = 24
+    filled = int(width * p["bytes_done"] / size)
+    return (f"pulling {p['name']} [{'#' * filled}{'.' * (width - filled)}] {100 * p['bytes_done'] / size:5.1f}% "
+            f"{_size(p['bytes_done'])} / {_size(p['size'])}  {rate:.1f} MB/s  from {len(p['by_source'])} peer(s)")

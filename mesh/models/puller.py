@@ -45,13 +45,14 @@ class PullProgress:
     pieces_done: int
     bytes_done: int  # this run's and a resumed pull's earlier pieces
     resumed_pieces: int
+    fetched: int = 0  # bytes fetched in this run
     by_source: dict[str, int] = field(default_factory=dict)  # pieces each source delivered in this run
     elapsed_s: float = 0.0
 
     def to_wire(self) -> dict:
         return {"sha256": self.sha, "name": self.name, "size": self.size, "pieces": self.pieces,
                 "pieces_done": self.pieces_done, "bytes_done": self.bytes_done,
-                "resumed_pieces": self.resumed_pieces, "by_source": dict(self.by_source),
+                "resumed_pieces": self.resumed_pieces, "fetched": self.fetched, "by_source": dict(self.by_source),
                 "elapsed_s": round(self.elapsed_s, 3)}
 
 
@@ -146,6 +147,7 @@ class Puller:
                 self.bytes_fetched += len(data)
                 progress.pieces_done += 1
                 progress.bytes_done += len(data)
+                progress.fetched += len(data)
                 progress.by_source[source] = progress.by_source.get(source, 0) + 1
                 progress.elapsed_s = time.monotonic() - started
                 self.on_progress(progress)
