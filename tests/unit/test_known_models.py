@@ -88,3 +88,15 @@ def test_missing_chunks_say_to_run_setup_and_leave_nothing(site):
     with pytest.raises(ModelError, match=r"cannot be assembled: Missing chunk files.*run bin/setup"):
         assemble()
     assert not site.exists() and not list(site.parent.glob("*.assembling"))
+
+
+def test_main_path_says_what_to_do_when_missing(monkeypatch, capsys):
+    from mesh.inference import known_models
+
+    def missing():
+        raise ModelError("Gemma 3 270M is not installed; run bin/setup")
+
+    monkeypatch.setattr(known_models, "gemma3_270m_path", missing)
+    assert known_models.main(["--path"]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err == "error: Gemma 3 270M is not installed; run bin/setup\n"
