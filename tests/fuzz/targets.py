@@ -84,8 +84,9 @@ def envelope_frame(frame: bytes, credential: bytes | None = None) -> Any:
 def envelope_payload(payload: bytes, *, signer=seeds.SENDER) -> Any:
     """A payload signed by a trusted key (a hostile but enrolled member): every check
     after the signature runs on it."""
-    head = envelope.MAGIC + bytes([envelope.PROTOCOL_VERSION]) + signer.peer_id
-    frame = head + signer.sign(envelope.DOMAIN + head + payload) + payload
+    version = 2 if len(payload) > envelope.PREHASH_ABOVE else 1  # as encode() chooses
+    head = envelope.MAGIC + bytes([version]) + signer.peer_id
+    frame = head + signer.sign(envelope.signed_bytes(version, head, payload)) + payload
     return envelope_frame(frame)
 
 

@@ -31,7 +31,23 @@ def test_round_trip(sides):
     env = b.open(frame)
     assert env.kind == "call" and env.sender == a.identity.peer_id
     assert env.body == {"m": "ask", "a": {"prompt": "hi", "n": [1, 2]}}
-    assert env.version == envelope.PROTOCOL_VERSION and len(env.nonce) == 16
+    assert env.version == 1 and len(env.nonce) == 16  # a small frame: version 1
+
+
+def test_a_big_frame_is_signed_over_its_digest_and_every_byte_still_counts(sides):
+    a, b, _ = sides
+    blob = bytes(range(256)) * 1024  # 256 KiB: above PREHASH_ABOVE
+    frame = a.seal("chunk", {"re": bytes(16), "seq": 0, "d": {"d": blob}})
+    assert frame[4] == 2 == envelope.PROTOCOL_VERSION
+    assert b.open(frame).body["d"]["d"] == blob
+    for i in [5, 21, envelope.HEADER_BYTES, len(frame) // 2, len(frame) - 1]:
+        bad = bytearray(frame)
+        bad[i] ^= 1
+        assert rejected(b, bytes(bad)) in (RejectReason.BAD_SIGNATURE, RejectReason.UNKNOWN_SENDER)
+    # a version-2 signature does not pass as version 1 (domain tags differ)
+    as_v1 = bytearray(frame)
+    as_v1[4] = 1
+    assert rejected(b, bytes(as_v1)) is RejectReason.BAD_SIGNATURE
 
 
 def test_every_byte_is_signed(sides):

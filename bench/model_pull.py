@@ -1,0 +1,217 @@
+"""Pulling a model between peers, against a plain TCP copy of the same file, in one run.
+
+    .venv/bin/python bench/model_pull.py [--size-mb 256] [--throttle-mbit 320] [--repeat 1]
+
+Topology: three network namespaces on one bridge (tests/support/netns.py), each running a
+real ``mesh-peer --no-model``; h0 (and later h1) hold the model, h2 pulls it with the
+real ``mesh models pull`` (signed msgpack RPC over CurveZMQ, 4 MiB pieces each checked
+against the signed manifest, fsync'd, the whole file hashed again at the end).
+
+Baseline: a plain TCP copy of the same file between the same namespaces (h0 ->
+h2): ``sendfile`` on one side, ``recv`` into a file and ``fsync`` on the other. No
+encryption, no signatures, no hashing: the fastest thing a user could do by hand.
+
+Scenarios, in order:
+
+1. ``open``: no limit on the links. TCP copy h0 -> h2; pull from h0 alone.
+2. ``throttled``: each source's link limited to ``--throttle-mbit`` (tc tbf on its
+   ``eth0``): TCP copy h0 -> h2; pull from h0 alone; pull from h0 and h1 at once. The
+   sources are the bottleneck, so two should beat one.
+
+Figures: throughput (MB/s) of each, the ratio pull / TCP copy, two sources / one, and
+CPU seconds per GB moved on the source and the puller (from /proc of the peer
+processes; the TCP copy's from its own processes). Targets (issue 15): one source >= 0.8
+of the plain copy's throughput (open links); two sources faster than one (throttled).
+
+Prints progress and a report, then ONE line of JSON with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from support import netns  # noqa: E402
+from support.gguf_files import write_gguf  # noqa: E402
+from support.meshhosts import Host, wait_until  # noqa: E402
+
+COPY_PORT = 7499
+TICKS = os.sysconf("SC_CLK_TCK")
+
+SERVER = r"""
+import os, socket, sys, resource, json
+path, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((host, port)); s.listen(1)
+print("listening", flush=True)
+c, _ = s.accept()
+with open(path, "rb") as f:
+    size = os.fstat(f.fileno()).st_size; sent = 0
+    while sent < size:
+        sent += os.sendfile(c.fileno(), f.fileno(), sent, size - sent)
+c.close()
+r = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"cpu_s": r.ru_utime + r.ru_stime}), flush=True)
+"""
+
+CLIENT = r"""
+import os, socket, sys, time, resource, json
+host, port, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+t0 = time.monotonic()
+c = socket.create_connection((host, port))
+n = 0
+buf = bytearray(1 << 20)
+with open(out, "wb") as f:
+    while True:
+        k = c.recv_into(buf)
+        if not k:
+            break
+        f.write(memoryview(buf)[:k]); n += k
+    f.flush(); os.fsync(f.fileno())
+dt = time.monotonic() - t0
+r = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"bytes": n, "seconds": dt, "cpu_s": r.ru_utime + r.ru_stime}), flush=True)
+"""
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def peer_cpu(h: Host) -> float:
+    """CPU seconds (user + system) of the mesh-peer process of ``h`` (its pid from peer.json)."""
+    pid = json.loads((h.data / "peer.json").read_text())["pid"]
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def tcp_copy(src: Host, dst: Host, model: Path, out: Path) -> dict:
+    server = src.ns.popen([sys.executable, "-c", SERVER, str(model), src.ns.ip, str(COPY_PORT)],
+                          stdout=subprocess.PIPE, text=True)
+    assert server.stdout.readline().strip() == "listening"
+    r = dst.ns.run([sys.executable, "-c", CLIENT, src.ns.ip, str(COPY_PORT), str(out)], timeout=600)
+    got = json.loads(r.stdout)
+    got["source_cpu_s"] = json.loads(server.stdout.readline())["cpu_s"]
+    server.wait(10)
+    out.unlink()
+    assert got["bytes"] == model.stat().st_size
+    return {"mb_s": got["bytes"] / got["seconds"] / 1e6, "seconds": got["seconds"],
+            "source_cpu_s_per_gb": got["source_cpu_s"] / (got["bytes"] / 1e9),
+            "dest_cpu_s_per_gb": got["cpu_s"] / (got["bytes"] / 1e9)}
+
+
+def pull(dst: Host, sources: list[Host], name: str) -> dict:
+    before = [peer_cpu(h) for h in (*sources, dst)]
+    t0 = time.monotonic()
+    r = dst.mesh("models", "pull", name, "--json")
+    wall = time.monotonic() - t0
+    result = json.loads(r.stdout)
+    after = [peer_cpu(h) for h in (*sources, dst)]
+    size = result["model"]["size"]
+    gb = size / 1e9
+    dst.mesh("models", "rm", name)
+    return {"mb_s": size / result["seconds"] / 1e6, "seconds": result["seconds"], "cli_wall_s": wall,
+            "source_cpu_s_per_gb": sum(a - b for a, b in zip(after[:-1], before[:-1])) / gb,
+            "dest_cpu_s_per_gb": (after[-1] - before[-1]) / gb,
+            "by_source": sorted(result["progress"]["by_source"].values(), reverse=True)}
+
+
+def throttle(h: Host, mbit: int | None) -> None:
+    if mbit is None:
+        h.ns.run(["tc", "qdisc", "del", "dev", "eth0", "root"], check=False)
+    else:
+        h.ns.run(["tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", f"{mbit}mbit",
+                  "burst", "256kb", "latency", "100ms"])
+
+
+def median_of(runs: list[dict]) -> dict:
+    return {k: statistics.median(r[k] for r in runs) if isinstance(runs[0][k], float | int) else runs[0][k]
+            for k in runs[0]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--size-mb", type=int, default=256)
+    ap.add_argument("--throttle-mbit", type=int, default=320, help="each source's link in the throttled runs")
+    ap.add_argument("--repeat", type=int, default=1)
+    args = ap.parse_args()
+    problem = netns.available()
+    if problem:
+        print(f"cannot make network namespaces here: {problem}", file=sys.stderr)
+        return 2
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="mesh-bench-pull-"))
+    with netns.Lab(3) as lab:
+        hosts = [Host(lab[i], work, f"h{i}") for i in range(3)]
+        say("starting three peers (--no-model) in namespaces")
+        hosts[0].start("--no-model")
+        for h in hosts[1:]:
+            h.start("--no-model", "--join-token", hosts[0].invite())
+        wait_until(lambda: all(len(h.states()) == 3 for h in hosts), "mesh of three", 60)
+        say(f"writing a {args.size_mb} MB model file")
+        model = write_gguf(work / "bench.gguf", size=args.size_mb * 1_000_000, seed=7)
+        name = "bench-model"
+        hosts[0].mesh("models", "add", str(model), "--name", name)
+        out = work / "copy.out"
+        runs: dict[str, list[dict]] = {k: [] for k in ("open_tcp", "open_pull_1", "thr_tcp", "thr_pull_1",
+                                                       "thr_pull_2")}
+        for i in range(args.repeat):
+            say(f"round {i + 1}/{args.repeat}: open links: TCP copy h0 -> h2")
+            runs["open_tcp"].append(tcp_copy(hosts[0], hosts[2], model, out))
+            say(f"  {runs['open_tcp'][-1]['mb_s']:.0f} MB/s; pull from h0 alone")
+            runs["open_pull_1"].append(pull(hosts[2], [hosts[0]], name))
+            say(f"  {runs['open_pull_1'][-1]['mb_s']:.0f} MB/s; throttling sources to {args.throttle_mbit} Mbit/s")
+            for h in hosts[:2]:
+                throttle(h, args.throttle_mbit)
+            try:
+                runs["thr_tcp"].append(tcp_copy(hosts[0], hosts[2], model, out))
+                say(f"  TCP copy {runs['thr_tcp'][-1]['mb_s']:.0f} MB/s; pull from h0 alone")
+                runs["thr_pull_1"].append(pull(hosts[2], [hosts[0]], name))
+                say(f"  {runs['thr_pull_1'][-1]['mb_s']:.0f} MB/s; pull from h0 and h1")
+                hosts[1].mesh("models", "add", str(model), "--name", name)
+                runs["thr_pull_2"].append(pull(hosts[2], [hosts[0], hosts[1]], name))
+                hosts[1].mesh("models", "rm", name)
+                say(f"  {runs['thr_pull_2'][-1]['mb_s']:.0f} MB/s")
+            finally:
+                for h in hosts[:2]:
+                    throttle(h, None)
+        for h in hosts:
+            h.stop()
+    m = {k: median_of(v) for k, v in runs.items()}
+    one_vs_tcp = m["open_pull_1"]["mb_s"] / m["open_tcp"]["mb_s"]
+    two_vs_one = m["thr_pull_2"]["mb_s"] / m["thr_pull_1"]["mb_s"]
+    thr_vs_tcp = m["thr_pull_1"]["mb_s"] / m["thr_tcp"]["mb_s"]
+    print()
+    print(f"model pull, {args.size_mb} MB, median of {args.repeat} round(s); sources throttled to "
+          f"{args.throttle_mbit} Mbit/s in the throttled runs")
+    print(f"{'run':34} {'MB/s':>8} {'s':>7} {'src cpu s/GB':>13} {'dst cpu s/GB':>13}")
+    labels = {"open_tcp": "plain TCP copy, open", "open_pull_1": "mesh pull, 1 source, open",
+              "thr_tcp": "plain TCP copy, throttled", "thr_pull_1": "mesh pull, 1 source, throttled",
+              "thr_pull_2": "mesh pull, 2 sources, throttled"}
+    for k, label in labels.items():
+        r = m[k]
+        print(f"{label:34} {r['mb_s']:8.1f} {r['seconds']:7.2f} {r['source_cpu_s_per_gb']:13.2f} "
+              f"{r['dest_cpu_s_per_gb']:13.2f}")
+    print(f"one source / plain copy (open):      {one_vs_tcp:.2f}  target >= 0.8: "
+          f"{'PASS' if one_vs_tcp >= 0.8 else 'FAIL'}")
+    print(f"one source / plain copy (throttled): {thr_vs_tcp:.2f}")
+    print(f"two sources / one (throttled):       {two_vs_one:.2f}  target > 1: {'PASS' if two_vs_one > 1 else 'FAIL'}")
+    print(json.dumps({"bench": "model_pull", "size_mb": args.size_mb, "throttle_mbit": args.throttle_mbit,
+                      "repeat": args.repeat, "one_source_vs_tcp": round(one_vs_tcp, 3),
+                      "one_source_vs_tcp_throttled": round(thr_vs_tcp, 3), "two_vs_one_throttled": round(two_vs_one, 3),
+                      "runs": {k: {kk: (round(vv, 3) if isinstance(vv, float) else vv) for kk, vv in v.items()}
+                               for k, v in m.items()}}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
