@@ -33,7 +33,7 @@ from typing import Any
 from mesh.clock import Clock, SystemClock
 from mesh.errors import InvalidRequest, ManifestError, MeshError, ModelError, ModelNotFound
 from mesh.identity.keys import Identity, peer_id_text
-from mesh.models.manifest import SHA_HEX, Manifest
+from mesh.models.manifest import SHA_HEX, Manifest, ModelCard
 from mesh.models.puller import Puller, PullProgress
 from mesh.models.rate import BytePacer
 from mesh.models.store import MIN_PREFIX, ModelStore
@@ -83,9 +83,7 @@ class ModelService:
         return {"manifest": self.store.manifest(found.sha).signed_by(self.identity).to_wire()}
 
     async def piece(self, args: dict[str, Any], ctx: CallContext):
-        sha, index = args.get("sha256"), args.get("index")
-        if not (isinstance(sha, str) and SHA_HEX.match(sha)) or type(index) is not int or index < 0:
-            raise InvalidRequest("models.piece needs sha256 (64 hex digits) and index (an integer >= 0)")
+        sha, index = piece_args(args)
         if not self.store.has(sha):
             raise ModelNotFound(f"no model {sha[:12]} on this peer")
         data = await asyncio.to_thread(self.store.read_piece, sha, index)
@@ -148,12 +146,11 @@ class ModelService:
                 except MeshError as e:
                     unreachable.append(f"{peer_id_text(peer)[:12]}: {e}")
                     return
-            if isinstance(answer, dict) and isinstance(answer.get("models"), list):
-                answers[peer_id_text(peer)] = {"models": [m for m in answer["models"] if _row_ok(m)],
-                                               "loaded": [x for x in answer.get("loaded") or () if isinstance(x, str)],
-                                               "address": address, "peer_id": peer}
-            else:
+            rows = list_answer(answer)
+            if rows is None:
                 unreachable.append(f"{peer_id_text(peer)[:12]}: a malformed models.list answer")
+            else:
+                answers[peer_id_text(peer)] = {**rows, "address": address, "peer_id": peer}
 
         async with asyncio.TaskGroup() as group:
             for peer, address in self.members.live_addresses().items():
@@ -279,7 +276,32 @@ def _ref(value: Any) -> str:
     return value.strip()
 
 
-def _row_ok(m: Any) -> bool:
-    return (isinstance(m, dict) and isinstance(m.get("sha256"), str) and SHA_HEX.match(m["sha256"]) is not None
-            and isinstance(m.get("name"), str) and type(m.get("size")) is int
-            and all(k in m for k in ("family", "parameters", "quantisation", "context_length")))
+def piece_args(args: Any) -> tuple[str, int]:
+    """(sha256, index) of a ``models.piece`` call; ``InvalidRequest`` otherwise."""
+    sha, index = (args.get("sha256"), args.get("index")) if isinstance(args, dict) else (None, None)
+    if not (isinstance(sha, str) and SHA_HEX.match(sha)) or type(index) is not int or not 0 <= index < 1 << 32:
+        raise InvalidRequest("models.piece needs sha256 (64 hex digits) and index (an integer >= 0)")
+    return sha, index
+
+
+def list_answer(answer: Any) -> dict | None:
+    """A member's ``models.list`` answer with only its well-formed rows (``models``,
+    ``loaded``), or None when the answer itself is malformed."""
+    if not isinstance(answer, dict) or not isinstance(answer.get("models"), list):
+        return None
+    loaded = answer.get("loaded")
+    rows = (_row(m) for m in answer["models"][:10_000])
+    return {"models": [r for r in rows if r is not None],
+            "loaded": [x for x in loaded[:256] if isinstance(x, str)] if isinstance(loaded, list) else []}
+
+
+def _row(m: Any) -> dict | None:
+    """One row of a models.list answer, checked and with only the fields we use."""
+    if not (isinstance(m, dict) and isinstance(m.get("sha256"), str) and SHA_HEX.match(m["sha256"])
+            and type(m.get("size")) is int and m["size"] > 0):
+        return None
+    try:
+        card = ModelCard.from_wire(m)  # name, family, parameters, quantisation, context_length
+    except ManifestError:
+        return None
+    return {"sha256": m["sha256"], "size": m["size"], **card.to_wire()}

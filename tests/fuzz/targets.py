@@ -100,6 +100,8 @@ def method_args(method: str, args: dict, sender: bytes) -> None:
         _refused(InvalidRequest, outcomes_from_wire, args)
     elif method == "gossip" and isinstance(args.get("d"), bytes):
         gossip_datagram(args["d"], sender=sender)
+    elif method == "models.piece":
+        model_piece_args(args)
 
 
 # --- certificates and join tokens -------------------------------------------------------
@@ -238,3 +240,35 @@ def enrol(args: Any, *, sender: bytes | None = None) -> Any:
     if out is not REFUSED:
         verify_certificate(out["certificate"], authority_public_raw=seeds.AUTHORITY.public_raw, now=seeds.NOW)
     return out
+
+
+# --- models: manifests, piece requests, list answers (mesh.models) ----------------------
+
+
+def model_manifest(value: Any, *, publisher: bytes | None = None) -> Any:
+    """A manifest off the wire: a ``Manifest`` whose pieces and sizes agree, or
+    ``ManifestError``."""
+    from mesh.errors import ManifestError
+    from mesh.models.manifest import MAX_PIECES, Manifest
+
+    m = _refused(ManifestError, Manifest.from_wire, value, publisher=publisher)
+    if m is not REFUSED:
+        assert 0 < len(m.pieces) <= MAX_PIECES and all(len(p) == 32 for p in m.pieces)
+        offset, length = m.piece_range(len(m.pieces) - 1)
+        assert offset + length == m.size and 0 < length <= m.piece_size
+    return m
+
+
+def model_piece_args(args: Any) -> Any:
+    from mesh.models.service import piece_args
+
+    return _refused(InvalidRequest, piece_args, args)
+
+
+def model_list_answer(answer: Any) -> Any:
+    from mesh.models.service import list_answer
+
+    rows = list_answer(answer)
+    if rows is not None:
+        assert all(isinstance(r["name"], str) and r["size"] > 0 for r in rows["models"])
+    return rows
