@@ -60,6 +60,8 @@ def ask_args(request: GenerationRequest) -> dict[str, Any]:
         args["seed"] = request.seed
     if request.session is not None:
         args["session"] = request.session  # the answering peer keeps this conversation's prompt cache
+    if request.model is not None:
+        args["model"] = request.model  # which of the answering peer's models
     return args
 
 
@@ -91,6 +93,9 @@ def request_from_ask_args(args: dict[str, Any]) -> GenerationRequest:
     session = args.get("session")
     if session is not None and not isinstance(session, str):
         raise InvalidRequest("session must be a string")
+    model = args.get("model")
+    if model is not None and not isinstance(model, str):
+        raise InvalidRequest("model must be a string")
     return GenerationRequest(
         messages=tuple(messages),
         max_tokens=_number(args, "max_tokens", 256, int),
@@ -98,6 +103,7 @@ def request_from_ask_args(args: dict[str, Any]) -> GenerationRequest:
         top_p=_number(args, "top_p", 0.95, float),
         seed=seed,
         session=session,
+        model=model,
     ).validate()
 
 

@@ -52,6 +52,9 @@ class PeerConfig:
     jobs_max_bytes: int = 256 << 20  # ... and within this disk budget (jobs.db)
     jobs_max_open: int = 10_000  # jobs submitted here that may wait or run at once; more: busy
     jobsync: JobSyncConfig = field(default_factory=JobSyncConfig)
+    extra_models: tuple[Path, ...] = ()  # more --model files, loaded on demand (mesh.inference.model_set)
+    models_ram_bytes: int | None = None  # memory budget of the models loaded at once (None: 80% of free RAM)
+    keep_alive_s: float = 300.0  # an on-demand model idle this long is unloaded (unless pinned)
     models_max_bytes: int | None = None  # disk budget of the model store (None: the disk's free space)
     pull_rate: float = 0.0  # bytes/s a model pull may fetch (0: no cap)
     http_host: str = "127.0.0.1"  # interface the HTTP API (OpenAI API, metrics, dashboard) binds

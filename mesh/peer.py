@@ -162,6 +162,7 @@ class Peer:
         self.router: Router | None = None
         self.jobs: JobStore | None = None
         self.models: ModelStore | None = None  # the model store (mesh.models), kept across rotations
+        self._extra_servable: list | None = None
         self.model_service: ModelService | None = None
         self.job_runner: JobRunner | None = None
         self.job_sync: JobSync | None = None
@@ -218,7 +219,7 @@ class Peer:
                 )
                 self.certificate = self.membership.verify(peer_public_raw=self.identity.public_raw, now=self._clock())
             if self._backend is None:
-                self._backend = await asyncio.to_thread(self._backend_factory, self.config)
+                self._backend = self._with_models(await asyncio.to_thread(self._backend_factory, self.config))
             start_engine = getattr(self._backend, "start", None)
             if start_engine is not None:  # an engine process: up, or running without a model and saying why
                 await start_engine()
@@ -548,7 +549,56 @@ class Peer:
         """An rng of its own for one part, drawn from the peer's (reproducible when that is seeded)."""
         return random.Random(self._rng.getrandbits(64))
 
+    def _with_models(self, backend: Backend) -> Backend:
+        """A llama.cpp engine serves more than its first model: the other --model files and
+        the model store's, on demand (mesh.inference.model_set)."""
+        if getattr(backend, "model_path", None) is None:
+            return backend  # --no-model, --engine-url, or a backend given by a test
+        from mesh.inference.model_set import ModelSet
+
+        ram = self.config.models_ram_bytes
+        if ram is None:
+            import psutil
+
+            ram = int(psutil.virtual_memory().available * 0.8)
+        return ModelSet(backend, catalog=self._servable_models, factory=self._engine_for, ram_bytes=ram,
+                        keep_alive_s=self.config.keep_alive_s, clock=self._clock)
+
+    def _engine_for(self, path: Path) -> Backend:
+        from mesh.inference.cpu_variant import default_threads
+        from mesh.inference.engine_backend import EngineBackend
+
+        return EngineBackend(path, n_ctx=self.config.n_ctx, n_threads=self.config.n_threads or default_threads(),
+                             queue_limit=self.config.queue_limit)
+
+    def _servable_models(self) -> list:
+        from mesh.inference.model_set import Servable
+        from mesh.inference.models import model_info, read_gguf_metadata
+
+        n_ctx = self.config.n_ctx  # what an engine runs them with
+        if self._extra_servable is None:  # the extra --model files' headers, read once
+            self._extra_servable = []
+            for path in self.config.extra_models:
+                try:
+                    info = model_info(read_gguf_metadata(path), path)
+                except MeshError as e:
+                    log.warning("not serving %s: %s", path, e)
+                    continue
+                self._extra_servable.append(Servable(
+                    name=info.name, path=Path(path), size=Path(path).stat().st_size, parameters=info.parameters,
+                    quantisation=info.quantisation, context_length=min(info.context_length or n_ctx, n_ctx)))
+        out = list(self._extra_servable)
+        if self.models is not None:
+            for m in self.models.list():
+                out.append(Servable(name=m.name, path=self.models.path(m.sha), size=m.size,
+                                    parameters=m.card.parameters, quantisation=m.card.quantisation,
+                                    context_length=min(m.card.context_length or n_ctx, n_ctx), pinned=m.pinned))
+        return out
+
     def _loaded_models(self) -> list[str]:
+        several = getattr(self.backend, "models_info", None)
+        if several is not None:
+            return [m.name for m in several() if m.loaded]
         model = self.backend.capabilities.model
         return [model] if model else []
 

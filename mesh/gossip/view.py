@@ -38,6 +38,7 @@ MAX_CONTEXT = 10**8
 MAX_COUNT = 10**6  # running, waiting, queue_limit, restarts
 MAX_PARALLEL = 10**4
 MAX_TOKENS_PER_S = 10**6
+MAX_LOAD_S = 3600.0  # the longest a model load may be declared to take
 MAX_TIER = 1000
 MAX_MB = 10**9
 MAX_CPUS = 10**5
@@ -141,11 +142,16 @@ class ModelInfo:
     tokens_per_s: float
     quantisation: str = ""
     tier: int | None = None  # None: the peer's default tier (PeerMeta.tier)
+    loaded: bool = True  # False: on the peer's disk, loaded on demand (wire "cold": true)
+    load_s: float = 0.0  # seconds a load is expected to take, when not loaded
 
     @classmethod
     def from_wire(cls, d: Any) -> ModelInfo:
         if not isinstance(d, Mapping):
             raise BadMeta(BAD_MODELS, "a model entry must be a map")
+        cold = d.get("cold", False)
+        if not isinstance(cold, bool):
+            raise BadMeta(BAD_MODELS, "a model's cold flag must be true or false")
         return cls(
             name=_text(d, "name", MAX_NAME_CHARS, BAD_MODELS),
             parameters=_int(d, "parameters", 0, MAX_PARAMETERS, BAD_MODELS),
@@ -153,12 +159,15 @@ class ModelInfo:
             tokens_per_s=_number(d, "tokens_per_s", MAX_TOKENS_PER_S, BAD_MODELS),
             quantisation=_text(d, "quantisation", MAX_SHORT_TEXT, BAD_MODELS, optional=True, empty=True) or "",
             tier=_int(d, "tier", 0, MAX_TIER, BAD_MODELS, optional=True),
+            loaded=not cold,
+            load_s=(_number(d, "load_s", MAX_LOAD_S, BAD_MODELS, optional=True) or 0.0) if cold else 0.0,
         )
 
     def to_wire(self) -> dict[str, Any]:
+        cold = None if self.loaded else True  # a loaded model says nothing: older peers read it as before
         return _drop_none({"name": self.name, "parameters": self.parameters, "quantisation": self.quantisation,
                            "context_length": self.context_length, "tokens_per_s": self.tokens_per_s,
-                           "tier": self.tier})
+                           "tier": self.tier, "cold": cold, "load_s": None if self.loaded else round(self.load_s, 2)})
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ class GenerationRequest:
     top_p: float = 0.95
     seed: int | None = None
     session: str | None = None  # the conversation it belongs to: its peer keeps its prompt cache
+    model: str | None = None  # which of the answering peer's models (None: its first); the router sets it
 
     MAX_TOKENS_LIMIT = 8192
     MAX_PROMPT_CHARS = 256 * 1024
@@ -81,6 +82,8 @@ class GenerationRequest:
             not isinstance(self.session, str) or not 0 < len(self.session) <= self.MAX_SESSION_CHARS
         ):
             raise InvalidRequest(f"session must be a string of 1..{self.MAX_SESSION_CHARS} characters")
+        if self.model is not None and (not isinstance(self.model, str) or not 0 < len(self.model) <= 128):
+            raise InvalidRequest("model must be a string of 1..128 characters")
         return self
 
     @classmethod

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from mesh.gossip.view import MAX_REASON_CHARS, EngineInfo, Hardware, LoadInfo, ModelInfo, PeerMeta
+from mesh.gossip.view import MAX_MODELS_PER_PEER, MAX_REASON_CHARS, EngineInfo, Hardware, LoadInfo, ModelInfo, PeerMeta
 from mesh.inference.backend import Backend
 
 _NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
@@ -56,6 +56,9 @@ def hardware() -> Hardware:
 
 
 def models(backend: Backend) -> tuple[ModelInfo, ...]:
+    several = getattr(backend, "models_info", None)  # mesh.inference.model_set.ModelSet
+    if several is not None:
+        return tuple(several()[:MAX_MODELS_PER_PEER])
     if not backend.status().serving:
         return ()
     caps = backend.capabilities

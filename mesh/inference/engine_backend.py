@@ -237,6 +237,10 @@ class EngineBackend:
     # -- Backend protocol
 
     @property
+    def model_path(self) -> Path:
+        return self._path
+
+    @property
     def capabilities(self) -> Capabilities:
         return self._caps
 

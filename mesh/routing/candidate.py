@@ -32,6 +32,7 @@ class Candidate:
     is_local: bool  # this candidate is on this peer
     status: str = ALIVE  # "alive" or "suspect" (mesh.gossip Status value)
     tier: int | None = None  # peer-declared strength tier of the model (higher: stronger)
+    load_s: float = 0.0  # seconds until the model is loaded there (0: loaded; a cold model on disk: its load)
 
     @property
     def capacity(self) -> int:

@@ -328,6 +328,7 @@ class Router:
         yield (Attempt.no_route(reason=f"{why}; every peer tried failed"), None)
 
     async def _generate_on(self, c: Candidate, gen: GenerationRequest, addresses: list[str]):
+        gen = replace(gen, model=c.model)  # the model chosen, of the several that peer may serve
         if c.peer_id == self.self_id:
             async for ev in self._run_backend(self.backend, gen, peer=self.self_id):
                 yield ev

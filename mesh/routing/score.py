@@ -7,7 +7,11 @@
     wait_s   = ahead / c.parallel * (cfg.queued_request_tokens / tps)
     own_s    = (request.prompt_tokens + request.max_tokens) / tps
     rtt_s    = c.rtt_s, or cfg.unknown_rtt_s when not measured (0 for this peer)
-    score    = wait_s + own_s + rtt_s + penalty
+    load_s   = c.load_s: the model is on that peer's disk, not loaded; its load comes first
+    score    = load_s + wait_s + own_s + rtt_s + penalty
+
+A cold model's speed is not measured yet either, so it is planned at the pessimistic
+``unknown_tokens_per_s``: a warm peer wins unless the cold one is much better.
 
 Queued requests' sizes are not gossiped, so each one ahead counts as a typical request
 (``queued_request_tokens``). Counting our own in-flight reservations means a burst
@@ -67,4 +71,4 @@ def expected_at(c: Candidate, request: RouteRequest, ahead: int, cfg: RoutingCon
     wait_s = ahead / c.parallel * (cfg.queued_request_tokens / tps)
     own_s = request.total_tokens / tps
     rtt_s = c.rtt_s if c.rtt_s is not None else (0.0 if c.is_local else cfg.unknown_rtt_s)
-    return wait_s + own_s + rtt_s
+    return c.load_s + wait_s + own_s + rtt_s

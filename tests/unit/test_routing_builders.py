@@ -23,11 +23,12 @@ def cand(
     local: bool = False,
     status: str = "alive",
     tier: int | None = None,
+    load_s: float = 0.0,
 ) -> Candidate:
     return Candidate(
         peer_id=peer, name=f"host-{peer}", model=model, parameters=parameters, context_length=context,
         tokens_per_s=tps, running=running, waiting=waiting, parallel=parallel, queue_limit=queue_limit,
-        rtt_s=0.0 if local else rtt, on_battery=battery, is_local=local, status=status, tier=tier,
+        rtt_s=0.0 if local else rtt, on_battery=battery, is_local=local, status=status, tier=tier, load_s=load_s,
     )
 
 

@@ -1,0 +1,65 @@
+"""Two real models on one real peer (issue 15): SmolLM2 loaded at start, Gemma 3 270M on
+disk until a request names it, then in an engine process of its own, and unloaded again
+after the keep-alive. Gossip says which is loaded; the escalation ladder climbs from one
+to the other on the same peer."""
+
+from __future__ import annotations
+
+import json
+
+import psutil
+import pytest
+
+from mesh.inference.known_models import gemma3_270m_path
+from mesh.inference.models import default_model_path
+from support.peerproc import PeerProcess, run_mesh, wait_until
+
+pytestmark = [pytest.mark.model, pytest.mark.subprocess]
+
+SMOL, GEMMA = "SmolLM2-135M-Instruct", "gemma-3-270m"
+KEEP_ALIVE_S = 4
+
+
+def own_models(peer: PeerProcess) -> dict[str, dict]:
+    r = run_mesh("peers", "--json", data_dir=peer.data_dir)
+    assert r.returncode == 0, r.stderr
+    me = next(m for m in json.loads(r.stdout) if m.get("self"))
+    return {m["name"]: m for m in (me.get("meta") or {}).get("models", [])}
+
+
+def engines(peer: PeerProcess) -> int:
+    return sum(1 for c in psutil.Process(peer.proc.pid).children(recursive=True)
+               if "mesh.inference.engine_main" in " ".join(c.cmdline()))
+
+
+def ask(peer: PeerProcess, prompt: str, *extra: str) -> dict:
+    r = run_mesh("ask", "--json", "--max-tokens", "16", "--temperature", "0", "--seed", "1", *extra, prompt,
+                 data_dir=peer.data_dir)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_a_second_model_loads_when_asked_for_and_unloads_after_its_keep_alive(tmp_path):
+    peer = PeerProcess(tmp_path / "solo", "--name", "solo", "--no-http", "--model", str(default_model_path()),
+                       "--model", str(gemma3_270m_path()), "--keep-alive", str(KEEP_ALIVE_S))
+    try:
+        peer.wait_ready()
+        wait_until(lambda: set(own_models(peer)) == {SMOL, GEMMA}, 30)
+        models = own_models(peer)
+        assert "cold" not in models[SMOL] and models[GEMMA]["cold"] is True and models[GEMMA]["load_s"] > 0
+        assert engines(peer) == 1
+
+        answer = ask(peer, "What is the capital of France?", "--model", GEMMA)
+        assert answer["model"] == GEMMA and "Paris" in answer["text"]
+        assert engines(peer) == 2
+        wait_until(lambda: "cold" not in own_models(peer)[GEMMA], 10)
+
+        # the ladder climbs to the stronger model on the same peer (SmolLM2 0.505 here)
+        climbed = ask(peer, "Complete: one, two, three,")
+        assert [a["model"] for a in climbed["path"]] == [SMOL, GEMMA]
+
+        wait_until(lambda: engines(peer) == 1, KEEP_ALIVE_S + 20)  # idle for the keep-alive: unloaded
+        wait_until(lambda: own_models(peer)[GEMMA].get("cold") is True, 10)
+        assert own_models(peer)[SMOL].get("cold") is None  # the first model stays
+    finally:
+        peer.stop()
