@@ -62,10 +62,12 @@ class MemberSnapshot:
     last_heard: float | None  # last message received from this member directly (None: never)
     is_self: bool = False
     load: Load | None = None  # its newest load this peer knows (mesh.gossip.load); None: only meta's
+    load_heard_at: float | None = None  # when this peer learned that load value (its clock)
 
     @classmethod
     def of(
-        cls, m: Member, *, last_heard: float | None, is_self: bool = False, load: Load | None = None
+        cls, m: Member, *, last_heard: float | None, is_self: bool = False, load: Load | None = None,
+        load_heard_at: float | None = None,
     ) -> MemberSnapshot:
         r = m.record
         return cls(
@@ -81,4 +83,5 @@ class MemberSnapshot:
             last_heard=last_heard,
             is_self=is_self,
             load=load,
+            load_heard_at=load_heard_at,
         )

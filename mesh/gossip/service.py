@@ -197,6 +197,7 @@ class Membership:
                 transport=key_text(key) if key is not None else None,
                 revoked=m.peer_id in self.revoked,
                 replaced_by=now_id if now_id and now_id != peer_id else None,  # it rotated its keys (mesh rotate)
+                load_heard_at=m.load_heard_at,
             ))
         return out
 

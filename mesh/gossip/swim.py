@@ -172,9 +172,10 @@ class Swim:
         views = [MemberSnapshot.of(self._self_member(), last_heard=None, is_self=True, load=self._loads.own)]
         heard = self._table.last_heard
         others = sorted(self._table, key=lambda x: x.peer_id)
-        views.extend(
-            MemberSnapshot.of(x, last_heard=heard.get(x.peer_id), load=self.load_of(x.peer_id)) for x in others
-        )
+        for x in others:
+            held = self._loads.get(x.peer_id)
+            views.append(MemberSnapshot.of(x, last_heard=heard.get(x.peer_id), load=held.load if held else None,
+                                           load_heard_at=held.heard_at if held else None))
         return views
 
     def member(self, peer_id: bytes) -> MemberSnapshot | None:

@@ -322,6 +322,7 @@ class MemberView:
     transport: str | None = None  # its certified CurveZMQ key (text): what to dial it with
     revoked: bool = False
     replaced_by: str | None = None  # it rotated its keys: the id it goes by now
+    load_heard_at: float | None = None  # this peer's clock when its load (meta.load) was learned; None: unknown
 
     @property
     def live(self) -> bool:

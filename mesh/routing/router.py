@@ -46,6 +46,7 @@ from mesh.routing import (
     next_step,
     retry_plan,
 )
+from mesh.routing.echo import SentLog, without_echo
 from mesh.routing.successors import ROTATION_WAIT_S, Successors
 from mesh.rpc.pool import PeerPool
 from mesh.rpc.server import Final
@@ -88,6 +89,7 @@ class Router:
         # peers that rotated their keys: old id -> new id (the peer's, kept across its own rotations)
         self.successors = successors if successors is not None else Successors()
         self.reservations: Counter[str] = Counter()
+        self.sent = SentLog()  # our requests per peer, to take their echo out of gossiped load (routing.echo)
         self.choices: Counter[str] = Counter()  # routing choices per peer, for metrics
 
     # -- candidates ---------------------------------------------------------------------
@@ -96,7 +98,14 @@ class Router:
         view = self.membership.view()
         cands = candidates_from_members(view, rtts=self.membership.rtts(), self_id=self.self_id)
         addresses = {m.peer_id: list(m.addresses) for m in view}
-        return [self._live(c) if c.is_local else c for c in cands], addresses
+        heard = {m.peer_id: m.load_heard_at for m in view}
+        now = self._clock()
+
+        def remote(c: Candidate) -> Candidate:
+            at = heard.get(c.peer_id)
+            return c if at is None else without_echo(c, self.sent.echo(c.peer_id, at, now))
+
+        return [self._live(c) if c.is_local else remote(c) for c in cands], addresses
 
     def _live(self, c: Candidate) -> Candidate:
         """This peer's own load as the backend has it now, not as last gossiped (which
@@ -289,6 +298,7 @@ class Router:
                 continue
             self.reservations[candidate.peer_id] += 1
             self.choices[candidate.peer_id] += 1
+            sent = self.sent.started(candidate.peer_id, self._clock())
             final = None
             streamed = False
             try:
@@ -309,6 +319,7 @@ class Router:
                 self.breakers.record_failure(candidate.peer_id, now=self._clock())
                 self.affinity.forget_peer(candidate.peer_id)
             finally:
+                self.sent.ended(sent, self._clock())
                 self.reservations[candidate.peer_id] -= 1
                 if self.reservations[candidate.peer_id] <= 0:
                     del self.reservations[candidate.peer_id]
