@@ -140,16 +140,24 @@ class RawDealer:
         self._monitor = self.sock.get_monitor_socket(_HANDSHAKE_FAILED) if monitor else None
         self.sock.connect(endpoint)
 
-    async def handshake_failures(self, *, wait_s: float) -> list[int]:
+    async def handshake_failures(self, *, wait_s: float, until: int | None = None) -> list[int]:
         """The reasons (ZeroMQ's event values) of the handshakes of this socket that failed
-        within ``wait_s`` (needs ``monitor=True``)."""
+        within ``wait_s`` (needs ``monitor=True``); other events (connects, retries) are
+        skipped. With ``until``, returns as soon as that reason is seen (a loaded machine
+        may take a while to reconnect and fail again)."""
         assert self._monitor is not None
         from zmq.utils.monitor import parse_monitor_message
 
+        failed = (zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+                  zmq.EVENT_HANDSHAKE_FAILED_AUTH)
         out = []
         deadline = time.monotonic() + wait_s
         while (left := deadline - time.monotonic()) > 0 and await self._monitor.poll(int(left * 1000)):
-            out.append(int(parse_monitor_message(await self._monitor.recv_multipart())["value"]))
+            event = parse_monitor_message(await self._monitor.recv_multipart())
+            if event["event"] in failed:
+                out.append(int(event["value"]))
+                if until is not None and out[-1] == until:
+                    break
         return out
 
     async def send(self, *parts: bytes) -> None:
