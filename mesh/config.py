@@ -34,6 +34,7 @@ class PeerConfig:
     rpc_host: str = "127.0.0.1"  # interface the RPC socket binds
     rpc_port: int = DEFAULT_RPC_PORT  # 0 picks a free port
     model_path: Path | None = None  # None: the default model (SmolLM2-135M-Instruct)
+    model_name: str | None = None  # the name to serve model_path under (default: from its file name)
     no_model: bool = False  # serve no model: route every prompt to other members (--no-model)
     n_ctx: int = 2048  # context window in tokens
     n_threads: int | None = None  # None: one per core
@@ -53,6 +54,8 @@ class PeerConfig:
     jobs_max_open: int = 10_000  # jobs submitted here that may wait or run at once; more: busy
     jobsync: JobSyncConfig = field(default_factory=JobSyncConfig)
     extra_models: tuple[Path, ...] = ()  # more --model files, loaded on demand (mesh.inference.model_set)
+    model_names: tuple[str, ...] = ()  # --model NAME: models of the model store to serve (the first may be primary)
+    auto_pull: bool = False  # pull a named model this peer's store lacks from the peers that hold it
     models_ram_bytes: int | None = None  # memory budget of the models loaded at once (None: 80% of free RAM)
     keep_alive_s: float = 300.0  # an on-demand model idle this long is unloaded (unless pinned)
     models_max_bytes: int | None = None  # disk budget of the model store (None: the disk's free space)

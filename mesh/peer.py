@@ -42,7 +42,7 @@ from mesh.clock import SYSTEM, Clock
 from mesh.config import PeerConfig
 from mesh.discovery.netaddr import advertise_endpoints
 from mesh.discovery.seeds import RememberedPeers, split_seed_text
-from mesh.errors import CertificateError, ConfigError, InvalidRequest, MeshError
+from mesh.errors import CertificateError, ConfigError, InvalidRequest, MeshError, ModelNotFound
 from mesh.gossip.service import Membership
 from mesh.gossip.view import PeerMeta
 from mesh.http.metrics import PeerMetrics, entered
@@ -99,7 +99,8 @@ def load_backend(config: PeerConfig) -> Backend:
     peer, on ``config.model_path`` (or the default model); or, with ``engine_url``, an
     OpenAI-compatible engine this device runs. The engine process is started by
     ``Peer.start`` (``EngineBackend.start``)."""
-    if config.no_model:
+    if config.no_model or (config.model_path is None and config.model_names):
+        # --no-model; or the first --model names a store model not there yet (--auto-pull)
         from mesh.inference.no_model import NoModel
 
         return NoModel(queue_limit=config.queue_limit)
@@ -117,6 +118,7 @@ def load_backend(config: PeerConfig) -> Backend:
     path = Path(config.model_path) if config.model_path else default_model_path()
     return EngineBackend(
         path, n_ctx=config.n_ctx, n_threads=config.n_threads or default_threads(), queue_limit=config.queue_limit,
+        model_name=config.model_name,
     )
 
 
@@ -163,6 +165,7 @@ class Peer:
         self.jobs: JobStore | None = None
         self.models: ModelStore | None = None  # the model store (mesh.models), kept across rotations
         self._extra_servable: list | None = None
+        self._to_pull: list[str] = []  # --model NAMEs the store lacks, for --auto-pull
         self.model_service: ModelService | None = None
         self.job_runner: JobRunner | None = None
         self.job_sync: JobSync | None = None
@@ -218,12 +221,17 @@ class Peer:
                     self.data, self.membership, self.certificate, self.identity, self.transport, now=self._clock()
                 )
                 self.certificate = self.membership.verify(peer_public_raw=self.identity.public_raw, now=self._clock())
+            self.models = ModelStore(self.data.models_dir, max_bytes=self.config.models_max_bytes)
+            self._named_models()
             if self._backend is None:
                 self._backend = self._with_models(await asyncio.to_thread(self._backend_factory, self.config))
             start_engine = getattr(self._backend, "start", None)
             if start_engine is not None:  # an engine process: up, or running without a model and saying why
                 await start_engine()
         except BaseException:
+            if self.models is not None:
+                self.models.close()
+                self.models = None
             self._ctx.term()
             raise
 
@@ -249,7 +257,6 @@ class Peer:
                 self.jobs = JobStore(self.data.jobs_db, local_peer=self.identity.peer_id_text, clock=self._clock)
                 if rotation is not None:  # the switch was interrupted: own jobs follow the new id
                     self.jobs.rename_peer(rotation.old_peer_id_text, self.identity.peer_id_text)
-            self.models = ModelStore(self.data.models_dir, max_bytes=self.config.models_max_bytes)
             await self._start_stack(f"tcp://{self.config.rpc_host}:{self.config.rpc_port}", seeds, remembered)
         except BaseException:
             await self._backend.aclose()
@@ -279,6 +286,8 @@ class Peer:
             log.info("cloud escalation: %s at %s", cloud.model, cloud.extra.get("endpoint", "?"))
         if rotation is not None:
             self._publish_rotation(rotation)
+        if self._to_pull:
+            self._background.spawn(self._auto_pull(), name="auto-pull")
         return self.endpoint
 
     async def _start_stack(
@@ -549,10 +558,46 @@ class Peer:
         """An rng of its own for one part, drawn from the peer's (reproducible when that is seeded)."""
         return random.Random(self._rng.getrandbits(64))
 
+    def _named_models(self) -> None:
+        """``--model NAME``: a model of the store. The first one, found, is the primary (loaded
+        at start); one the store lacks is an error, unless ``--auto-pull`` fetches it."""
+        assert self.models is not None
+        missing = []
+        for i, name in enumerate(self.config.model_names):
+            try:
+                found = self.models.resolve(name)
+            except ModelNotFound:
+                missing.append(name)
+                continue
+            if i == 0 and self.config.model_path is None and self.config.model_names[0] == name:
+                self.config = self.config.with_(model_path=self.models.path(found.sha), model_name=found.name)
+        if missing and not self.config.auto_pull:
+            raise ConfigError(f"no model {', '.join(map(repr, missing))} in this peer's model store; "
+                              "`mesh models pull NAME` fetches one from the mesh, or start with --auto-pull")
+        self._to_pull = missing
+
+    async def _auto_pull(self) -> None:
+        """Fetch the named models the store lacks, retrying while no member holds them; the
+        model set serves each once it is in the store."""
+        pending, delay = list(self._to_pull), 2.0
+        while pending:
+            for name in list(pending):
+                try:
+                    result = await self.model_service.fetch(name)
+                    log.info("auto-pull: %s is here (%d bytes in %.1f s)", name, result.bytes_fetched, result.seconds)
+                    pending.remove(name)
+                except ModelNotFound:
+                    log.info("auto-pull: no member holds %s yet; trying again in %.0f s", name, delay)
+                except MeshError as e:
+                    log.warning("auto-pull of %s: %s; trying again in %.0f s", name, e, delay)
+            if pending:
+                await self._clock.sleep(delay)
+                delay = min(2 * delay, 60.0)
+
     def _with_models(self, backend: Backend) -> Backend:
         """A llama.cpp engine serves more than its first model: the other --model files and
         the model store's, on demand (mesh.inference.model_set)."""
-        if getattr(backend, "model_path", None) is None:
+        if getattr(backend, "model_path", None) is None and not self.config.model_names:
             return backend  # --no-model, --engine-url, or a backend given by a test
         from mesh.inference.model_set import ModelSet
 
@@ -564,12 +609,12 @@ class Peer:
         return ModelSet(backend, catalog=self._servable_models, factory=self._engine_for, ram_bytes=ram,
                         keep_alive_s=self.config.keep_alive_s, clock=self._clock)
 
-    def _engine_for(self, path: Path) -> Backend:
+    def _engine_for(self, path: Path, name: str) -> Backend:
         from mesh.inference.cpu_variant import default_threads
         from mesh.inference.engine_backend import EngineBackend
 
         return EngineBackend(path, n_ctx=self.config.n_ctx, n_threads=self.config.n_threads or default_threads(),
-                             queue_limit=self.config.queue_limit)
+                             queue_limit=self.config.queue_limit, model_name=name)
 
     def _servable_models(self) -> list:
         from mesh.inference.model_set import Servable

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-alive", type=float, default=300.0, metavar="SECONDS",
                    help="unload an on-demand model after this long without a request (default 300; "
                         "`mesh models pin NAME` keeps one loaded)")
+    p.add_argument("--auto-pull", action="store_true",
+                   help="a --model NAME this peer's model store lacks is pulled from the peers that hold it "
+                        "(retried until one does), then served")
     p.add_argument("--models-max-gb", type=float, default=None, metavar="GB",
                    help="disk budget of the model store; least recently used unpinned models go first "
                         "(default: the disk's free space)")
@@ -114,6 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
+
+
 def config_from_args(args: argparse.Namespace) -> PeerConfig:
     if not 0 <= args.rpc_port <= 65535:
         raise MeshError(f"--rpc-port must be 0..65535, got {args.rpc_port}")
@@ -126,11 +133,18 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
     if args.no_model and (args.model or args.engine_url):
         raise MeshError("--no-model cannot be combined with --model or --engine-url")
     models = [args.model] if isinstance(args.model, str) else list(args.model or ())
+    names = []  # --model NAME: a model of the store (or, with --auto-pull, of the mesh)
     for model in models:
-        if not Path(model).expanduser().is_file():
+        if Path(model).expanduser().is_file():
+            continue
+        if "/" in model or model.lower().endswith(".gguf") or not _MODEL_NAME.match(model):
             # a typo fails at once; a file that exists but no engine can load leaves a peer
             # that runs without a model and says why (docs/engine.md)
-            raise MeshError(f"no model file at {Path(model).expanduser()}; pass --model PATH to a GGUF file")
+            raise MeshError(f"no model file at {Path(model).expanduser()}; pass --model PATH to a GGUF file, "
+                            "or the name of a model in the model store (`mesh models list`)")
+        names.append(model)
+    paths = [m for m in models if m not in names]
+    primary = Path(models[0]).expanduser() if models and models[0] in paths else None
     if (args.models_ram is not None and not 0 < args.models_ram <= 1 << 20) or args.keep_alive < 0:
         raise MeshError("--models-ram must be in (0, 1048576] GB and --keep-alive cannot be negative")
     if args.ctx < 128:
@@ -195,8 +209,10 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         http_open_loopback=args.http_open_loopback,
         http_rate_per_s=args.http_rate,
         http_burst=args.http_burst,
-        model_path=Path(models[0]).expanduser() if models else None,
-        extra_models=tuple(Path(m).expanduser() for m in models[1:]),
+        model_path=primary,
+        extra_models=tuple(Path(m).expanduser() for m in paths if primary is None or Path(m).expanduser() != primary),
+        model_names=tuple(names),
+        auto_pull=args.auto_pull,
         models_ram_bytes=None if args.models_ram is None else int(args.models_ram * 1e9),
         keep_alive_s=args.keep_alive,
         no_model=args.no_model,

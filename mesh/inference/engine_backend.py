@@ -150,7 +150,10 @@ class EngineBackend:
         clock: Callable[[], float] = time.perf_counter,
         python: str = sys.executable,
         env: dict[str, str] | None = None,
+        model_name: str | None = None,
     ) -> None:
+        """``model_name``: the name to serve it under (a model store's blob is named by its
+        hash on disk); default, from the file name."""
         if n_ctx < 16:
             raise ConfigError(f"n_ctx must be at least 16 tokens, got {n_ctx}")
         if queue_limit < 0:
@@ -177,7 +180,7 @@ class EngineBackend:
         self._env = env
         info = model_info({}, self._path)
         self._caps = Capabilities(
-            model=info.name, parameters=info.parameters, quantisation=info.quantisation, context_length=n_ctx,
+            model=model_name or info.name, parameters=info.parameters, quantisation=info.quantisation, context_length=n_ctx,
             tokens_per_s=0.0, parallel=1, queue_limit=queue_limit,
             extra={"engine": "llama.cpp", "n_threads": n_threads},
         )
@@ -296,6 +299,7 @@ class EngineBackend:
                     end = self._clock()
                     item = dataclasses.replace(
                         item,
+                        model=self._caps.model,
                         time_to_first_token_s=max(0.0, (first_at if first_at is not None else end) - job.admitted_at),
                         generation_s=max(0.0, end - job.admitted_at),
                     )

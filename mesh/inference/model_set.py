@@ -4,7 +4,7 @@ The peer's first model (``--model``, or the default) is the *primary*: started w
 peer and kept loaded, as a single-model peer always was. Every other model it can serve
 (more ``--model`` files, and every model of its model store) is *available*: on disk,
 loaded when a request names it (``GenerationRequest.model``, set by the router from the
-candidate it chose), each in an engine process of its own (``factory(path)``), and
+candidate it chose), each in an engine process of its own (``factory(path, name)``), and
 unloaded again after ``keep_alive_s`` without a request, unless pinned
 (``mesh models pin``).
 
@@ -25,7 +25,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mesh.clock import SYSTEM, Clock
@@ -82,7 +82,7 @@ class ModelSetCounts:
 
 class ModelSet:
     def __init__(self, primary: Backend, *, catalog: Callable[[], list[Servable]],
-                 factory: Callable[[Path], Backend], ram_bytes: int, keep_alive_s: float = 300.0,
+                 factory: Callable[[Path, str], Backend], ram_bytes: int, keep_alive_s: float = 300.0,
                  clock: Clock = SYSTEM) -> None:
         if ram_bytes < 0 or keep_alive_s < 0:
             raise ValueError("ram_bytes and keep_alive_s cannot be negative")
@@ -121,7 +121,10 @@ class ModelSet:
 
     @property
     def capabilities(self) -> Capabilities:
-        return self.primary.capabilities
+        caps = self.primary.capabilities
+        if caps.parallel < 1:  # a primary serving nothing (a --model NAME not pulled yet): each engine runs one
+            caps = replace(caps, parallel=1)
+        return caps
 
     def load(self) -> Load:
         loads = [self.primary.load()] + [s.backend.load() for s in self._slots.values() if s.backend is not None]
@@ -142,6 +145,8 @@ class ModelSet:
             backend = await self._ensure_loaded(slot)
             self.counts.by_model[name] = self.counts.by_model.get(name, 0) + 1
             async for item in backend.stream(request):
+                if isinstance(item, FinalStats) and item.model != name:
+                    item = replace(item, model=name)  # a store blob is named by its hash on disk
                 yield item
         finally:
             slot.in_flight -= 1
@@ -229,7 +234,7 @@ class ModelSet:
         await self._make_room(slot)
         t0 = time.monotonic()
         log.info("loading %s on demand (%.0f MB)", slot.model.name, slot.model.size / 1e6)
-        backend = self.factory(slot.model.path)
+        backend = self.factory(slot.model.path, slot.model.name)
         try:
             start = getattr(backend, "start", None)
             if start is not None:

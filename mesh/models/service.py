@@ -34,7 +34,7 @@ from mesh.clock import Clock, SystemClock
 from mesh.errors import InvalidRequest, ManifestError, MeshError, ModelError, ModelNotFound
 from mesh.identity.keys import Identity, peer_id_text
 from mesh.models.manifest import SHA_HEX, Manifest, ModelCard
-from mesh.models.puller import Puller, PullProgress
+from mesh.models.puller import Puller, PullProgress, PullResult
 from mesh.models.rate import BytePacer
 from mesh.models.store import MIN_PREFIX, ModelStore
 from mesh.rpc.server import CallContext, Final, Method, streaming, unary
@@ -161,7 +161,7 @@ class ModelService:
         self._local(ctx, "models.pull")
         ref = _ref(args.get("model"))
         rate = args.get("rate", self.pull_rate)
-        if not isinstance(rate, int | float) or rate < 0:
+        if not isinstance(rate, int | float) or isinstance(rate, bool) or rate < 0:
             raise InvalidRequest("rate is bytes per second, >= 0 (0: no cap)")
         try:
             here = self.store.resolve(ref)
@@ -169,31 +169,42 @@ class ModelService:
             return
         except ModelNotFound:
             pass
+        updates: asyncio.Queue[PullProgress | None] = asyncio.Queue()
+        task = asyncio.ensure_future(self.fetch(ref, rate=float(rate), pin=bool(args.get("pin")),
+                                                on_progress=updates.put_nowait))
+        task.add_done_callback(lambda _: updates.put_nowait(None))
+        try:
+            while (update := await updates.get()) is not None:
+                if updates.empty():  # only the newest of a burst
+                    yield {"p": update.to_wire()}
+            result = await task
+        finally:
+            task.cancel()  # the caller went away: the pull stops, its pieces stay
+        yield Final(result.to_wire())
+
+    async def fetch(self, ref: str, *, rate: float | None = None, pin: bool = False,
+                    on_progress: Callable[[PullProgress], None] | None = None) -> PullResult:
+        """Pull ``ref`` from the members that hold it into the store (``models.pull``, and
+        ``--auto-pull``). Errors: ``ModelNotFound``, ``ManifestError``, ``ModelStoreFull``,
+        ``PullStopped``, ``InvalidRequest`` (a pull of it is already running)."""
         manifest, sources = await self._sources(ref)
         lock = self._pulls.setdefault(manifest.sha_hex, asyncio.Lock())
         if lock.locked():
             raise InvalidRequest(f"a pull of {manifest.info.name} is already running on this peer")
         async with lock:
-            updates: asyncio.Queue[PullProgress | None] = asyncio.Queue()
             puller = Puller(store=self.store, manifest=manifest, sources=sources,
-                            pacer=BytePacer(float(rate)), clock=self.clock, per_source=self.per_source,
-                            on_progress=updates.put_nowait, on_bad_piece=self._bad_piece,
-                            pinned=bool(args.get("pin")))
-            task = asyncio.ensure_future(puller.run())
-            task.add_done_callback(lambda _: updates.put_nowait(None))
+                            pacer=BytePacer(self.pull_rate if rate is None else rate), clock=self.clock,
+                            per_source=self.per_source, on_progress=on_progress, on_bad_piece=self._bad_piece,
+                            pinned=pin)
             try:
-                while (update := await updates.get()) is not None:
-                    if updates.empty():  # only the newest of a burst
-                        yield {"p": update.to_wire()}
-                result = await task
+                result = await puller.run()
             except BaseException:
-                task.cancel()
                 self.counts["pulls_failed"] += 1
                 raise
-            self.counts["pulls_ok"] += 1
-            log.info("pulled %s (%s, %d bytes) in %.1f s from %s", manifest.info.name, manifest.sha_hex[:12],
-                     manifest.size, result.seconds, result.progress.by_source)
-            yield Final(result.to_wire())
+        self.counts["pulls_ok"] += 1
+        log.info("pulled %s (%s, %d bytes) in %.1f s from %s", manifest.info.name, manifest.sha_hex[:12],
+                 manifest.size, result.seconds, result.progress.by_source)
+        return result
 
     def _bad_piece(self, source: str) -> None:
         self.counts["bad_pieces"] += 1

@@ -63,3 +63,38 @@ def test_a_second_model_loads_when_asked_for_and_unloads_after_its_keep_alive(tm
         assert own_models(peer)[SMOL].get("cold") is None  # the first model stays
     finally:
         peer.stop()
+
+
+def test_auto_pull_fetches_a_named_model_from_the_mesh_and_serves_it(tmp_path):
+    # "helper" is the default model under another name, in the store of a peer that serves nothing
+    holder = PeerProcess(tmp_path / "holder", "--name", "holder", "--no-http", "--no-model")
+    puller = None
+    try:
+        join = holder.wait_ready()["endpoint"].removeprefix("tcp://")
+        added = run_mesh("models", "add", str(default_model_path()), "--name", "helper", data_dir=holder.data_dir)
+        assert added.returncode == 0, added.stderr
+        token = run_mesh("invite", data_dir=holder.data_dir).stdout.strip()
+        puller = PeerProcess(tmp_path / "puller", "--name", "puller", "--join-token", token, "--join", join,
+                             "--no-http", "--model", "helper", "--auto-pull", "--keep-alive", "60")
+        puller.wait_ready()
+        wait_until(lambda: "helper" in own_models(puller), 120)  # pulled, then offered (cold)
+        assert own_models(puller)["helper"]["cold"] is True
+        answer = ask(puller, "What is the chemical symbol for water?", "--model", "helper")
+        assert answer["model"] == "helper" and answer["peer"] == puller.info["peer_id"]
+        stored = json.loads(run_mesh("models", "list", "--json", data_dir=puller.data_dir).stdout)
+        row = next(m for m in stored["models"] if m["name"] == "helper")
+        assert sorted(row["holders"]) == sorted([holder.info["peer_id"], puller.info["peer_id"]])
+        assert row["loaded_on"] == [puller.info["peer_id"]]
+    finally:
+        if puller is not None:
+            puller.stop()
+        holder.stop()
+
+
+def test_a_named_model_the_store_lacks_is_an_error_without_auto_pull(tmp_path):
+    peer = PeerProcess(tmp_path / "lonely", "--no-http", "--model", "nowhere-7B")
+    try:
+        assert peer.proc.wait(60) != 0
+        assert "no model 'nowhere-7B' in this peer's model store" in peer.log() and "--auto-pull" in peer.log()
+    finally:
+        peer.stop()

@@ -27,8 +27,8 @@ class Engines:
         self.started: list[str] = []
         self.closed: list[str] = []
 
-    def __call__(self, path: Path):
-        name = path.stem
+    def __call__(self, path: Path, name: str):
+        assert path.stem == name
         engines = self
 
         class Engine(ScriptedBackend):
@@ -140,3 +140,16 @@ def test_a_model_too_big_for_the_budget_is_refused_as_busy_saying_why():
         await ms.aclose()
 
     asyncio.run(main())
+
+
+def test_with_nothing_loaded_yet_the_peer_still_gossips_a_readable_meta():
+    # --model NAME --auto-pull: the primary serves nothing until the pull; the models it
+    # offers meanwhile must not make its meta unreadable (parallel 0 with models is refused)
+    from mesh.gossip.view import PeerMeta
+    from mesh.inference import capabilities
+    from mesh.inference.no_model import NoModel
+
+    ms = ModelSet(NoModel(queue_limit=8), catalog=lambda: [servable("a")], factory=Engines(), ram_bytes=ram_for(100))
+    meta = capabilities.snapshot(ms)
+    back = PeerMeta.from_wire(meta.to_wire())
+    assert [m.name for m in back.models] == ["a"] and not back.models[0].loaded and back.load.parallel >= 1
