@@ -36,11 +36,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from support.peerproc import PeerProcess, run_mesh, wait_until  # noqa: E402
-
 from mesh import Client  # noqa: E402
 from mesh.inference.known_models import gemma3_270m_path  # noqa: E402
 from mesh.inference.models import default_model_path  # noqa: E402
+from support.peerproc import PeerProcess, run_mesh, wait_until  # noqa: E402
 
 GEMMA = "gemma-3-270m"
 PROMPT = "What is the capital of France?"

@@ -7,6 +7,9 @@ manifests; the puller gets the manifest they agree on and, per source, an async
 - ``store.begin_partial`` says which pieces a previous pull (crashed, cut off) already
   has; only the others are asked for.
 - Each source runs ``per_source`` workers; a ``PieceSchedule`` hands each the next piece.
+  Pieces are written at once and made durable (one fsync, one SQLite transaction) in
+  batches: every ``commit_bytes`` or every second, and when the pull ends or stops; a
+  crash loses at most the last batch, fetched again on resume.
   A piece is checked against the manifest before it is written; a piece that fails is
   refused, counted (``bad_pieces``) and its sender is not asked again for this model.
   A source that fails ``max_failures`` times in a row (a dead or unreachable peer) is
@@ -75,7 +78,8 @@ class Puller:
     def __init__(self, *, store: ModelStore, manifest: Manifest, sources: dict[str, Fetch],
                  pacer: BytePacer | None = None, clock: Clock | None = None, per_source: int = 2,
                  max_failures: int = 3, on_progress: Callable[[PullProgress], None] | None = None,
-                 on_bad_piece: Callable[[str], None] | None = None, pinned: bool = False) -> None:
+                 on_bad_piece: Callable[[str], None] | None = None, pinned: bool = False,
+                 commit_bytes: int = 64 * 1024 * 1024) -> None:
         self.store = store
         self.manifest = manifest
         self.sources = sources
@@ -86,6 +90,7 @@ class Puller:
         self.on_progress = on_progress or (lambda p: None)
         self.on_bad_piece = on_bad_piece or (lambda source: None)
         self.pinned = pinned
+        self.commit_bytes = commit_bytes  # pieces are fsync'd and marked done this many bytes at a time
         self.bad_pieces: dict[str, int] = {}
         self.errors: dict[str, str] = {}  # source -> its last failure, for the report
         self.bytes_fetched = 0
@@ -101,6 +106,8 @@ class Puller:
         self.on_progress(progress)
 
         changed = asyncio.Event()  # a piece was done or given back: idle workers look again
+        uncommitted: list[int] = []  # written, not yet fsync'd and marked done (commit_bytes, or a second)
+        committed_at = [time.monotonic()]
 
         async def next_piece(source: str) -> int | None:
             while True:
@@ -138,7 +145,12 @@ class Puller:
                     settle()
                     return
                 try:
-                    await asyncio.to_thread(self.store.write_piece, m, index, data)
+                    await asyncio.to_thread(self.store.write_piece, m, index, data, commit=False)
+                    uncommitted.append(index)
+                    now = time.monotonic()
+                    if len(uncommitted) * m.piece_size >= self.commit_bytes or now - committed_at[0] >= 1.0:
+                        batch, uncommitted[:], committed_at[0] = list(uncommitted), [], now
+                        await asyncio.to_thread(self.store.commit_pieces, m, batch)
                 except OSError as e:
                     raise ModelError(f"cannot write piece {index} of {m.info.name}: {e.strerror or e}; "
                                      "the pieces written so far are kept") from None
@@ -160,6 +172,8 @@ class Puller:
                             group.create_task(worker(source, fetch))
             except ExceptionGroup as group_error:  # a worker could not write: say why, as itself
                 raise group_error.exceptions[0] from None
+            finally:  # what was written is kept for a resume, stopped or not
+                await asyncio.to_thread(self.store.commit_pieces, m, uncommitted)
         if not schedule.finished:
             why = "; ".join(f"{s[:12]}: {e}" for s, e in sorted(self.errors.items())) or "no source to ask"
             raise PullStopped(

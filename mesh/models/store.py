@@ -252,18 +252,36 @@ class ModelStore:
     def partials(self) -> list[str]:
         return [s for (s,) in self._db.execute("SELECT sha FROM partial ORDER BY started_at")]
 
-    def write_piece(self, manifest: Manifest, index: int, data: bytes) -> None:
-        """Write a piece the caller has checked (``Manifest.check_piece``) and mark it done."""
+    def write_piece(self, manifest: Manifest, index: int, data: bytes, *, commit: bool = True) -> None:
+        """Write a piece the caller has checked (``Manifest.check_piece``). With ``commit``
+        it is made durable and marked done at once; without, it waits for
+        ``commit_pieces`` (one fsync and one transaction for many pieces: a crash before
+        that only loses the uncommitted pieces, fetched again on resume)."""
         offset, length = manifest.piece_range(index)
         if len(data) != length:
             raise ManifestError(f"piece {index} is {len(data)} bytes, not {length}")
         fd = os.open(self._part(manifest.sha_hex), os.O_WRONLY)
         try:
             os.pwrite(fd, data, offset)
+        finally:
+            os.close(fd)
+        if commit:
+            self.commit_pieces(manifest, [index])
+
+    def commit_pieces(self, manifest: Manifest, indices) -> None:
+        """Make written pieces durable (fsync), then mark them done (one transaction)."""
+        indices = list(indices)
+        if not indices:
+            return
+        fd = os.open(self._part(manifest.sha_hex), os.O_WRONLY)
+        try:
             os.fsync(fd)
         finally:
             os.close(fd)
-        self._db.execute("INSERT OR IGNORE INTO partial_pieces (sha, idx) VALUES (?, ?)", (manifest.sha_hex, index))
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR IGNORE INTO partial_pieces (sha, idx) VALUES (?, ?)",
+                                 [(manifest.sha_hex, i) for i in indices])
 
     def finish_partial(self, manifest: Manifest, *, pinned: bool = False) -> StoredModel:
         """Check the whole file against its SHA-256 and make it a model of the store."""

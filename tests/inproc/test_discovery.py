@@ -37,6 +37,7 @@ from mesh.discovery.hints import (
 from mesh.discovery.seeds import KNOWN_PEERS_FILE, MAX_FILE_BYTES
 from mesh.errors import ConfigError
 from mesh.identity.keys import Identity
+from mesh.rpc.envelope import PROTOCOL_VERSION
 from support import netns
 
 netns_lab = netns.netns_lab  # the namespace fixture, for the tests below
@@ -388,7 +389,8 @@ async def round_trip(ip: str) -> None:
         assert announcer.addresses == [ip]
         await wait_for(lambda: seen)
         (h,) = seen
-        assert (h.peer_id, h.mesh, h.address, h.version, h.source) == (A, MESH, f"tcp://{ip}:7000", 1, Source.MDNS)
+        assert (h.peer_id, h.mesh, h.address, h.version, h.source) == (
+            A, MESH, f"tcp://{ip}:7000", PROTOCOL_VERSION, Source.MDNS)  # the newest envelope version it sends
         assert browser.stats[DropReason.OWN] == 1  # heard itself, ignored it
 
         await announcer.aclose()  # goodbye packets

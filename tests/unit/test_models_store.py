@@ -144,3 +144,17 @@ def test_a_partial_counts_against_the_budget(tmp_path):
     dest.begin_partial(source.manifest(m.sha))
     with pytest.raises(ModelStoreFull):
         dest.add(write_gguf(tmp_path / "b.gguf", size=200_000, seed=5))
+
+
+def test_pieces_written_but_not_committed_are_not_counted_after_a_crash(tmp_path):
+    source = store_at(tmp_path / "source")
+    m = source.add(write_gguf(tmp_path / "a.gguf"), name="a")
+    manifest, pieces = _pieces(source, m.sha)
+    dest = store_at(tmp_path / "dest")
+    dest.begin_partial(manifest)
+    dest.write_piece(manifest, 0, pieces[0], commit=False)
+    dest.write_piece(manifest, 1, pieces[1], commit=False)
+    dest.commit_pieces(manifest, [0])
+    dest.write_piece(manifest, 2, pieces[2], commit=False)
+    dest.close()  # the puller dies here: 1 and 2 were never committed
+    assert store_at(tmp_path / "dest").begin_partial(manifest) == {0}
