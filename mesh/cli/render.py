@@ -155,7 +155,8 @@ def peers_table(members: list[MemberView]) -> str:
             short_id(m.peer_id),
             m.address.removeprefix("tcp://") if m.address else "-",
             _state(m),
-            ", ".join(m.meta.model_names()) if m.meta is not None and m.models else "-",
+            ", ".join(x.name + ("" if x.loaded else " (on disk)") for x in m.meta.models)
+            if m.meta is not None and m.models else "-",
             _hardware(m),
             _load(m),
             _ago(m.last_heard_s),
