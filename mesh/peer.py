@@ -116,9 +116,11 @@ def load_backend(config: PeerConfig) -> Backend:
     from mesh.inference.models import default_model_path
 
     path = Path(config.model_path) if config.model_path else default_model_path()
+    from mesh.inference.session_cache import SessionCacheConfig
+
     return EngineBackend(
         path, n_ctx=config.n_ctx, n_threads=config.n_threads or default_threads(), queue_limit=config.queue_limit,
-        model_name=config.model_name,
+        model_name=config.model_name, session_cache=SessionCacheConfig(budget_bytes=config.session_cache_bytes),
     )
 
 
@@ -612,9 +614,11 @@ class Peer:
     def _engine_for(self, path: Path, name: str) -> Backend:
         from mesh.inference.cpu_variant import default_threads
         from mesh.inference.engine_backend import EngineBackend
+        from mesh.inference.session_cache import SessionCacheConfig
 
         return EngineBackend(path, n_ctx=self.config.n_ctx, n_threads=self.config.n_threads or default_threads(),
-                             queue_limit=self.config.queue_limit, model_name=name)
+                             queue_limit=self.config.queue_limit, model_name=name,
+                             session_cache=SessionCacheConfig(budget_bytes=self.config.session_cache_bytes))
 
     def _servable_models(self) -> list:
         from mesh.inference.model_set import Servable

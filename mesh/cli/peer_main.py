@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="disk budget of the job store; the oldest finished jobs go first (default 256)")
     p.add_argument("--jobs-max-open", type=int, default=10_000, metavar="N",
                    help="jobs submitted here that may wait or run at once; more are refused as busy (default 10000)")
+    p.add_argument("--session-cache-mb", type=float, default=256.0, metavar="MB",
+                   help="RAM each engine keeps for conversations' prompt caches (sessions, least recently used "
+                        "go first; default 256; 0 turns it off)")
     p.add_argument("--models-ram", type=float, default=None, metavar="GB",
                    help="memory budget of the models loaded at once; idle ones are unloaded to make room "
                         "(default: 80%% of the RAM free at start)")
@@ -145,6 +148,8 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         names.append(model)
     paths = [m for m in models if m not in names]
     primary = Path(models[0]).expanduser() if models and models[0] in paths else None
+    if not 0 <= args.session_cache_mb <= 1 << 20:
+        raise MeshError(f"--session-cache-mb must be in [0, 1048576], got {args.session_cache_mb}")
     if (args.models_ram is not None and not 0 < args.models_ram <= 1 << 20) or args.keep_alive < 0:
         raise MeshError("--models-ram must be in (0, 1048576] GB and --keep-alive cannot be negative")
     if args.ctx < 128:
@@ -215,6 +220,7 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         auto_pull=args.auto_pull,
         models_ram_bytes=None if args.models_ram is None else int(args.models_ram * 1e9),
         keep_alive_s=args.keep_alive,
+        session_cache_bytes=int(args.session_cache_mb * (1 << 20)),
         no_model=args.no_model,
         n_ctx=args.ctx,
         n_threads=args.threads,

@@ -79,6 +79,7 @@ def info_table(doc: dict, *, endpoint: str) -> str:
         ("speed", f"{model.get('tokens_per_s', 0):.1f} tok/s"),
         ("capacity", f"{model.get('parallel')} at once, {model.get('queue_limit')} queued before busy"),
         *engine_rows(doc.get("engine")),
+        *model_set_rows(doc.get("models")),
         ("answers", str(doc.get("answers"))),
         ("calls", f"{rpc.get('calls_ok', 0)} ok, {rpc.get('calls_failed', 0)} failed, "
                   f"{rpc.get('calls_cancelled', 0)} cancelled, {rpc.get('in_flight', 0)} in flight"),
@@ -86,6 +87,19 @@ def info_table(doc: dict, *, endpoint: str) -> str:
     refused = {k: v for k, v in rpc.get("rejections", {}).items() if v}
     rows.append(("refused frames", ", ".join(f"{k} {v}" for k, v in sorted(refused.items())) or "none"))
     return table(rows)
+
+
+def model_set_rows(models: list | None) -> list[tuple[str, str]]:
+    """The other models this peer serves on demand (mesh.inference.model_set), one row each."""
+    rows = []
+    for m in (models or [])[1:]:  # the first is the primary, shown above
+        state = m.get("state", "?") + (", pinned" if m.get("pinned") else "")
+        if m.get("loads"):
+            state += f", loaded {m['loads']}x" + (f" (last {m['load_s']:.1f} s)" if m.get("load_s") else "")
+        if m.get("problem"):
+            state += f"; last load failed: {m['problem']}"
+        rows.append(("also serves", f"{m.get('name')}: {state}"))
+    return rows
 
 
 def engine_rows(engine: dict | None) -> list[tuple[str, str]]:

@@ -144,3 +144,29 @@ def test_engine_parallel_reaches_the_engine_backend_and_is_checked(tmp_path):
     with pytest.raises(MeshError, match="--engine-parallel must be 1..256"):
         peer_main.config_from_args(parse(tmp_path, "--engine-url", "http://x/v1", "--engine-model", "m",
                                          "--engine-parallel", "0"))
+
+
+def test_model_flags_paths_names_budgets_and_the_session_cache(tmp_path):
+    from mesh.errors import MeshError
+    from mesh.inference.models import default_model_path
+    from mesh.peer import load_backend
+
+    smol = str(default_model_path())
+    extra = tmp_path / "extra.gguf"
+    extra.write_bytes(b"GGUF")
+    c = peer_main.config_from_args(parse(tmp_path, "--model", smol, "--model", str(extra), "--model", "gemma-3-270m",
+                                         "--auto-pull", "--models-ram", "2", "--keep-alive", "60",
+                                         "--session-cache-mb", "64"))
+    assert str(c.model_path) == smol and c.extra_models == (extra,) and c.model_names == ("gemma-3-270m",)
+    assert c.auto_pull and c.models_ram_bytes == 2 * 10**9 and c.keep_alive_s == 60
+    assert c.session_cache_bytes == 64 << 20
+    backend = load_backend(c)
+    assert backend._args[backend._args.index("--session-cache-bytes") + 1] == str(64 << 20)
+    # a first --model that names a store model: nothing is loaded until it is found or pulled
+    named = peer_main.config_from_args(parse(tmp_path, "--model", "gemma-3-270m"))
+    assert named.model_path is None and named.model_names == ("gemma-3-270m",)
+    assert load_backend(named).capabilities.model == ""
+    for bad, words in [(("--model", "no/such/file.gguf"), "no model file"), (("--keep-alive", "-1"), "--keep-alive"),
+                       (("--models-ram", "0"), "--models-ram"), (("--session-cache-mb", "-1"), "--session-cache-mb")]:
+        with pytest.raises(MeshError, match=words):
+            peer_main.config_from_args(parse(tmp_path, *bad))

@@ -33,3 +33,15 @@ def test_the_models_table_and_a_pull_line():
     line = pull_progress({"name": "gemma", "size": 200 * 10**6, "bytes_done": 50 * 10**6, "fetched": 40 * 10**6,
                           "elapsed_s": 2.0, "by_source": {"p": 1, "q": 2}, "pieces": 48, "pieces_done": 12})
     assert "25.0%" in line and "20.0 MB/s" in line and "from 2 peer(s)" in line and "[######" in line
+
+
+def test_info_lists_the_models_served_on_demand():
+    from mesh.cli.render import info_table
+
+    doc = {"peer": "p", "model": {"name": "smol"}, "rpc": {}, "models": [
+        {"name": "smol", "state": "loaded (primary)"},
+        {"name": "gemma", "state": "loaded", "loads": 2, "load_s": 1.25, "pinned": True},
+        {"name": "tiny", "state": "on disk", "loads": 0, "problem": "the engine crashed"}]}
+    out = info_table(doc, endpoint="tcp://x:1")
+    assert "gemma: loaded, pinned, loaded 2x (last 1.2 s)" in out
+    assert "tiny: on disk; last load failed: the engine crashed" in out
