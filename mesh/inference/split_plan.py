@@ -2,22 +2,29 @@
 
 llama.cpp decides placement from two numbers, and this plan is written in them:
 
-- ``n_gpu_layers`` = k: the *last* k repeating layers (``blk.{n-k}`` .. ``blk.{n-1}``)
-  go to the devices in ``llama_model_params.devices``; the others stay on the CPU of the
-  process that loads the model. The token embeddings always stay local, and the output
-  head (the logits) stays local as long as k <= n_layers (llama.cpp counts it as layer
-  n_layers). So the plan never asks for more than ``n_layers``: the logits are computed
-  where the answer is sampled. (llama.cpp offers no "first k layers remote" without
-  per-tensor buffer overrides; which repeating layers are remote does not change the
-  answer, only what crosses the link: one hidden state per token each way.)
-- ``tensor_split``: how those k layers are shared among the devices, in order; llama.cpp
-  normalises it to cumulative fractions and gives layer j of the block (0-based) to the
-  first device whose cumulative share exceeds j/k. Giving it integer layer counts makes
-  that exactly those counts.
+- ``n_gpu_layers`` = k counts n_layers + 1 slots: the repeating layers ``blk.0`` ..
+  ``blk.{n-1}`` and then the output head (the final norm and the logits matrix, slot
+  n). The *last* k slots go to the devices in ``llama_model_params.devices``
+  (llama.cpp: ``i_gpu_start = n_layer + 1 - n_gpu_layers``); the token embeddings
+  always stay local. So any k >= 1 puts the output head remote (k = 1: the output head
+  only; k = n + 1: everything but the embeddings), and the logits come back over the
+  link, one row per token (the RPC client fetches them; about 200 KB per token for a
+  49k vocabulary in f32).
+  Keeping the output head local while the first layers go remote needs per-tensor
+  buffer overrides (``tensor_buft_overrides``); tried on this build, the lender did
+  the work but the greedy answer left the whole model's after 8 tokens (the KV cache
+  stays local, so the ops are placed and ordered differently), at 21 tokens/s against
+  50: not used.
+- ``tensor_split``: how those k slots are shared among the devices, in order; llama.cpp
+  normalises it to cumulative fractions and gives slot j of the block (0-based) to the
+  first device whose cumulative share exceeds j/k. Giving it integer slot counts makes
+  that exactly those counts; the output head goes to the last device.
 
-``plan_layers`` shares the remote layers among lenders in proportion to the memory each
-offers (largest remainders), never more than fit in a lender's offer at ``layer_bytes``
-each (what is left over goes to those with room).
+``plan_layers`` puts the output head on the lender with the most memory (its offer must
+hold ``output_bytes`` besides its layers; that lender is placed last), then shares the
+remote repeating layers among lenders in proportion to the memory each offers (largest
+remainders), never more than fit in a lender's offer at ``layer_bytes`` each (what is
+left over goes to those with room).
 """
 
 from __future__ import annotations
@@ -36,22 +43,24 @@ class Offer:
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """Placement of a model's repeating layers: ``owners[i]`` is the endpoint holding
-    layer i, or ``None`` for this process."""
+    """Placement: ``owners[i]`` is the endpoint holding repeating layer i, or ``None``
+    for this process; ``output_owner`` the one holding the output head."""
 
     n_layers: int
-    endpoints: tuple[str, ...]  # lenders that get at least one layer, in devices order
-    counts: tuple[int, ...]  # layers per endpoint, same order
+    endpoints: tuple[str, ...]  # lenders that get at least one slot, in devices order
+    counts: tuple[int, ...]  # slots per endpoint, same order (the last one's includes the output head)
     owners: tuple[str | None, ...]
+    output_owner: str | None
 
     @property
     def remote_layers(self) -> int:
-        """llama.cpp's ``n_gpu_layers``."""
+        """llama.cpp's ``n_gpu_layers`` (the output head counted as a slot)."""
         return sum(self.counts)
 
     @property
     def local_layers(self) -> int:
-        return self.n_layers - self.remote_layers
+        """Repeating layers left in this process."""
+        return sum(1 for o in self.owners if o is None)
 
     def tensor_split(self) -> tuple[float, ...]:
         """llama.cpp's ``tensor_split`` for ``endpoints`` (integer counts as floats)."""
@@ -59,11 +68,17 @@ class LayerPlan:
 
 
 def plan_layers(
-    n_layers: int, layer_bytes: int, offers: Sequence[Offer], *, max_remote: int | None = None
+    n_layers: int,
+    layer_bytes: int,
+    offers: Sequence[Offer],
+    *,
+    output_bytes: int | None = None,
+    max_remote: int | None = None,
 ) -> LayerPlan:
-    """Put up to ``max_remote`` (default: all) of ``n_layers`` layers on the lenders of
-    ``offers``, in proportion to their offered bytes, at most ``offer // layer_bytes``
-    layers each; the output head always stays local (see the module docstring)."""
+    """Put up to ``max_remote`` slots (default: all n_layers + 1) on the lenders of
+    ``offers``: the output head (``output_bytes``, default ``layer_bytes``) on the
+    lender offering most, the repeating layers in proportion to the offered bytes, at
+    most what fits in each offer (see the module docstring)."""
     if n_layers < 0 or layer_bytes <= 0:
         raise ValueError("n_layers must be >= 0 and layer_bytes > 0")
     if max_remote is not None and max_remote < 0:
@@ -75,19 +90,27 @@ def plan_layers(
         if o.endpoint in seen:
             raise ValueError(f"endpoint {o.endpoint} offered twice")
         seen.add(o.endpoint)
-    caps = [o.bytes // layer_bytes for o in offers]
-    want = n_layers if max_remote is None else min(max_remote, n_layers)
-    total = min(want, sum(caps))
-    counts = _share(total, [o.bytes for o in offers], caps)
-    used = [(o.endpoint, c) for o, c in zip(offers, counts, strict=True) if c > 0]
-    owners: list[str | None] = [None] * (n_layers - total)
+    out_bytes = layer_bytes if output_bytes is None else output_bytes
+    want = n_layers + 1 if max_remote is None else min(max_remote, n_layers + 1)
+    tail = max(range(len(offers)), key=lambda i: (offers[i].bytes, -i), default=None)
+    if want == 0 or tail is None or offers[tail].bytes < out_bytes:
+        return LayerPlan(n_layers, (), (), (None,) * n_layers, None)  # any remote slot takes the output head
+    order = [i for i in range(len(offers)) if i != tail] + [tail]
+    caps = [offers[i].bytes // layer_bytes for i in order]
+    caps[-1] = (offers[tail].bytes - out_bytes) // layer_bytes
+    layers = min(want - 1, sum(caps))
+    counts = _share(layers, [offers[i].bytes for i in order], caps)
+    counts[-1] += 1  # the output head
+    used = [(offers[i].endpoint, c) for i, c in zip(order, counts, strict=True) if c > 0]
+    owners: list[str | None] = [None] * (n_layers - layers)
     for endpoint, c in used:
         owners += [endpoint] * c
     return LayerPlan(
         n_layers=n_layers,
         endpoints=tuple(e for e, _ in used),
         counts=tuple(c for _, c in used),
-        owners=tuple(owners),
+        owners=tuple(owners[:n_layers]),
+        output_owner=used[-1][0],
     )
 
 
