@@ -6,7 +6,9 @@ with ``ggml_backend_rpc_add_server``, passes their devices explicitly in
 ``llama_model_params.devices`` (llama-cpp-python's ``Llama`` leaves that NULL, ggml's own
 device discovery does not find RPC servers, and ``Llama(rpc_servers=...)`` is ignored
 in 0.3.36) and loads the model through llama.cpp's low-level API with ``n_gpu_layers``
-layers remote, shared by ``tensor_split`` (plan: ``mesh.inference.split_plan``).
+slots remote, shared by ``tensor_split`` (plan: ``mesh.inference.split_plan``). A model
+of n layers has n + 1 slots, the output head last: ``remote_layers=1`` puts only the
+output head remote, ``n + 1`` everything but the token embeddings.
 
 Generation here is a small standalone greedy loop (argmax of the logits, no sampler),
 not the engine's ``ModelRunner``: enough to show a split model answers exactly what the
@@ -26,6 +28,8 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -63,11 +67,19 @@ class GreedyResult:
     n_layers: int
     remote_layers: int
     endpoints: tuple[str, ...]
+    # llama.cpp's own account of where the weights went, from its load log ("RPC0[127.0.0.1:PORT]"
+    # or "CPU_Mapped" -> MiB); filled by generate_in_child only
+    buffers: tuple[tuple[str, float], ...] = ()
+
+    def buffer_mib(self, endpoint: str) -> float:
+        """MiB of model weights llama.cpp put on the RPC server at ``endpoint`` (0 if none)."""
+        return sum(mib for name, mib in self.buffers if name.startswith("RPC") and name.endswith(f"[{endpoint}]"))
 
 
 class SplitModel:
-    """A model with ``remote_layers`` of its repeating layers on ``endpoints`` (shared as
-    ``tensor_split``, default equally), the rest in this process. Not thread-safe; use
+    """A model with its last ``remote_layers`` slots (llama.cpp's ``n_gpu_layers``: the
+    repeating layers then the output head) on ``endpoints`` (shared as ``tensor_split``;
+    by default llama.cpp shares by the devices' free memory), the rest in this process. Not thread-safe; use
     from one thread (the engine's rule, docs/engine.md)."""
 
     def __init__(
@@ -117,7 +129,7 @@ class SplitModel:
         if not self.model:
             raise ModelError(f"llama.cpp could not load {path} with {remote_layers} layers on {list(self.endpoints)}")
         self.n_layers = llama_cpp.llama_model_n_layer(self.model)
-        self.remote_layers = min(remote_layers, self.n_layers) if self.endpoints else 0
+        self.remote_layers = min(remote_layers, self.n_layers + 1) if self.endpoints else 0
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = n_ctx
         cparams.n_batch = n_ctx
@@ -218,7 +230,10 @@ def generate_in_child(
         cmd += ["--split", ",".join(str(s) for s in tensor_split)]
     if n_threads is not None:
         cmd += ["--threads", str(n_threads)]
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = dict(os.environ, GGML_NO_BACKTRACE="1")  # an abort prints its reason, not a gdb session
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -240,13 +255,19 @@ def generate_in_child(
             d = json.loads(line)
             d["tokens"] = tuple(d["tokens"])
             d["endpoints"] = tuple(d["endpoints"])
+            d["buffers"] = tuple((m.group(1), float(m.group(2))) for m in _BUFFER_LINE.finditer(err))
             return GreedyResult(**d)
     raise GenerationError(f"the split model's process printed no result: {_tail(err)}")
 
 
-def _tail(text: str, n: int = 6) -> str:
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    return " | ".join(lines[-n:])[-1500:]
+_BUFFER_LINE = re.compile(r"load_tensors:\s+(\S+) model buffer size =\s+([0-9.]+) MiB")
+
+
+def _tail(text: str, n: int = 4) -> str:
+    """The last lines of a child's stderr, the RPC client's own complaint first when there is one."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    rpc = [ln for ln in lines if "RPC" in ln or "rpc" in ln]
+    return " | ".join((rpc[-2:] if rpc else []) + lines[-n:])[-1500:]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,8 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m mesh.inference.split_load", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default=None, help="GGUF path (default: the default model)")
     ap.add_argument("--rpc", action="append", default=[], help="a ggml RPC server, 127.0.0.1:PORT (repeatable)")
-    ap.add_argument("--remote-layers", type=int, default=0, help="repeating layers on the RPC servers (the last ones)")
-    ap.add_argument("--split", default=None, help="layers per server, comma separated (default: equal shares)")
+    ap.add_argument("--remote-layers", type=int, default=0, help="slots on the RPC servers: the last repeating layers and the output head (n_layers + 1: all)")
+    ap.add_argument("--split", default=None, help="slots per server, comma separated (default: by free memory)")
     ap.add_argument("--prompt", default=GREEDY_PROMPT)
     ap.add_argument("--tokens", type=int, default=24)
     ap.add_argument("--threads", type=int, default=None)
@@ -279,12 +300,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(asdict(result)), flush=True)
+        d = asdict(result)
+        d.pop("buffers")
+        print(json.dumps(d), flush=True)
     else:
         print(result.text)
         print(
             f"[{len(result.tokens)} tokens, {result.tokens_per_s:.1f} tokens/s, "
-            f"{result.remote_layers}/{result.n_layers} layers on {list(result.endpoints)}]"
+            f"{result.remote_layers}/{result.n_layers + 1} slots on {list(result.endpoints)}]"
         )
     return 0
 
