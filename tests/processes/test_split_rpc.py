@@ -33,9 +33,10 @@ TOKENS = 24
 N_LAYERS = 30  # SmolLM2-135M; llama.cpp's n_gpu_layers counts one more slot, the output head
 ALL = N_LAYERS + 1
 LAYER_MIB = 2.11  # one repeating layer's weights (llama.cpp's load log: 31 slots 89.99 MiB, 15 slots 58.28)
-# CPU seconds a lender spends on 24 tokens of SmolLM2-135M: ~0.6 s with all 30 layers,
-# ~0.3 s with 15, 0.01 s with none (measured). The bar is far above "none".
-WORK_CPU_S = 0.1
+# CPU seconds a lender spends on 24 tokens of SmolLM2-135M: ~0.6 s with all 31 slots,
+# ~0.3 s with 15, 0.01-0.06 s with none (connected, buffers reserved; measured). The bars:
+WORK_CPU_S = 0.25  # all slots: well above "none"
+IDLE_CPU_S = 0.12  # no slots: well below half
 
 
 def cpu_seconds(pid: int) -> float:
@@ -80,7 +81,7 @@ def test_half_the_layers_on_a_lender_answer_as_the_whole_model(whole, lender):
     assert r.tokens == whole.tokens
     # 14 layers and the output head: about 58 MiB, against 90 for all of them
     assert 12 * LAYER_MIB < r.buffer_mib(lender.endpoint) - 26 < 17 * LAYER_MIB, r.buffers
-    assert cpu_seconds(lender.pid) - before > WORK_CPU_S / 2
+    assert cpu_seconds(lender.pid) - before > IDLE_CPU_S
 
 
 def test_no_remote_layers_leave_the_lender_idle(lender):
@@ -91,7 +92,7 @@ def test_no_remote_layers_leave_the_lender_idle(lender):
         prompt=PROMPT, max_tokens=TOKENS, n_threads=1, timeout=120,
     )
     assert r.remote_layers == 0
-    assert cpu_seconds(lender.pid) - before < WORK_CPU_S / 2
+    assert cpu_seconds(lender.pid) - before < IDLE_CPU_S
 
 
 def test_two_lenders_share_the_layers_as_planned(whole, tmp_path):
@@ -105,7 +106,7 @@ def test_two_lenders_share_the_layers_as_planned(whole, tmp_path):
         )
         assert r.tokens == whole.tokens
         used = {lend.pid: cpu_seconds(lend.pid) - before[lend.pid] for lend in (a, b)}
-        assert used[a.pid] > WORK_CPU_S / 3 and used[b.pid] > WORK_CPU_S / 3
+        assert used[a.pid] > IDLE_CPU_S / 2 and used[b.pid] > IDLE_CPU_S
         # llama.cpp's load log: 10 layers on a, as planned (its default would share by free memory)
         on_a, on_b = r.buffer_mib(a.endpoint), r.buffer_mib(b.endpoint)
         assert 9 * LAYER_MIB < on_a < 11 * LAYER_MIB and on_b > 20 * LAYER_MIB, r.buffers
@@ -126,7 +127,8 @@ def test_a_lender_killed_mid_generation_fails_the_generation_clearly_and_quickly
     worker = threading.Thread(target=generate, daemon=True)
     worker.start()
     deadline = time.monotonic() + 60
-    while cpu_seconds(lender.pid) < 0.3:  # loaded, and computing tokens
+    # past the load (0.06 s with no slots, ~0.3 s for 24 tokens with every slot): generating
+    while cpu_seconds(lender.pid) < 0.8:
         assert time.monotonic() < deadline and worker.is_alive(), outcome
         time.sleep(0.02)
     os.kill(lender.pid, signal.SIGKILL)
@@ -137,7 +139,7 @@ def test_a_lender_killed_mid_generation_fails_the_generation_clearly_and_quickly
     assert "result" not in outcome, "400 tokens were generated although the lender holding every layer died"
     msg = str(outcome["error"])
     assert "died" in msg and "lender" in msg and lender.endpoint in msg
-    assert "Remote RPC server crashed" in msg or "recv failed" in msg
+    assert any(why in msg for why in ("Remote RPC server crashed", "recv failed", "Failed to connect")), msg
 
 
 def test_a_lender_refuses_any_host_but_loopback():
