@@ -9,7 +9,10 @@ Shell: ``engine_backend`` (``EngineBackend``: llama.cpp in a supervised engine p
 ``llama`` (``LlamaBackend``, in-process), ``openai_backend`` (any OpenAI-compatible
 engine or cloud), ``cpu_variant`` (which CPU kernels), ``capabilities`` (what a peer
 gossips about its hardware, models, load and engine), ``known_models`` (where Gemma 3
-270M, the stronger model set-up installs, is assembled). See docs/engine.md.
+270M, the stronger model set-up installs, is assembled). Issue 16 groundwork:
+``split_plan`` (pure: which layers go to which ggml RPC lender), ``rpc_lender`` (a ggml
+RPC server process, loopback only), ``split_load`` (a model loaded over such servers).
+See docs/engine.md.
 """
 
 from mesh.inference.backend import (

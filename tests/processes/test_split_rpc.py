@@ -150,3 +150,18 @@ def test_a_lender_refuses_any_host_but_loopback():
             start_lender(host=host)
     with pytest.raises(LenderError, match="only 127.0.0.1:PORT"):
         generate_in_child(default_model_path(), ["10.0.0.1:50052"], remote_layers=1)
+
+
+def test_a_lender_that_never_answers_fails_the_generation_at_the_deadline_not_a_hang():
+    """A port that accepts connections and never answers (a stalled lender): ggml's client
+    would wait forever; generate_in_child kills its process at the deadline."""
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        endpoint = f"127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        with pytest.raises(GenerationError, match="did not finish within 8 s"):
+            generate_in_child(default_model_path(), [endpoint], remote_layers=ALL, max_tokens=4, timeout=8)
+        assert time.monotonic() - started < 15
