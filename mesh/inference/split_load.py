@@ -136,6 +136,9 @@ class SplitModel:
         threads = n_threads or default_threads()
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
+        # as the engine's Llama (flash attention off by default there; llama.cpp's own default
+        # is "auto", on for the CPU, and its greedy answer parts from the engine's after 8 tokens)
+        cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self.ctx = llama_cpp.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             llama_cpp.llama_model_free(self.model)

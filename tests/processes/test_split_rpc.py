@@ -165,3 +165,24 @@ def test_a_lender_that_never_answers_fails_the_generation_at_the_deadline_not_a_
         with pytest.raises(GenerationError, match="did not finish within 8 s"):
             generate_in_child(default_model_path(), [endpoint], remote_layers=ALL, max_tokens=4, timeout=8)
         assert time.monotonic() - started < 15
+
+
+def test_the_whole_model_baseline_is_llama_cpp_pythons_own_greedy_answer(whole):
+    """The baseline above is split_load's own loop with nothing remote; llama-cpp-python's
+    ``Llama`` at temperature 0, in another process, gives the same text."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from mesh.inference.cpu_variant import ensure_cpu_variant; ensure_cpu_variant()\n"
+        "from llama_cpp import Llama\n"
+        "llm = Llama(sys.argv[1], n_ctx=512, n_threads=1, verbose=False)\n"
+        "out = llm.create_completion(sys.argv[2], max_tokens=int(sys.argv[3]), temperature=0.0)\n"
+        "sys.stdout.write(out['choices'][0]['text'])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(default_model_path()), PROMPT, str(TOKENS)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout == whole.text
