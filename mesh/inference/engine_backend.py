@@ -179,8 +179,9 @@ class EngineBackend:
         self._python = python
         self._env = env
         info = model_info({}, self._path)
+        self._model_name = model_name
         self._caps = Capabilities(
-            model=model_name or info.name, parameters=info.parameters, quantisation=info.quantisation, context_length=n_ctx,
+            model=self._model_name or info.name, parameters=info.parameters, quantisation=info.quantisation, context_length=n_ctx,
             tokens_per_s=0.0, parallel=1, queue_limit=queue_limit,
             extra={"engine": "llama.cpp", "n_threads": n_threads},
         )
@@ -399,6 +400,8 @@ class EngineBackend:
                 engine.proc.kill()
                 return
             build = msg.get("engine") if isinstance(msg.get("engine"), dict) else {}
+            if self._model_name:  # the engine names the model from its file; this peer serves it by this name
+                caps = dataclasses.replace(caps, model=self._model_name)
             engine.phase, engine.ready_at = "ready", self._clock()
             with self._lock:
                 self._caps, self._build = caps, build

@@ -4,7 +4,8 @@ The peer's first model (``--model``, or the default) is the *primary*: started w
 peer and kept loaded, as a single-model peer always was. Every other model it can serve
 (more ``--model`` files, and every model of its model store) is *available*: on disk,
 loaded when a request names it (``GenerationRequest.model``, set by the router from the
-candidate it chose), each in an engine process of its own (``factory(path, name)``), and
+candidate it chose), each in an engine process of its own (``factory(path, name)``;
+the engine answers under that name, not its file's: a store blob is named by its hash), and
 unloaded again after ``keep_alive_s`` without a request, unless pinned
 (``mesh models pin``).
 
@@ -145,8 +146,6 @@ class ModelSet:
             backend = await self._ensure_loaded(slot)
             self.counts.by_model[name] = self.counts.by_model.get(name, 0) + 1
             async for item in backend.stream(request):
-                if isinstance(item, FinalStats) and item.model != name:
-                    item = replace(item, model=name)  # a store blob is named by its hash on disk
                 yield item
         finally:
             slot.in_flight -= 1
@@ -206,8 +205,8 @@ class ModelSet:
             slot = self._slots.get(m.name)
             if slot is None:
                 self._slots[m.name] = _Slot(m, last_used=self.clock())
-            elif slot.model != m:
-                slot.model = m if slot.backend is None or slot.model.path == m.path else slot.model
+            elif slot.model != m and (slot.backend is None or slot.model.path == m.path):
+                slot.model = m  # pinned or unpinned; a loaded model keeps its file until it unloads
         for name in [n for n, s in self._slots.items() if n not in seen and s.backend is None and s.loading is None]:
             del self._slots[name]  # removed from the store, and not loaded
 

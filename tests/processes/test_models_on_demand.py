@@ -85,6 +85,15 @@ def test_auto_pull_fetches_a_named_model_from_the_mesh_and_serves_it(tmp_path):
         row = next(m for m in stored["models"] if m["name"] == "helper")
         assert sorted(row["holders"]) == sorted([holder.info["peer_id"], puller.info["peer_id"]])
         assert row["loaded_on"] == [puller.info["peer_id"]]
+
+        # restarted with it in its store, the named model is its first: loaded at start, and
+        # gossiped and answered under its name (its file in the store is named by its hash)
+        puller.stop()
+        puller = PeerProcess(tmp_path / "puller", "--name", "puller", "--no-http", "--model", "helper")
+        puller.wait_ready()
+        wait_until(lambda: "helper" in own_models(puller), 30)
+        assert set(own_models(puller)) == {"helper"} and "cold" not in own_models(puller)["helper"]
+        assert ask(puller, "What is the chemical symbol for water?", "--model", "helper")["model"] == "helper"
     finally:
         if puller is not None:
             puller.stop()
