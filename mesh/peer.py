@@ -111,16 +111,23 @@ def load_backend(config: PeerConfig) -> Backend:
             config.engine_url, config.engine_model or "", context_length=config.engine_context,
             max_concurrency=config.engine_parallel, queue_limit=config.queue_limit,
         )
-    from mesh.inference.cpu_variant import default_threads
-    from mesh.inference.engine_backend import EngineBackend
     from mesh.inference.models import default_model_path
 
-    path = Path(config.model_path) if config.model_path else default_model_path()
+    return engine_backend(config, Path(config.model_path) if config.model_path else default_model_path(),
+                          config.model_name)
+
+
+def engine_backend(config: PeerConfig, path: Path, name: str | None) -> Backend:
+    """A llama.cpp engine process for one model file, as ``config`` sets them up (the
+    first model, and each one loaded on demand); ``name``: the name it answers under
+    (None: from the file name)."""
+    from mesh.inference.cpu_variant import default_threads
+    from mesh.inference.engine_backend import EngineBackend
     from mesh.inference.session_cache import SessionCacheConfig
 
     return EngineBackend(
         path, n_ctx=config.n_ctx, n_threads=config.n_threads or default_threads(), queue_limit=config.queue_limit,
-        model_name=config.model_name, session_cache=SessionCacheConfig(budget_bytes=config.session_cache_bytes),
+        model_name=name, session_cache=SessionCacheConfig(budget_bytes=config.session_cache_bytes),
     )
 
 
@@ -571,7 +578,7 @@ class Peer:
             except ModelNotFound:
                 missing.append(name)
                 continue
-            if i == 0 and self.config.model_path is None and self.config.model_names[0] == name:
+            if i == 0 and self.config.model_path is None:  # the first --model was this name
                 self.config = self.config.with_(model_path=self.models.path(found.sha), model_name=found.name)
         if missing and not self.config.auto_pull:
             raise ConfigError(f"no model {', '.join(map(repr, missing))} in this peer's model store; "
@@ -608,17 +615,9 @@ class Peer:
             import psutil
 
             ram = int(psutil.virtual_memory().available * 0.8)
-        return ModelSet(backend, catalog=self._servable_models, factory=self._engine_for, ram_bytes=ram,
+        return ModelSet(backend, catalog=self._servable_models,
+                        factory=lambda path, name: engine_backend(self.config, path, name), ram_bytes=ram,
                         keep_alive_s=self.config.keep_alive_s, clock=self._clock)
-
-    def _engine_for(self, path: Path, name: str) -> Backend:
-        from mesh.inference.cpu_variant import default_threads
-        from mesh.inference.engine_backend import EngineBackend
-        from mesh.inference.session_cache import SessionCacheConfig
-
-        return EngineBackend(path, n_ctx=self.config.n_ctx, n_threads=self.config.n_threads or default_threads(),
-                             queue_limit=self.config.queue_limit, model_name=name,
-                             session_cache=SessionCacheConfig(budget_bytes=self.config.session_cache_bytes))
 
     def _servable_models(self) -> list:
         from mesh.inference.model_set import Servable

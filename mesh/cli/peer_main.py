@@ -11,7 +11,6 @@ import argparse
 import asyncio
 import logging
 import os
-import re
 import signal
 import sys
 from pathlib import Path
@@ -121,9 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,127}$")
-
-
 def config_from_args(args: argparse.Namespace) -> PeerConfig:
     if not 0 <= args.rpc_port <= 65535:
         raise MeshError(f"--rpc-port must be 0..65535, got {args.rpc_port}")
@@ -135,12 +131,14 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         raise MeshError("--rpc-rate cannot be negative and --rpc-burst must be at least 1")
     if args.no_model and (args.model or args.engine_url):
         raise MeshError("--no-model cannot be combined with --model or --engine-url")
+    from mesh.models.manifest import NAME_RE as MODEL_NAME  # what the model store accepts as a name
+
     models = [args.model] if isinstance(args.model, str) else list(args.model or ())
     names = []  # --model NAME: a model of the store (or, with --auto-pull, of the mesh)
     for model in models:
         if Path(model).expanduser().is_file():
             continue
-        if "/" in model or model.lower().endswith(".gguf") or not _MODEL_NAME.match(model):
+        if "/" in model or model.lower().endswith(".gguf") or not MODEL_NAME.match(model):
             # a typo fails at once; a file that exists but no engine can load leaves a peer
             # that runs without a model and says why (docs/engine.md)
             raise MeshError(f"no model file at {Path(model).expanduser()}; pass --model PATH to a GGUF file, "

@@ -169,22 +169,19 @@ class Swim:
 
     def members(self) -> list[MemberSnapshot]:
         """Every member in the table, this peer first, then by peer id."""
-        views = [MemberSnapshot.of(self._self_member(), last_heard=None, is_self=True, load=self._loads.own)]
-        heard = self._table.last_heard
         others = sorted(self._table, key=lambda x: x.peer_id)
-        for x in others:
-            held = self._loads.get(x.peer_id)
-            views.append(MemberSnapshot.of(x, last_heard=heard.get(x.peer_id), load=held.load if held else None,
-                                           load_heard_at=held.heard_at if held else None))
-        return views
+        return [self.member(self.peer_id), *(self._snapshot(x) for x in others)]
 
     def member(self, peer_id: bytes) -> MemberSnapshot | None:
         if peer_id == self.peer_id:
             return MemberSnapshot.of(self._self_member(), last_heard=None, is_self=True, load=self._loads.own)
         x = self._table.get(peer_id)
-        if x is None:
-            return None
-        return MemberSnapshot.of(x, last_heard=self._table.last_heard.get(peer_id), load=self.load_of(peer_id))
+        return None if x is None else self._snapshot(x)
+
+    def _snapshot(self, x) -> MemberSnapshot:
+        held = self._loads.get(x.peer_id)
+        return MemberSnapshot.of(x, last_heard=self._table.last_heard.get(x.peer_id),
+                                 load=held.load if held else None, load_heard_at=held.heard_at if held else None)
 
     # --- what the shell calls ----------------------------------------------------
 

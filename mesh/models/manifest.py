@@ -13,8 +13,7 @@ Wire form (msgpack map): ``v`` 1, ``sha256`` (32 bytes), ``size``, ``piece_size`
 quantisation, context_length), ``publisher`` (peer id bytes), ``key`` (32-byte Ed25519
 public key), ``sig`` (64 bytes, over the canonical msgpack of every other field).
 
-Pure: hashing is done by the caller (``piece_hashes`` over a file is a helper here, with
-no other I/O); ``from_wire`` checks every field and bound and raises ``ManifestError``.
+Pure but for ``build``, which reads the file it describes; ``from_wire`` checks every field and bound and raises ``ManifestError``.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgpack
 from cryptography.exceptions import InvalidSignature
@@ -53,20 +52,6 @@ def piece_size_for(size: int) -> int:
     while math.ceil(size / piece) > MAX_PIECES and piece < MAX_PIECE:
         piece *= 2
     return piece
-
-
-def hash_file(path: Path, piece_size: int) -> tuple[bytes, list[bytes]]:
-    """(whole-file SHA-256, each piece's SHA-256), in one read of the file."""
-    whole = hashlib.sha256()
-    pieces = []
-    with open(path, "rb") as f:
-        while True:
-            chunk = f.read(piece_size)
-            if not chunk:
-                break
-            whole.update(chunk)
-            pieces.append(hashlib.sha256(chunk).digest())
-    return whole.digest(), pieces
 
 
 def check_name(name: str) -> str:
@@ -193,14 +178,23 @@ class Manifest:
         return m
 
 
-def build(path: Path, info: ModelCard, *, sha256: bytes | None = None, piece_size: int | None = None) -> Manifest:
-    """The unsigned manifest of a file (hashing it; ``sha256``, when known, is checked).
-    ``piece_size`` (tests: small files in many pieces) must keep the count within bounds."""
+def build(path: Path, info: ModelCard, *, piece_size: int | None = None, copy_to: BinaryIO | None = None) -> Manifest:
+    """The unsigned manifest of a file, in one read of it: the whole file's SHA-256 and
+    each piece's; with ``copy_to``, every chunk read is also written there (an import
+    copies and hashes at once). ``piece_size`` (tests: small files in many pieces) must
+    keep the count within bounds."""
     size = path.stat().st_size
     piece = piece_size or piece_size_for(size)
     if not (MIN_PIECE <= piece <= MAX_PIECE and math.ceil(size / piece) <= MAX_PIECES):
         raise ManifestError(f"a piece size of {piece} does not fit a file of {size} bytes")
-    whole, pieces = hash_file(path, piece)
-    if sha256 is not None and whole != sha256:
-        raise ManifestError(f"{path} does not hash to {sha256.hex()} any more (it changed on disk)")
-    return Manifest(whole, size, piece, tuple(pieces), info)
+    whole, pieces, read = hashlib.sha256(), [], 0
+    with open(path, "rb") as f:
+        while chunk := f.read(piece):
+            whole.update(chunk)
+            pieces.append(hashlib.sha256(chunk).digest())
+            read += len(chunk)
+            if copy_to is not None:
+                copy_to.write(chunk)
+    if read != size:
+        raise ManifestError(f"{path} changed while it was read ({size} bytes, then {read})")
+    return Manifest(whole.digest(), size, piece, tuple(pieces), info)

@@ -8,7 +8,7 @@ Layout under ``<data dir>/models/``::
     index.sqlite3              what is where: models, pieces of partial pulls
 
 - ``add(path, name=)`` imports a GGUF file: checked (``check_model_file``), copied while
-  hashed, renamed into ``blobs/`` only when complete; its name (from the file name, or
+  hashed (the whole file and each piece, in one read), renamed into ``blobs/`` only when complete; its name (from the file name, or
   given) and metadata (family, parameters, quantisation, context, from the GGUF header)
   go in the index with its manifest (piece hashes), signed later by whoever publishes.
 - A model is found by name, by full SHA-256, or by a unique SHA-256 prefix of at least
@@ -151,21 +151,16 @@ class ModelStore:
         card = ModelCard(name=check_name(name or info.name), family=info.architecture,
                          parameters=info.parameters, quantisation=info.quantisation,
                          context_length=info.context_length)
-        size = source.stat().st_size
         tmp = self.root / "tmp" / f"import-{os.getpid()}-{time.monotonic_ns()}"
         try:
-            whole = hashlib.sha256()
-            with open(source, "rb") as src, open(tmp, "wb") as dst:
-                while chunk := src.read(COPY_CHUNK):
-                    whole.update(chunk)
-                    dst.write(chunk)
+            with open(tmp, "wb") as dst:  # copied and hashed (whole and per piece) in one read
+                manifest = build(source, card, piece_size=self.piece_size, copy_to=dst)
                 dst.flush()
                 os.fsync(dst.fileno())
-            sha = whole.hexdigest()
+            sha = manifest.sha_hex
             if self.has(sha):
                 return self.resolve(sha)
-            self._make_room(size, keep=sha)
-            manifest = build(tmp, card, sha256=bytes.fromhex(sha), piece_size=self.piece_size)
+            self._make_room(manifest.size, keep=sha)
             os.replace(tmp, self.path(sha))
         except OSError as e:
             raise ModelError(f"cannot import {source}: {e.strerror or e}") from None

@@ -16,10 +16,11 @@ import random
 import pytest
 
 from mesh.client import Client
-from mesh.inference.backend import FinalStats, GenerationRequest, Message, TextChunk
+from mesh.inference.backend import FinalStats, GenerationRequest, Message
 from mesh.inference.llama import LlamaBackend
 from mesh.inference.session_cache import SessionCacheConfig, common_prefix
 from mesh.testing import ScriptedBackend
+from support.conformance import answer_and_evaluated
 from support.loopmesh import run, start_mesh, wait_for
 
 A = (Message("user", "Name three planets of the solar system."),)
@@ -36,18 +37,9 @@ def backend():
 
 def ask(backend, messages, *, session=None, seed=None) -> tuple[str, FinalStats, int]:
     """The answer, its stats, and the prompt tokens llama.cpp evaluated for it."""
-    async def go():
-        before = backend.prompt_tokens_evaluated
-        parts, final = [], None
-        request = GenerationRequest(messages=tuple(messages), max_tokens=MAX_TOKENS, temperature=0.0,
-                                    session=session, seed=seed)
-        async for item in backend.stream(request):
-            if isinstance(item, TextChunk):
-                parts.append(item.text)
-            else:
-                final = item
-        return "".join(parts), final, backend.prompt_tokens_evaluated - before
-    return asyncio.run(go())
+    request = GenerationRequest(messages=tuple(messages), max_tokens=MAX_TOKENS, temperature=0.0,
+                                session=session, seed=seed)
+    return asyncio.run(answer_and_evaluated(backend, request))
 
 
 def counters(backend) -> dict:

@@ -8,24 +8,18 @@ import asyncio
 
 import pytest
 
-from mesh.inference.backend import FinalStats, GenerationRequest, Message, TextChunk
+from mesh.inference.backend import FinalStats, GenerationRequest, Message
 from mesh.inference.engine_backend import EngineBackend
 from mesh.inference.models import default_model_path
 from mesh.inference.restarts import RestartConfig
+from support.conformance import answer_and_evaluated
 
 pytestmark = [pytest.mark.model, pytest.mark.subprocess]
 
 
 async def answer(backend, messages, session=None) -> tuple[str, FinalStats, int]:
-    before = backend.prompt_tokens_evaluated
-    parts, final = [], None
     request = GenerationRequest(messages=tuple(messages), max_tokens=16, temperature=0.0, session=session)
-    async for item in backend.stream(request):
-        if isinstance(item, TextChunk):
-            parts.append(item.text)
-        else:
-            final = item
-    return "".join(parts), final, backend.prompt_tokens_evaluated - before
+    return await answer_and_evaluated(backend, request)
 
 
 def test_a_sessions_next_turn_is_evaluated_from_its_cached_context():

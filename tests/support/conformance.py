@@ -41,6 +41,15 @@ async def collect(backend, request):
     return [item async for item in backend.stream(request)]
 
 
+async def answer_and_evaluated(backend, request) -> tuple[str, FinalStats, int]:
+    """The answer's text, its stats, and the prompt tokens the backend evaluated for it
+    (``prompt_tokens_evaluated``, counted by backends with a session cache)."""
+    before = backend.prompt_tokens_evaluated
+    items = await collect(backend, request)
+    final = next(i for i in items if isinstance(i, FinalStats))
+    return "".join(i.text for i in items if isinstance(i, TextChunk)), final, backend.prompt_tokens_evaluated - before
+
+
 async def wait_until(cond, timeout_s: float = 10.0) -> None:
     deadline = time.monotonic() + timeout_s
     while not cond():

@@ -83,15 +83,16 @@ def test_a_full_disk_refuses_before_anything_is_written(tmp_path):
     assert store.list() == [] and not any((tmp_path / "store" / "blobs").iterdir())
 
 
-def _pieces(store, sha):
-    manifest = store.manifest(sha)
-    return manifest, [store.read_piece(sha, i) for i in range(len(manifest.pieces))]
+def _published(tmp_path):
+    """A source store holding model "a": (source, the model, its manifest, its pieces)."""
+    source = store_at(tmp_path / "source")
+    m = source.add(write_gguf(tmp_path / "a.gguf"), name="a")
+    manifest = source.manifest(m.sha)
+    return source, m, manifest, [source.read_piece(m.sha, i) for i in range(len(manifest.pieces))]
 
 
 def test_a_partial_pull_resumes_after_a_restart_and_is_verified_before_it_is_visible(tmp_path):
-    source = store_at(tmp_path / "source")
-    m = source.add(write_gguf(tmp_path / "a.gguf"), name="a")
-    manifest, pieces = _pieces(source, m.sha)
+    source, m, manifest, pieces = _published(tmp_path)
     dest = store_at(tmp_path / "dest")
     assert dest.begin_partial(manifest) == set()
     dest.write_piece(manifest, 0, pieces[0])
@@ -111,9 +112,7 @@ def test_a_partial_pull_resumes_after_a_restart_and_is_verified_before_it_is_vis
 
 
 def test_a_whole_file_that_does_not_hash_right_is_thrown_away(tmp_path):
-    source = store_at(tmp_path / "source")
-    m = source.add(write_gguf(tmp_path / "a.gguf"), name="a")
-    manifest, pieces = _pieces(source, m.sha)
+    source, m, manifest, pieces = _published(tmp_path)
     dest = store_at(tmp_path / "dest")
     dest.begin_partial(manifest)
     for i, p in enumerate(pieces):
@@ -124,9 +123,7 @@ def test_a_whole_file_that_does_not_hash_right_is_thrown_away(tmp_path):
 
 
 def test_a_resumed_pull_with_another_manifest_is_refused(tmp_path):
-    source = store_at(tmp_path / "source")
-    m = source.add(write_gguf(tmp_path / "a.gguf"), name="a")
-    manifest = source.manifest(m.sha)
+    _, _, manifest, _ = _published(tmp_path)
     dest = store_at(tmp_path / "dest")
     dest.begin_partial(manifest)
     other = Manifest(manifest.sha256, manifest.size, manifest.piece_size, (bytes(32),) + manifest.pieces[1:],
@@ -147,9 +144,7 @@ def test_a_partial_counts_against_the_budget(tmp_path):
 
 
 def test_pieces_written_but_not_committed_are_not_counted_after_a_crash(tmp_path):
-    source = store_at(tmp_path / "source")
-    m = source.add(write_gguf(tmp_path / "a.gguf"), name="a")
-    manifest, pieces = _pieces(source, m.sha)
+    source, m, manifest, pieces = _published(tmp_path)
     dest = store_at(tmp_path / "dest")
     dest.begin_partial(manifest)
     dest.write_piece(manifest, 0, pieces[0], commit=False)
