@@ -71,8 +71,10 @@ def test_a_silent_member_is_declared_dead_on_the_injected_clock_only(tmp_path):
             assert all(_states(p)["p2"] == "alive" for p in peers[:2])
             # virtual time passes: the LAN protocol's probe, suspicion and dead timers run
             took = await _run_until(clock, lambda: all(_states(p)["p2"] == "dead" for p in peers[:2]), 120)
-            # no faster than the protocol allows: one probe period plus the suspicion timeout
-            assert took >= LAN.probe_interval_s + suspicion_min_s(LAN.suspicion_mult, 3, LAN.probe_interval_s) - 0.1
+            # no faster than the protocol allows: at least the suspicion timeout. (The probe
+            # that fails may have left before p2 went silent: acks travel in real time while
+            # virtual time steps on, so how much of its period remained is not fixed.)
+            assert took >= suspicion_min_s(LAN.suspicion_mult, 3, LAN.probe_interval_s) - 0.05
             assert all(_states(p)["p0"] == "alive" and _states(p)["p1"] == "alive" for p in peers[:2])
         finally:
             for p in peers:

@@ -28,8 +28,16 @@ def own_models(peer: PeerProcess) -> dict[str, dict]:
 
 
 def engines(peer: PeerProcess) -> int:
-    return sum(1 for c in psutil.Process(peer.proc.pid).children(recursive=True)
-               if "mesh.inference.engine_main" in " ".join(c.cmdline()))
+    """Live engine processes under the peer. One that has exited but is not reaped yet
+    (a zombie, its cmdline gone) is not serving, so it does not count."""
+    count = 0
+    for c in psutil.Process(peer.proc.pid).children(recursive=True):
+        try:
+            if c.status() != psutil.STATUS_ZOMBIE and "mesh.inference.engine_main" in " ".join(c.cmdline()):
+                count += 1
+        except (psutil.ZombieProcess, psutil.NoSuchProcess):
+            continue
+    return count
 
 
 def ask(peer: PeerProcess, prompt: str, *extra: str) -> dict:
