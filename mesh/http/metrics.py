@@ -32,7 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from mesh import __version__
-from mesh.http.recent import OUTCOMES, RecentRequests, RequestRecord, preview
+from mesh.http.recent import ENTRIES, OUTCOMES, RecentRequests, RequestRecord, preview
 from mesh.rpc.server import Final
 
 if TYPE_CHECKING:
@@ -56,6 +56,8 @@ LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 MEMBER_STATES = ("alive", "suspect", "dead", "left")
+ESCALATION_REASONS = ("low_confidence", "no_answer", "other")  # mesh.http.recent.escalation_reason
+ESCALATION_TARGETS = ("mesh", "cloud")
 
 
 class PeerMetrics:
@@ -90,8 +92,14 @@ class PeerMetrics:
                                     buckets=CONFIDENCE_BUCKETS, registry=r)
         self.escalations = Counter("mesh_escalations", "Rungs taken after the first, by why and where to",
                                    ["reason", "to"], registry=r)
-        for entry in ("rpc", "http", "job"):  # so a dashboard shows zeros, not gaps
-            self.requests.labels(entry, "ok")
+        # Every label pair starts at zero, so rates, error ratios and alerts
+        # (contrib/prometheus/alerts.yml) see 0 rather than no series before the first one.
+        for entry in ENTRIES:
+            for outcome in OUTCOMES:
+                self.requests.labels(entry, outcome)
+        for reason in ESCALATION_REASONS:
+            for to in ESCALATION_TARGETS:
+                self.escalations.labels(reason, to)
         if process:
             ProcessCollector(registry=r)
 

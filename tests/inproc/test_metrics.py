@@ -176,6 +176,18 @@ def test_watch_counts_errors_and_callers_that_leave():
     assert m.totals["requests"] == 3
 
 
+def test_every_outcome_and_escalation_series_starts_at_zero():
+    """Error ratios and escalation alerts (contrib/prometheus/alerts.yml) divide by and
+    compare these series: they exist, at zero, before the first prompt."""
+    s = samples(PeerMetrics(process=False).registry)
+    for entry in ("rpc", "http", "job"):
+        for outcome in ("ok", "no_answer", "busy", "invalid", "error", "cancelled"):
+            assert s[("mesh_requests_total", (("entry", entry), ("outcome", outcome)))] == 0
+    for reason in ("low_confidence", "no_answer", "other"):
+        for to in ("mesh", "cloud"):
+            assert s[("mesh_escalations_total", (("reason", reason), ("to", to)))] == 0
+
+
 def test_entry_comes_from_the_context_when_not_given():
     m = PeerMetrics(process=False)
     with entered("http"):
