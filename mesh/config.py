@@ -58,6 +58,7 @@ class PeerConfig:
     auto_pull: bool = False  # pull a named model this peer's store lacks from the peers that hold it
     models_ram_bytes: int | None = None  # memory budget of the models loaded at once (None: 80% of free RAM)
     session_cache_bytes: int = 256 << 20  # RAM for conversations' cached prompts, per engine; 0: off
+    lend_bytes: int = 0  # memory lent to other peers' split models (--lend-memory; 0: none)
     keep_alive_s: float = 300.0  # an on-demand model idle this long is unloaded (unless pinned)
     models_max_bytes: int | None = None  # disk budget of the model store (None: the disk's free space)
     pull_rate: float = 0.0  # bytes/s a model pull may fetch (0: no cap)

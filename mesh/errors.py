@@ -13,7 +13,10 @@ subclasses::
     │   ├── ModelNotFound      no model by that name or hash (in this store, or in the mesh)
     │   ├── ModelStoreFull     the model store's disk budget (or the disk) cannot hold it
     │   ├── ManifestError      a model manifest malformed, forged, or not matching its model
-    │   └── PullStopped        a model pull with pieces left and no peer left to ask (resumable)
+    │   ├── PullStopped        a model pull with pieces left and no peer left to ask (resumable)
+    │   ├── LendRefused        a lender will not reserve memory for this split (too much, busy,
+    │   │                      another engine build, not lending)
+    │   └── SplitUnavailable   a model too big for this peer, with no lenders enough to split it now
     ├── BackendBusy            the backend's bounded queue is full; try later or elsewhere
     ├── GenerationError        the engine failed while generating
     ├── InvalidRequest         a request that cannot be served as asked (bad field, empty prompt)
@@ -84,6 +87,14 @@ class ManifestError(ModelError):
 
 class PullStopped(ModelError):
     code = "pull_stopped"
+
+
+class LendRefused(ModelError):
+    code = "lend_refused"
+
+
+class SplitUnavailable(ModelError):
+    code = "split_unavailable"
 
 
 class BackendBusy(MeshError):
@@ -162,6 +173,7 @@ _BY_CODE: dict[str, type[MeshError]] = {
     cls.code: cls
     for cls in (
         CertificateError, TokenError, ModelError, ModelNotFound, ModelStoreFull, ManifestError, PullStopped,
+        LendRefused, SplitUnavailable,
         BackendBusy, GenerationError, InvalidRequest, PeerUnavailable,
         NoAnswer, JobError, JobNotFound, IdempotencyConflict, InvalidResult, JobStoreError, RpcError,
         DeadlineExceeded, Cancelled, RemoteError,

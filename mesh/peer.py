@@ -42,7 +42,7 @@ from mesh.clock import SYSTEM, Clock
 from mesh.config import PeerConfig
 from mesh.discovery.netaddr import advertise_endpoints
 from mesh.discovery.seeds import RememberedPeers, split_seed_text
-from mesh.errors import CertificateError, ConfigError, InvalidRequest, MeshError, ModelNotFound
+from mesh.errors import CertificateError, ConfigError, InvalidRequest, MeshError, ModelNotFound, PeerUnavailable
 from mesh.gossip.service import Membership
 from mesh.gossip.view import PeerMeta
 from mesh.http.metrics import PeerMetrics, entered
@@ -117,10 +117,11 @@ def load_backend(config: PeerConfig) -> Backend:
                           config.model_name)
 
 
-def engine_backend(config: PeerConfig, path: Path, name: str | None) -> Backend:
+def engine_backend(config: PeerConfig, path: Path, name: str | None,
+                   prepare: Callable[[], list[str]] | None = None) -> Backend:
     """A llama.cpp engine process for one model file, as ``config`` sets them up (the
     first model, and each one loaded on demand); ``name``: the name it answers under
-    (None: from the file name)."""
+    (None: from the file name); ``prepare``: a split model's planner (issue 16)."""
     from mesh.inference.cpu_variant import default_threads
     from mesh.inference.engine_backend import EngineBackend
     from mesh.inference.session_cache import SessionCacheConfig
@@ -128,6 +129,7 @@ def engine_backend(config: PeerConfig, path: Path, name: str | None) -> Backend:
     return EngineBackend(
         path, n_ctx=config.n_ctx, n_threads=config.n_threads or default_threads(), queue_limit=config.queue_limit,
         model_name=name, session_cache=SessionCacheConfig(budget_bytes=config.session_cache_bytes),
+        prepare=prepare,
     )
 
 
@@ -176,6 +178,8 @@ class Peer:
         self._extra_servable: list | None = None
         self._to_pull: list[str] = []  # --model NAMEs the store lacks, for --auto-pull
         self.model_service: ModelService | None = None
+        self.lending = None  # mesh.inference.lending.LendingService with --lend-memory
+        self.splitter = None  # mesh.inference.borrowing.SplitPlanner when the first model is too big for this peer
         self.job_runner: JobRunner | None = None
         self.job_sync: JobSync | None = None
         self.http = None  # mesh.http.HttpServer when config.http_port is set
@@ -233,7 +237,7 @@ class Peer:
             self.models = ModelStore(self.data.models_dir, max_bytes=self.config.models_max_bytes)
             self._named_models()
             if self._backend is None:
-                self._backend = self._with_models(await asyncio.to_thread(self._backend_factory, self.config))
+                self._backend = self._with_models(await self._first_backend())
             start_engine = getattr(self._backend, "start", None)
             if start_engine is not None:  # an engine process: up, or running without a model and saying why
                 await start_engine()
@@ -266,8 +270,20 @@ class Peer:
                 self.jobs = JobStore(self.data.jobs_db, local_peer=self.identity.peer_id_text, clock=self._clock)
                 if rotation is not None:  # the switch was interrupted: own jobs follow the new id
                     self.jobs.rename_peer(rotation.old_peer_id_text, self.identity.peer_id_text)
+            if self.config.lend_bytes:
+                from mesh.inference.lending import LendingService
+
+                self.lending = LendingService(
+                    offer_bytes=self.config.lend_bytes, cache_dir=self.data.root / "ggml-cache",
+                    transport=self.transport, members=lambda: self.membership_service.view()
+                    if self.membership_service is not None else [],
+                    refuse_key=self.verifier.transport_revoked, threads=self.config.n_threads, clock=self._clock)
             await self._start_stack(f"tcp://{self.config.rpc_host}:{self.config.rpc_port}", seeds, remembered)
+            if self.lending is not None:
+                await self.lending.start(self.config.rpc_host)
         except BaseException:
+            if self.lending is not None:
+                await self.lending.aclose()
             await self._backend.aclose()
             if self.jobs is not None:
                 self.jobs.close()
@@ -390,6 +406,7 @@ class Peer:
             ROTATE_LOCAL_METHOD: unary(self._serve_rotate_local(is_local)),
             **self.membership_service.methods(), **self.revocation_service.methods(),
             **(self.job_sync.methods() if self.job_sync is not None else {}),
+            **(self.lending.methods() if self.lending is not None else {}),
         })
         if self.job_runner is not None:
             with entered("job"):  # the runner's task (and the prompts it routes) count as entry "job"
@@ -603,6 +620,43 @@ class Peer:
                 await self._clock.sleep(delay)
                 delay = min(2 * delay, 60.0)
 
+    def _models_ram(self) -> int:
+        """The memory budget of the models loaded at once (--models-ram; default 80% of the
+        RAM free now)."""
+        ram = self.config.models_ram_bytes
+        if ram is None:
+            import psutil
+
+            ram = int(psutil.virtual_memory().available * 0.8)
+        return ram
+
+    async def _first_backend(self) -> Backend:
+        """The first model's backend. A model file bigger than --models-ram is split across
+        lenders (mesh.inference.borrowing): its engine starts once a plan holds."""
+        from mesh.inference.borrowing import needs_split
+
+        c = self.config
+        if self._backend_factory is load_backend and not c.no_model and not c.engine_url and c.model_path \
+                and needs_split(Path(c.model_path), self._models_ram()):
+            from mesh.inference.borrowing import SplitPlanner
+            from mesh.inference.lending import engine_build
+
+            self.splitter = SplitPlanner(
+                path=Path(c.model_path), budget_bytes=self._models_ram(),
+                self_id=lambda: self.identity.peer_id_text if self.identity else None, self_name=c.name or "",
+                members=lambda: self.membership_service.view() if self.membership_service is not None else None,
+                call=self._call_member, transport=self.transport, loop=asyncio.get_running_loop(),
+                build=engine_build())
+            log.info("%s is bigger than --models-ram (%.2f GB): it will be split across lenders",
+                     Path(c.model_path).name, self._models_ram() / 1e9)
+            return engine_backend(c, Path(c.model_path), c.model_name, prepare=self.splitter.prepare)
+        return await asyncio.to_thread(self._backend_factory, c)
+
+    async def _call_member(self, address: str, method: str, args: dict, timeout_s: float) -> dict:
+        if self.pool is None:
+            raise PeerUnavailable("this peer is not serving yet")
+        return await self.pool.client(address).call(method, args, timeout_s=timeout_s)
+
     def _with_models(self, backend: Backend) -> Backend:
         """A llama.cpp engine serves more than its first model: the other --model files and
         the model store's, on demand (mesh.inference.model_set)."""
@@ -610,13 +664,8 @@ class Peer:
             return backend  # --no-model, --engine-url, or a backend given by a test
         from mesh.inference.model_set import ModelSet
 
-        ram = self.config.models_ram_bytes
-        if ram is None:
-            import psutil
-
-            ram = int(psutil.virtual_memory().available * 0.8)
         return ModelSet(backend, catalog=self._servable_models,
-                        factory=lambda path, name: engine_backend(self.config, path, name), ram_bytes=ram,
+                        factory=lambda path, name: engine_backend(self.config, path, name), ram_bytes=self._models_ram(),
                         keep_alive_s=self.config.keep_alive_s, clock=self._clock)
 
     def _servable_models(self) -> list:
@@ -652,7 +701,11 @@ class Peer:
 
     def _own_meta(self) -> PeerMeta:
         """What this peer gossips about itself (refreshed about once a second)."""
-        return capabilities.snapshot(self.backend, renew=holds_authority(self.data))
+        meta = capabilities.snapshot(self.backend, renew=holds_authority(self.data))
+        if self.lending is not None or self.splitter is not None:
+            meta = replace(meta, lend=self.lending.info() if self.lending is not None else None,
+                           split=self.splitter.layout if self.splitter is not None else ())
+        return meta
 
     def _write_peer_file(self) -> None:
         assert self.identity is not None
@@ -681,6 +734,10 @@ class Peer:
         await self._stop_stack(grace)
         if self._backend is not None:
             await self._backend.aclose()
+        if self.splitter is not None:
+            await self.splitter.release()
+        if self.lending is not None:
+            await self.lending.aclose()
         if self._cloud is not None:
             await self._cloud.aclose()
         if self.jobs is not None:

@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models-ram", type=float, default=None, metavar="GB",
                    help="memory budget of the models loaded at once; idle ones are unloaded to make room "
                         "(default: 80%% of the RAM free at start)")
+    p.add_argument("--lend-memory", type=float, default=0.0, metavar="GB",
+                   help="lend this much memory to other peers' models too big for them (split across peers, "
+                        "layers on this machine through the mesh's encrypted tunnel; default 0: never lends)")
     p.add_argument("--keep-alive", type=float, default=300.0, metavar="SECONDS",
                    help="unload an on-demand model after this long without a request (default 300; "
                         "`mesh models pin NAME` keeps one loaded)")
@@ -148,6 +151,8 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
     primary = Path(models[0]).expanduser() if models and models[0] in paths else None
     if not 0 <= args.session_cache_mb <= 1 << 20:
         raise MeshError(f"--session-cache-mb must be in [0, 1048576], got {args.session_cache_mb}")
+    if not 0 <= args.lend_memory <= 1 << 20 or (0 < args.lend_memory < 0.002):
+        raise MeshError(f"--lend-memory must be 0 (no lending) or 0.002..{1 << 20} GB, got {args.lend_memory}")
     if (args.models_ram is not None and not 0 < args.models_ram <= 1 << 20) or args.keep_alive < 0:
         raise MeshError("--models-ram must be in (0, 1048576] GB and --keep-alive cannot be negative")
     if args.ctx < 128:
@@ -218,6 +223,7 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         auto_pull=args.auto_pull,
         models_ram_bytes=None if args.models_ram is None else int(args.models_ram * 1e9),
         keep_alive_s=args.keep_alive,
+        lend_bytes=int(args.lend_memory * 1e9),
         session_cache_bytes=int(args.session_cache_mb * (1 << 20)),
         no_model=args.no_model,
         n_ctx=args.ctx,

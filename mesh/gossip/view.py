@@ -43,6 +43,7 @@ MAX_TIER = 1000
 MAX_MB = 10**9
 MAX_CPUS = 10**5
 MAX_SHORT_TEXT = 64  # gpu, quantisation, engine state
+MAX_FEATURES = 16  # request options a model's engine honours
 MAX_REASON_CHARS = 300
 MEMBER_STATES = ("alive", "suspect", "dead", "left")
 
@@ -53,6 +54,9 @@ BAD_MODELS = "bad models"
 BAD_LOAD = "bad load"
 BAD_ENGINE = "bad engine"
 BAD_FLAG = "bad flag"  # renew or rotating not a bool
+BAD_LEND = "bad lend"  # the memory a peer lends, or the split of its model
+MAX_SPLIT_PARTS = 16
+MAX_PORT = 65535
 BAD_ENTRY = "bad entry"  # MemberView.from_wire: peer_id, name, state, ... missing or malformed
 
 ROTATING_KEY = "rotating"  # in a leaving record: this peer comes back under new keys
@@ -144,6 +148,7 @@ class ModelInfo:
     tier: int | None = None  # None: the peer's default tier (PeerMeta.tier)
     loaded: bool = True  # False: on the peer's disk, loaded on demand (wire "cold": true)
     load_s: float = 0.0  # seconds a load is expected to take, when not loaded
+    features: tuple[str, ...] = ()  # request options its engine honours (mesh.inference.backend.ENGINE_FEATURES)
 
     @classmethod
     def from_wire(cls, d: Any) -> ModelInfo:
@@ -152,7 +157,13 @@ class ModelInfo:
         cold = d.get("cold", False)
         if not isinstance(cold, bool):
             raise BadMeta(BAD_MODELS, "a model's cold flag must be true or false")
+        features = d.get("features", [])
+        if not isinstance(features, list) or len(features) > MAX_FEATURES or not all(
+            isinstance(f, str) and 0 < len(f) <= MAX_SHORT_TEXT for f in features
+        ):
+            raise BadMeta(BAD_MODELS, f"a model's features must be a list of at most {MAX_FEATURES} short names")
         return cls(
+            features=tuple(features),
             name=_text(d, "name", MAX_NAME_CHARS, BAD_MODELS),
             parameters=_int(d, "parameters", 0, MAX_PARAMETERS, BAD_MODELS),
             context_length=_int(d, "context_length", 1, MAX_CONTEXT, BAD_MODELS),
@@ -167,7 +178,8 @@ class ModelInfo:
         cold = None if self.loaded else True  # a loaded model says nothing: older peers read it as before
         return _drop_none({"name": self.name, "parameters": self.parameters, "quantisation": self.quantisation,
                            "context_length": self.context_length, "tokens_per_s": self.tokens_per_s,
-                           "tier": self.tier, "cold": cold, "load_s": None if self.loaded else round(self.load_s, 2)})
+                           "tier": self.tier, "cold": cold, "load_s": None if self.loaded else round(self.load_s, 2),
+                           "features": list(self.features) or None})
 
 
 @dataclass(frozen=True)
@@ -210,6 +222,55 @@ class EngineInfo:
 
 
 @dataclass(frozen=True)
+class LendInfo:
+    """Memory this peer lends to other peers' split models (``--lend-memory``, issue 16):
+    what it offers, what is not reserved yet, the port of its tunnel (on the host of
+    its RPC address) and its engine build (a borrower uses only lenders of its own)."""
+
+    offer_mb: int
+    free_mb: int
+    port: int
+    build: str
+
+    @classmethod
+    def from_wire(cls, d: Mapping) -> LendInfo:
+        offer = _int(d, "offer_mb", 1, MAX_MB, BAD_LEND)
+        return cls(
+            offer_mb=offer,
+            free_mb=_int(d, "free_mb", 0, offer, BAD_LEND),
+            port=_int(d, "port", 1, MAX_PORT, BAD_LEND),
+            build=_text(d, "build", MAX_SHORT_TEXT, BAD_LEND),
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"offer_mb": self.offer_mb, "free_mb": self.free_mb, "port": self.port, "build": self.build}
+
+
+@dataclass(frozen=True)
+class SplitPart:
+    """Where a share of this peer's split model lives: ``layers`` slots (repeating layers,
+    the output head counted as one) on peer ``peer`` (its id; this peer's own for the
+    local share)."""
+
+    peer: str
+    name: str
+    layers: int
+
+    @classmethod
+    def from_wire(cls, d: Any) -> SplitPart:
+        if not isinstance(d, Mapping):
+            raise BadMeta(BAD_LEND, "a split part must be a map")
+        return cls(
+            peer=_text(d, "peer", MAX_PEER_ID_CHARS, BAD_LEND),
+            name=_text(d, "name", MAX_NAME_CHARS, BAD_LEND, empty=True),
+            layers=_int(d, "layers", 0, MAX_COUNT, BAD_LEND),
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"peer": self.peer, "name": self.name, "layers": self.layers}
+
+
+@dataclass(frozen=True)
 class PeerMeta:
     """What a peer says about itself (``mesh.inference.capabilities.snapshot`` builds it).
 
@@ -223,6 +284,8 @@ class PeerMeta:
     tier: int | None = None  # the default tier of this peer's models
     renew: bool = False  # it holds the mesh authority key and answers mesh.renew
     rotating: bool = False  # it left to come back under new keys (mesh rotate)
+    lend: LendInfo | None = None  # memory it lends (--lend-memory)
+    split: tuple[SplitPart, ...] = ()  # its model's layers on other peers, when split
 
     @classmethod
     def from_wire(cls, meta: Any) -> PeerMeta:
@@ -246,7 +309,15 @@ class PeerMeta:
         flags = {}
         for key in (RENEW_KEY, ROTATING_KEY):
             flags[key] = _flag(meta, key, BAD_FLAG) is True
+        lend = meta.get("lend")
+        if lend is not None and not isinstance(lend, Mapping):
+            raise BadMeta(BAD_LEND, "lend must be a map")
+        split = meta.get("split", [])
+        if not isinstance(split, list) or len(split) > MAX_SPLIT_PARTS:
+            raise BadMeta(BAD_LEND, f"split must be a list of at most {MAX_SPLIT_PARTS}")
         return cls(
+            lend=LendInfo.from_wire(lend) if lend is not None else None,
+            split=tuple(SplitPart.from_wire(p) for p in split),
             hw=hw,
             models=tuple(ModelInfo.from_wire(m) for m in models),
             load=load,
@@ -266,6 +337,10 @@ class PeerMeta:
             out[RENEW_KEY] = True
         if self.rotating:
             out[ROTATING_KEY] = True
+        if self.lend is not None:
+            out["lend"] = self.lend.to_wire()
+        if self.split:
+            out["split"] = [p.to_wire() for p in self.split]
         return out
 
     def model_names(self) -> list[str]:

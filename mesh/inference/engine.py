@@ -18,6 +18,7 @@ scheduling around it (queue, worker thread, async streaming) is ``mesh.inference
 from __future__ import annotations
 
 import codecs
+import contextlib
 import ctypes
 import logging
 import re
@@ -336,20 +337,67 @@ def _sentinel(i: int) -> str:
 _SENTINEL = re.compile("(\x00mesh-content-[0-9]+\x00)")
 
 
-def load_llama(path: Path, *, n_ctx: int, n_threads: int) -> Llama:
-    """Load a GGUF model (after registering this machine's CPU variant with ggml)."""
+@dataclass(frozen=True)
+class SplitArgs:
+    """Where a split model's remote slots go (issue 16): ggml RPC servers at ``endpoints``
+    (each ``127.0.0.1:PORT``: the tunnel's local ports), ``remote_layers`` slots in all
+    (llama.cpp's ``n_gpu_layers``), shared as ``tensor_split``."""
+
+    endpoints: tuple[str, ...]
+    remote_layers: int
+    tensor_split: tuple[float, ...]
+
+
+@contextlib.contextmanager
+def _devices_in_default_params(devices):
+    """llama-cpp-python's ``Llama`` leaves ``llama_model_params.devices`` NULL (and ignores
+    ``rpc_servers`` in 0.3.36), so its constructor cannot name RPC devices. It builds its
+    params with ``llama_model_default_params()``: for the length of the constructor, that
+    returns defaults with ``devices`` set. The engine loads one model at a time."""
+    import llama_cpp.llama_cpp as lib
+
+    original = lib.llama_model_default_params
+
+    def with_devices():
+        params = original()
+        params.devices = ctypes.cast(devices, ctypes.c_void_p)
+        return params
+
+    lib.llama_model_default_params = with_devices
+    try:
+        yield
+    finally:
+        lib.llama_model_default_params = original
+
+
+def load_llama(path: Path, *, n_ctx: int, n_threads: int, split: SplitArgs | None = None) -> Llama:
+    """Load a GGUF model (after registering this machine's CPU variant with ggml); with
+    ``split``, its last slots on the ggml RPC servers it names."""
     from mesh.inference.cpu_variant import ensure_cpu_variant
 
     ensure_cpu_variant()
+    extra: dict = {}
+    devices = None
+    placing = contextlib.nullcontext()
+    if split is not None:
+        from mesh.inference.rpc_lender import rpc_devices
+
+        devices = rpc_devices(split.endpoints)
+        placing = _devices_in_default_params(devices)
+        extra = {"n_gpu_layers": split.remote_layers, "tensor_split": list(split.tensor_split)}
     try:
-        return CountingLlama(
-            model_path=str(path),
-            n_ctx=n_ctx,
-            n_threads=n_threads,
-            n_threads_batch=n_threads,
-            logits_all=False,  # not needed: confidence comes from LogitsRecorder
-            verbose=False,
-        )
+        with placing:
+            llm = CountingLlama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_threads=n_threads,
+                n_threads_batch=n_threads,
+                logits_all=False,  # not needed: confidence comes from LogitsRecorder
+                verbose=False,
+                **extra,
+            )
+        llm._mesh_devices = devices  # the devices array lives as long as the model
+        return llm
     except (ValueError, RuntimeError, OSError) as e:
         raise ModelError(
             f"llama.cpp could not load model {path}: {e}; check that it is a complete GGUF model of an "

@@ -64,6 +64,7 @@ from mesh.errors import (
     ConfigError,
     GenerationError,
     InvalidRequest,
+    MeshError,
     ModelError,
     error_from_wire,
 )
@@ -79,7 +80,7 @@ from mesh.inference.backend import (
 )
 from mesh.inference.cpu_variant import cpu_summary
 from mesh.inference.models import check_model_file, model_info
-from mesh.inference.restarts import EngineExit, RestartConfig, after_exit, crash_hint
+from mesh.inference.restarts import EngineExit, RestartConfig, RestartDecision, after_exit, crash_hint
 from mesh.inference.session_cache import SessionCacheConfig, stats_from_wire
 
 log = logging.getLogger("mesh.engine")
@@ -87,6 +88,7 @@ log = logging.getLogger("mesh.engine")
 DEFAULT_RESTART = RestartConfig()
 OUTPUT_LINES_KEPT = 40  # the engine's last output lines, logged when it dies
 EXIT_WAIT_S = 5.0  # an engine asked to exit that has not after this is killed
+PLAN_RETRY_S = 5.0  # a split model that could not be planned (or whose engine failed) plans again after this
 _DONE = object()  # posted last on every job's queue: the job holds the engine no more
 _PHASE_WORDS = {"variant": "choosing CPU kernels", "loading": "loading model", "warming": "warming up"}
 
@@ -151,9 +153,15 @@ class EngineBackend:
         python: str = sys.executable,
         env: dict[str, str] | None = None,
         model_name: str | None = None,
+        prepare: Callable[[], list[str]] | None = None,
+        plan_retry_s: float = PLAN_RETRY_S,
     ) -> None:
         """``model_name``: the name to serve it under (a model store's blob is named by its
-        hash on disk); default, from the file name."""
+        hash on disk); default, from the file name. ``prepare``: called (on the supervisor
+        thread) before each engine start, returns more engine arguments: a split model's
+        plan (``mesh.inference.borrowing``). When it raises ``MeshError`` the engine waits,
+        saying why, and asks again after ``plan_retry_s``; and an engine that fails or dies
+        is always started again, through a new plan (its lenders may be what failed)."""
         if n_ctx < 16:
             raise ConfigError(f"n_ctx must be at least 16 tokens, got {n_ctx}")
         if queue_limit < 0:
@@ -174,6 +182,8 @@ class EngineBackend:
         self._args += ["--session-cache-bytes", str(sessions.budget_bytes),
                        "--session-cache-sessions", str(sessions.max_sessions)]
         self._restart = restart
+        self._prepare = prepare
+        self.plan_retry_s = plan_retry_s
         self._on_progress = on_progress
         self._clock = clock
         self._python = python
@@ -463,7 +473,19 @@ class EngineBackend:
         history: list[EngineExit] = []
         numbers = itertools.count(1)
         while True:
-            engine = self._spawn(next(numbers))
+            extra: list[str] = []
+            if self._prepare is not None:
+                try:
+                    extra = self._prepare()
+                except MeshError as e:
+                    with self._lock:
+                        self._state = EngineStatus(state="waiting", reason=str(e))
+                    log.warning("engine: waiting: %s; planning again in %g s", e, self.plan_retry_s)
+                    self._first_outcome.set()
+                    if self._wait_or_close(self.plan_retry_s):
+                        return
+                    continue
+            engine = self._spawn(next(numbers), extra)
             if engine is None:
                 ex = EngineExit("spawn", None, failed=f"could not start {self._python}")
             else:
@@ -476,6 +498,10 @@ class EngineBackend:
                 history.clear()
             history.append(ex)
             decision = after_exit(tuple(history), self._restart)
+            if self._prepare is not None and not decision.restart:  # a split: a new plan may well do
+                history.clear()
+                decision = RestartDecision(True, self.plan_retry_s,
+                                           f"{decision.reason}; planning the split again in {self.plan_retry_s:g} s")
             if ex.failed is None and self.output_tail:
                 log.warning("engine: it died (%s); its last lines:\n  %s", ex.how,
                             "\n  ".join(list(self.output_tail)[-12:]))
@@ -518,11 +544,20 @@ class EngineBackend:
             for job in waiting:
                 self._finish_locked(job, BackendBusy(f"engine {status.state}: {status.reason}; ask another peer"))
 
-    def _spawn(self, number: int) -> _Engine | None:
+    def _wait_or_close(self, seconds: float) -> bool:
+        """Wait ``seconds``; True if the backend was closed meanwhile."""
+        try:
+            ev = self._events.get(timeout=seconds)
+        except queue.Empty:
+            return False
+        return ev[0] == "close"
+
+    def _spawn(self, number: int, extra: list[str] = ()) -> _Engine | None:
         parent, child = socket.socketpair()
         try:
             proc = subprocess.Popen(
-                [self._python, "-m", "mesh.inference.engine_main", "--fd", str(child.fileno()), *self._args],
+                [self._python, "-m", "mesh.inference.engine_main", "--fd", str(child.fileno()), *self._args,
+                 *extra],
                 pass_fds=(child.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT, env=self._env,
             )

@@ -158,7 +158,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk-window-s", type=float, default=0.05)
     ap.add_argument("--session-cache-bytes", type=int, default=SessionCacheConfig().budget_bytes)
     ap.add_argument("--session-cache-sessions", type=int, default=SessionCacheConfig().max_sessions)
+    ap.add_argument("--rpc", action="append", default=[],
+                    help="a ggml RPC server (127.0.0.1:PORT, a tunnel's local port) for a split model; repeatable")
+    ap.add_argument("--remote-layers", type=int, default=0, help="slots on the --rpc servers (n_gpu_layers)")
+    ap.add_argument("--tensor-split", default="", help="slots per --rpc server, comma separated")
     args = ap.parse_args(argv)
+    split = None
+    if args.rpc:
+        from mesh.inference.engine import SplitArgs
+
+        shares = tuple(float(x) for x in args.tensor_split.split(",")) if args.tensor_split else ()
+        split = SplitArgs(tuple(args.rpc), args.remote_layers, shares or tuple(1.0 for _ in args.rpc))
     sessions = SessionCacheConfig(budget_bytes=args.session_cache_bytes, max_sessions=args.session_cache_sessions)
     faulthandler.enable()  # a segfault in llama.cpp prints the Python stack to stderr (the peer keeps it)
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s", stream=sys.stderr)
@@ -180,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         from mesh.inference.model_runner import ModelRunner
 
         runner = ModelRunner(Path(args.model), n_ctx=args.n_ctx, n_threads=args.threads, queue_limit=args.queue_limit,
-                             session_cache=sessions)
+                             session_cache=sessions, split=split)
         if args.warmup_tokens > 0:
             phase("warming")
             runner.warm_up(args.warmup_tokens)

@@ -34,6 +34,7 @@ from mesh.errors import GenerationError, ModelError
 from mesh.inference.backend import Capabilities, FinalStats, GenerationRequest, ewma
 from mesh.inference.engine import (
     ChatPrompter,
+    SplitArgs,
     generate_once,
     live_tokens,
     load_llama,
@@ -72,13 +73,15 @@ class ModelRunner:
         session_cache: SessionCacheConfig | None = None,
         clock: Callable[[], float] = time.perf_counter,
         rng: random.Random | None = None,
+        split: SplitArgs | None = None,
     ) -> None:
+        """``split``: part of the model on other peers' memory (issue 16)."""
         self._owner = threading.get_ident()
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
         self.sessions = SessionCache(session_cache)
         self.prompt_tokens_evaluated = 0  # since construction, the warm-up excluded
-        self._llm = load_llama(path, n_ctx=n_ctx, n_threads=n_threads)
+        self._llm = load_llama(path, n_ctx=n_ctx, n_threads=n_threads, split=split)
         try:
             self._prompter = ChatPrompter(self._llm)
             info = model_info(self._llm.metadata, path, n_params=llama_cpp.llama_model_n_params(self._llm.model))

@@ -44,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,6 +188,32 @@ def ggml_library() -> ctypes.CDLL:
     ggml.ggml_backend_dev_name.restype = ctypes.c_char_p
     ggml.ggml_backend_dev_name.argtypes = [ctypes.c_void_p]
     return ggml
+
+
+def check_endpoint(endpoint: str) -> str:
+    """``endpoint`` if it is ``127.0.0.1:PORT``, else ``LenderError`` (see rpc_lender)."""
+    host, _, port = endpoint.rpartition(":")
+    if host != LOOPBACK or not port.isdigit() or not 0 < int(port) < 65536:
+        raise LenderError(
+            f"ggml RPC endpoint {endpoint!r}: only {LOOPBACK}:PORT is allowed (the protocol is unauthenticated "
+            "and unencrypted; other devices will be reached through the mesh's tunnel, not built yet)"
+        )
+    return endpoint
+
+
+def rpc_devices(endpoints: Sequence[str]) -> ctypes.Array:
+    """The ggml devices of the RPC servers at ``endpoints`` (each ``127.0.0.1:PORT``), as
+    the NULL-terminated array ``llama_model_params.devices`` takes; ``LenderError`` when
+    one does not answer. Keep the array alive as long as the model."""
+    rpc = load_rpc_library()
+    ggml = ggml_library()
+    devs = []
+    for ep in endpoints:
+        reg = rpc.ggml_backend_rpc_add_server(check_endpoint(ep).encode())
+        if not reg or ggml.ggml_backend_reg_dev_count(reg) < 1:
+            raise LenderError(f"no ggml RPC server answers on {ep}")
+        devs.append(ggml.ggml_backend_reg_dev_get(reg, 0))
+    return (ctypes.c_void_p * (len(devs) + 1))(*devs, None)
 
 
 def start_lender(

@@ -39,20 +39,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from mesh.errors import GenerationError, MeshError, ModelError
-from mesh.inference.rpc_lender import LOOPBACK, LenderError
+from mesh.inference.rpc_lender import check_endpoint, rpc_devices
 
 GREEDY_PROMPT = "The three primary colors are"
-
-
-def check_endpoint(endpoint: str) -> str:
-    """``endpoint`` if it is ``127.0.0.1:PORT``, else ``LenderError`` (see rpc_lender)."""
-    host, _, port = endpoint.rpartition(":")
-    if host != LOOPBACK or not port.isdigit() or not 0 < int(port) < 65536:
-        raise LenderError(
-            f"ggml RPC endpoint {endpoint!r}: only {LOOPBACK}:PORT is allowed (the protocol is unauthenticated "
-            "and unencrypted; other devices will be reached through the mesh's tunnel, not built yet)"
-        )
-    return endpoint
 
 
 @dataclass(frozen=True)
@@ -97,8 +86,6 @@ class SplitModel:
         ensure_cpu_variant()
         import llama_cpp
 
-        from mesh.inference.rpc_lender import ggml_library, load_rpc_library
-
         self._llama = llama_cpp
         self.endpoints = tuple(check_endpoint(e) for e in endpoints)
         if remote_layers and not self.endpoints:
@@ -106,17 +93,7 @@ class SplitModel:
         if tensor_split is not None and len(tensor_split) != len(self.endpoints):
             raise ModelError("tensor_split needs one share per endpoint")
         llama_cpp.llama_backend_init()
-        self._devices = None
-        if self.endpoints:
-            rpc = load_rpc_library()
-            ggml = ggml_library()
-            devs = []
-            for ep in self.endpoints:
-                reg = rpc.ggml_backend_rpc_add_server(ep.encode())
-                if not reg or ggml.ggml_backend_reg_dev_count(reg) < 1:
-                    raise LenderError(f"no ggml RPC server answers on {ep}")
-                devs.append(ggml.ggml_backend_reg_dev_get(reg, 0))
-            self._devices = (ctypes.c_void_p * (len(devs) + 1))(*devs, None)
+        self._devices = rpc_devices(self.endpoints) if self.endpoints else None
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = remote_layers if self.endpoints else 0
         if self._devices is not None:

@@ -135,3 +135,60 @@ def _share(total: int, weights: Sequence[int], caps: Sequence[int]) -> list[int]
             left -= take
         open_ = [i for i in open_ if counts[i] < caps[i]]
     return counts
+
+
+# --- across peers (issue 16): how many slots must leave, and to whom --------------------
+
+
+@dataclass(frozen=True)
+class LenderCandidate:
+    """A member that lends memory, as gossip shows it."""
+
+    peer_id: str
+    name: str
+    address: str  # its RPC address, tcp://HOST:PORT (the tunnel is on the same host)
+    transport: str  # its certified CurveZMQ key (text)
+    free_bytes: int
+    busy: int = 0  # requests running and waiting there
+
+
+def slot_bytes(file_bytes: int, n_layers: int) -> int:
+    """Memory of one slot (a repeating layer, or the output head), estimated from the
+    file: its n layers, the output head and the token embeddings share it evenly."""
+    if n_layers < 1 or file_bytes < 1:
+        raise ValueError("a model has at least one layer and one byte")
+    return max(file_bytes // (n_layers + 2), 1)
+
+
+def remote_slots(file_bytes: int, n_layers: int, budget_bytes: int) -> int:
+    """How many slots must leave this peer so that what stays (the token embeddings and
+    the first layers) fits ``budget_bytes``: 0 when the whole model fits."""
+    if file_bytes <= budget_bytes:
+        return 0
+    slot = slot_bytes(file_bytes, n_layers)
+    local = max(budget_bytes // slot - 1, 0)  # the embeddings always stay
+    return max(n_layers + 1 - local, 0)
+
+
+def choose_lenders(candidates: Sequence[LenderCandidate], need_bytes: int) -> list[LenderCandidate]:
+    """The fewest lenders whose free memory covers ``need_bytes``: most free first (fewer
+    links to cross per token), then the least busy, then by peer id (stable). Empty
+    when even all of them together cannot."""
+    order = sorted((c for c in candidates if c.free_bytes > 0), key=lambda c: (-c.free_bytes, c.busy, c.peer_id))
+    chosen, total = [], 0
+    for c in order:
+        if total >= need_bytes:
+            break
+        chosen.append(c)
+        total += c.free_bytes
+    return chosen if total >= need_bytes else []
+
+
+def spread(n_layers: int, need: int, local_bytes: int, offers: Sequence[int]) -> int:
+    """How many slots go remote: in proportion to memory (this peer's budget against
+    what the lenders offer), never fewer than ``need`` nor more than fit the offers."""
+    total = local_bytes + sum(offers)
+    if total <= 0:
+        return need
+    proportional = round((n_layers + 1) * sum(offers) / total)
+    return max(need, min(proportional, n_layers + 1))

@@ -4,8 +4,7 @@ mesh.inference.split_load): loopback only, and a clear error without the RPC lib
 import pytest
 
 from mesh.inference import cpu_variant
-from mesh.inference.rpc_lender import LenderError, check_host, rpc_library_path, start_lender
-from mesh.inference.split_load import check_endpoint
+from mesh.inference.rpc_lender import LenderError, check_endpoint, check_host, rpc_library_path, start_lender
 
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.20", "localhost", "::1", "127.0.0.2", ""])
