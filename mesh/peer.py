@@ -392,7 +392,7 @@ class Peer:
             jobs=self.jobs, on_submit=self.job_runner.wake if self.job_runner is not None else None,
             job_sync=self.job_sync, max_open_jobs=self.config.jobs_max_open, certificate_info=self._certificate_info,
             started_at=previous._started if previous is not None else None,
-            answers=previous.answers if previous is not None else 0,
+            answers=previous.answers if previous is not None else 0, memory_pool=self._memory_pool,
         )
         self.model_service = ModelService(
             store=self.models, identity=self.identity, members=self.membership_service, pool=self.pool,
@@ -619,6 +619,21 @@ class Peer:
             if pending:
                 await self._clock.sleep(delay)
                 delay = min(2 * delay, 60.0)
+
+    def _memory_pool(self) -> dict | None:
+        """What this peer lends (--lend-memory) and where its split model's layers are
+        (``mesh status``, ``/v1/mesh``), or None when it does neither."""
+        if self.lending is None and self.splitter is None:
+            return None
+        out: dict = {}
+        if self.lending is not None:
+            out["lending"] = self.lending.status()
+        if self.splitter is not None:
+            sp = self.splitter
+            out["split"] = {"model": sp.path.name, "layers": [p.to_wire() for p in sp.layout], "plans": sp.plans,
+                            "problem": sp.last_problem, "budget_mb": sp.budget_bytes >> 20,
+                            "file_mb": sp.file_bytes >> 20, "tunnels": sp.tunnel_stats()}
+        return out
 
     def _models_ram(self) -> int:
         """The memory budget of the models loaded at once (--models-ram; default 80% of the

@@ -43,7 +43,11 @@ class PeerService:
         certificate_info: Callable[[], dict | None] = lambda: None,
         started_at: float | None = None,
         answers: int = 0,
+        memory_pool: Callable[[], dict | None] = lambda: None,
     ) -> None:
+        """``memory_pool``: what this peer lends and how its split model is placed
+        (issue 16), for ``info``."""
+        self.memory_pool = memory_pool
         self.router = router
         self.jobs = jobs
         self.on_submit = on_submit
@@ -180,6 +184,7 @@ class PeerService:
             "engine": _engine_info(self.backend),
             "models": self.backend.snapshot() if hasattr(self.backend, "snapshot") else None,
             "answers": self.answers,
+            "memory_pool": self.memory_pool(),
             "jobs": jobs,
             "sync": self.job_sync.pending(jobs) if self.job_sync is not None and jobs is not None else None,
             "rpc": {

@@ -169,13 +169,25 @@ def peers_table(members: list[MemberView]) -> str:
             short_id(m.peer_id),
             m.address.removeprefix("tcp://") if m.address else "-",
             _state(m),
-            ", ".join(x.name + ("" if x.loaded else " (on disk)") for x in m.meta.models)
-            if m.meta is not None and m.models else "-",
+            _models(m),
             _hardware(m),
             _load(m),
             _ago(m.last_heard_s),
         ])
     return grid(["NAME", "PEER", "ADDRESS", "STATE", "MODELS", "HARDWARE", "LOAD", "LAST HEARD"], rows)
+
+
+def _models(m: MemberView) -> str:
+    """Its models (on disk or loaded), the layers of a split one by peer, and what it lends."""
+    meta = m.meta
+    if meta is None:
+        return "-"
+    text = ", ".join(x.name + ("" if x.loaded else " (on disk)") for x in meta.models) if m.models else "-"
+    if meta.split:
+        text += " [layers: " + ", ".join(f"{p.name or short_id(p.peer)} {p.layers}" for p in meta.split) + "]"
+    if meta.lend is not None:
+        text += f" (lends {meta.lend.free_mb}/{meta.lend.offer_mb} MB free)"
+    return text
 
 
 def _state(m: MemberView) -> str:
@@ -208,6 +220,7 @@ def status_screen(info: dict, members: dict, *, endpoint: str) -> str:
         ("members", ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "just this peer"),
         ("jobs", ", ".join(f"{n} {s}" for s, n in sorted((info.get("jobs") or {}).items()) if n) or "none"),
         ("waiting to sync", _sync(info.get("sync"))),
+        *_memory_pool_rows(info.get("memory_pool")),
         ("gossip", f"{sum((stats.get('received') or {}).values())} messages in, "
                    f"{sum((stats.get('sent') or {}).values())} out, {members.get('rejected_records', 0)} records refused"),
     ]
@@ -241,6 +254,29 @@ def _certificate(cert: dict | None) -> str:
     if cert.get("predecessor"):
         text += f"; rotated from {short_id(cert['predecessor'])}"
     return text
+
+
+def _memory_pool_rows(pool: dict | None) -> list[tuple[str, str]]:
+    """What this peer lends, and where its split model's layers are (issue 16)."""
+    if not isinstance(pool, dict):
+        return []
+    rows = []
+    lending = pool.get("lending")
+    if isinstance(lending, dict):
+        holders = ", ".join(f"{short_id(str(h.get('peer')))} {h.get('mb')} MB" for h in lending.get("holders") or [])
+        refused = sum((lending.get("refused") or {}).values()) + sum(
+            ((lending.get("tunnel") or {}).get("refused") or {}).values())
+        rows.append(("lending", f"{lending.get('reserved_mb', 0)} of {lending.get('offer_mb', 0)} MB reserved"
+                                f"{' by ' + holders if holders else ''}; {lending.get('streams', 0)} tunnel stream(s); "
+                                f"{refused} refused"))
+    split = pool.get("split")
+    if isinstance(split, dict):
+        layers = ", ".join(f"{p.get('name') or short_id(str(p.get('peer')))} {p.get('layers')}"
+                           for p in split.get("layers") or [])
+        rows.append(("split model", f"{split.get('model')} ({split.get('file_mb')} MB, --models-ram "
+                                    f"{split.get('budget_mb')} MB): " + (f"slots {layers}" if layers else
+                                                                         f"not placed: {split.get('problem')}")))
+    return rows
 
 
 def _sync(sync: dict | None) -> str:
