@@ -124,6 +124,8 @@ class LendingService:
         t = self.tunnel
         return {
             "offer_mb": self.offer_bytes // MB,
+            "ggml_rpc": self.lender.endpoint if self.lender is not None else None,  # on loopback only
+            "tunnel_port": t.port if t else None,
             "reserved_mb": (t.reserved() // MB) if t else 0,
             "holders": [{"peer": g.holder, "mb": g.nbytes // MB} for g in (t.grants() if t else [])],
             "streams": t.streams if t else 0,
