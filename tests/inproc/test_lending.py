@@ -34,10 +34,11 @@ def _alive(*senders: bytes) -> list[MemberView]:
 
 def test_reservations_granted_and_refused_for_their_reasons(tmp_path):
     members = _alive(A, B)
+    revoked: set[bytes] = set()
 
     async def main():
         svc = LendingService(offer_bytes=40 * MB, cache_dir=tmp_path / "cache", transport=TransportKeys.generate(),
-                             members=lambda: members, refuse_key=lambda k: False, threads=1, check_s=0.1,
+                             members=lambda: members, refuse_key=lambda k: k in revoked, threads=1, check_s=0.1,
                              build="build-1")
         await svc.start("127.0.0.1")
         try:
@@ -66,6 +67,14 @@ def test_reservations_granted_and_refused_for_their_reasons(tmp_path):
             # a holder that is no longer a live member loses its reservation
             await svc._reserve({"bytes": 10 * MB, "build": "build-1"}, _ctx(B, KEY_B))
             members[1] = MemberView(peer_id=peer_id_text(B), name="m", state="dead")
+            for _ in range(50):
+                if svc.info().free_mb == 40:
+                    break
+                await asyncio.sleep(0.1)
+            assert svc.info().free_mb == 40
+            # a holder revoked by the mesh authority loses it too (and its streams close)
+            await svc._reserve({"bytes": 10 * MB, "build": "build-1"}, _ctx(A, KEY_A))
+            revoked.add(KEY_A)
             for _ in range(50):
                 if svc.info().free_mb == 40:
                     break
