@@ -72,6 +72,9 @@ def member_row(m: MemberView, *, choices: dict[str, int]) -> dict[str, Any]:
         "last_heard_s": m.last_heard_s,
         "since_s": m.since_s,
         "chosen": choices.get(m.peer_id, 0),
+        # one model across several peers (docs/split.md): its slots by peer, and memory lent
+        "layers": [{"name": p.name or p.peer[:12], "layers": p.layers} for p in meta.split] if meta else [],
+        "lends": {"offer_mb": meta.lend.offer_mb, "free_mb": meta.lend.free_mb} if meta and meta.lend else None,
     }
 
 

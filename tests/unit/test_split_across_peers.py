@@ -76,3 +76,16 @@ def test_a_bad_lend_or_split_is_refused_as_such(lend, split):
     with pytest.raises(BadMeta) as e:
         PeerMeta.from_wire(wire)
     assert e.value.reason == BAD_LEND
+
+
+def test_the_dashboard_row_shows_who_holds_which_slots_and_what_a_peer_lends():
+    from mesh.gossip.view import MemberView
+    from mesh.http.dashboard import member_row
+
+    meta = PeerMeta(lend=LendInfo(offer_mb=57, free_mb=13, port=40001, build="b"),
+                    split=(SplitPart("p1", "big", 16), SplitPart("p2", "", 15)))
+    row = member_row(MemberView(peer_id="p1", name="big", state="alive", meta=meta), choices={})
+    assert row["layers"] == [{"name": "big", "layers": 16}, {"name": "p2", "layers": 15}]
+    assert row["lends"] == {"offer_mb": 57, "free_mb": 13}
+    plain = member_row(MemberView(peer_id="p3", name="x", state="alive", meta=PeerMeta()), choices={})
+    assert plain["layers"] == [] and plain["lends"] is None

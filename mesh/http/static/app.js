@@ -241,6 +241,10 @@ function renderPeers(snap) {
         h("span", {}, "power"), h("span", {}, battery(m.on_battery)),
         h("span", {}, "cpu · ram"), h("span", {}, `${fmtInt(m.cpu_count)} cores · ${fmtMB(m.ram_available_mb)} free`),
         h("span", {}, "routed here"), h("span", {}, fmtInt(m.chosen)),
+        ...(m.layers && m.layers.length ? [h("span", {}, "layers"),
+          h("span", { "data-role": "layers" }, m.layers.map((p) => `${p.name} ${p.layers}`).join(" · "))] : []),
+        ...(m.lends ? [h("span", {}, "lends"),
+          h("span", { "data-role": "lends" }, `${fmtInt(m.lends.free_mb)} of ${fmtInt(m.lends.offer_mb)} MB free`)] : []),
         h("span", {}, m.self ? "up" : "last heard"),
         h("span", {}, m.self ? fmtSecs(uptime) : fmtAgo(m.last_heard_s)),
       ));
