@@ -660,6 +660,7 @@ class Peer:
                 path=Path(c.model_path), budget_bytes=self._models_ram(),
                 self_id=lambda: self.identity.peer_id_text if self.identity else None, self_name=c.name or "",
                 members=lambda: self.membership_service.view() if self.membership_service is not None else None,
+                rtts=lambda: self.membership_service.rtts() if self.membership_service is not None else {},
                 call=self._call_member, transport=self.transport, loop=asyncio.get_running_loop(),
                 build=engine_build())
             log.info("%s is bigger than --models-ram (%.2f GB): it will be split across lenders",

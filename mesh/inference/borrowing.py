@@ -20,8 +20,10 @@ enough memory, a refusal); the engine then waits and the planner tries again, so
 model comes back when a lender joins. A lender lost mid-answer kills the engine (ggml's
 RPC client aborts on a dead socket); the supervisor restarts it through a new plan.
 
-Link speed is not measured: among lenders that can hold the share, the one with most
-free memory goes first (fewer lenders means fewer links per token).
+Link speed: the round trip gossip's probes measure (``Membership.rtts``); every token
+crosses each chosen link, so one near lender beats a far one, and fewer lenders beat
+more. Bandwidth is not measured (a token's traffic is small: the logits row and the
+activations, about 220 KB with the default model).
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ class SplitPlanner:
         self_id: Callable[[], str | None],
         self_name: str,
         members: Callable[[], list[MemberView] | None],
+        rtts: Callable[[], dict[str, float]],
         call: Callable,  # async (address, method, args, timeout_s) -> dict
         transport: TransportKeys,
         loop: asyncio.AbstractEventLoop,
@@ -97,6 +100,7 @@ class SplitPlanner:
         self._self_id = self_id
         self._self_name = self_name
         self._members = members
+        self._rtts = rtts
         self._call = call
         self._transport = transport
         self._loop = loop
@@ -133,11 +137,12 @@ class SplitPlanner:
         members = self._members()
         if members is None:
             raise SplitUnavailable("waiting for the mesh to start before planning the split")
+        rtts = self._rtts()
         slot = slot_bytes(self.file_bytes, self.n_layers)
         need = remote_slots(self.file_bytes, self.n_layers, self.budget_bytes)
         candidates = [
             LenderCandidate(m.peer_id, m.name, m.address, m.transport, m.meta.lend.free_mb * MB,
-                            busy=m.meta.load.running + m.meta.load.waiting)
+                            busy=m.meta.load.running + m.meta.load.waiting, rtt_s=rtts.get(m.peer_id))
             for m in members
             if not m.is_self and m.live and not m.revoked and m.meta is not None and m.meta.lend is not None
             and m.meta.lend.build == self.build and m.address and m.transport

@@ -150,6 +150,7 @@ class LenderCandidate:
     transport: str  # its certified CurveZMQ key (text)
     free_bytes: int
     busy: int = 0  # requests running and waiting there
+    rtt_s: float | None = None  # the link's round trip, from gossip probes (None: not measured yet)
 
 
 def slot_bytes(file_bytes: int, n_layers: int) -> int:
@@ -170,11 +171,23 @@ def remote_slots(file_bytes: int, n_layers: int, budget_bytes: int) -> int:
     return max(n_layers + 1 - local, 0)
 
 
+UNKNOWN_RTT_S = 0.05  # a link not probed yet counts as a slow LAN
+
+
 def choose_lenders(candidates: Sequence[LenderCandidate], need_bytes: int) -> list[LenderCandidate]:
-    """The fewest lenders whose free memory covers ``need_bytes``: most free first (fewer
-    links to cross per token), then the least busy, then by peer id (stable). Empty
-    when even all of them together cannot."""
-    order = sorted((c for c in candidates if c.free_bytes > 0), key=lambda c: (-c.free_bytes, c.busy, c.peer_id))
+    """The lenders to hold ``need_bytes``. Every generated token crosses each chosen
+    link (a round trip per lender), so: one lender if any can hold it all, the one with
+    the shortest round trip, then the least busy; otherwise the fewest, most free memory
+    first (ties: shorter round trip, less busy, peer id). Empty when even all of them
+    together cannot."""
+    def rtt(c: LenderCandidate) -> float:
+        return UNKNOWN_RTT_S if c.rtt_s is None else c.rtt_s
+
+    usable = [c for c in candidates if c.free_bytes > 0]
+    alone = [c for c in usable if c.free_bytes >= need_bytes]
+    if alone:
+        return [min(alone, key=lambda c: (rtt(c), c.busy, -c.free_bytes, c.peer_id))]
+    order = sorted(usable, key=lambda c: (-c.free_bytes, rtt(c), c.busy, c.peer_id))
     chosen, total = [], 0
     for c in order:
         if total >= need_bytes:

@@ -14,8 +14,8 @@ MB = 1 << 20
 SMOL = 98_362_432  # SmolLM2-135M Q4_1: 30 layers
 
 
-def _lender(pid: str, free_mb: int, busy: int = 0) -> LenderCandidate:
-    return LenderCandidate(pid, pid, f"tcp://10.0.0.{len(pid)}:7411", "k" * 52, free_mb * MB, busy)
+def _lender(pid: str, free_mb: int, busy: int = 0, rtt: float | None = None) -> LenderCandidate:
+    return LenderCandidate(pid, pid, f"tcp://10.0.0.{len(pid)}:7411", "k" * 52, free_mb * MB, busy, rtt)
 
 
 def test_a_model_that_fits_the_budget_stays_whole():
@@ -34,9 +34,15 @@ def test_what_stays_fits_the_budget_and_the_rest_leaves():
     assert remote_slots(SMOL, 30, 0) == 31  # nothing fits: every slot leaves, the embeddings stay
 
 
-def test_the_fewest_lenders_with_most_free_memory_first_then_least_busy():
+def test_one_lender_when_one_can_hold_it_the_nearest_then_the_least_busy():
+    lenders = [_lender("a", 10), _lender("bb", 40, busy=3, rtt=0.001), _lender("ccc", 40, rtt=0.001),
+               _lender("dddd", 90, rtt=0.020)]
+    assert [c.peer_id for c in choose_lenders(lenders, 30 * MB)] == ["ccc"]  # near and idle beats far "dddd"
+    assert [c.peer_id for c in choose_lenders(lenders, 50 * MB)] == ["dddd"]  # only it can alone
+
+
+def test_otherwise_the_fewest_most_free_memory_first():
     lenders = [_lender("a", 10), _lender("bb", 40, busy=3), _lender("ccc", 40), _lender("dddd", 5)]
-    assert [c.peer_id for c in choose_lenders(lenders, 30 * MB)] == ["ccc"]  # 40 free, idle, beats busy "bb"
     assert [c.peer_id for c in choose_lenders(lenders, 70 * MB)] == ["ccc", "bb"]
     assert [c.peer_id for c in choose_lenders(lenders, 95 * MB)] == ["ccc", "bb", "a", "dddd"]
     assert choose_lenders(lenders, 96 * MB) == []  # all of them together cannot: no partial plan
