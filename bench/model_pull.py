@@ -10,6 +10,9 @@ against the signed manifest, fsync'd, the whole file hashed again at the end).
 Baseline: a plain TCP copy of the same file between the same namespaces (h0 ->
 h2): ``sendfile`` on one side, ``recv`` into a file and ``fsync`` on the other. No
 encryption, no signatures, no hashing: the fastest thing a user could do by hand.
+Two more copies show where the rest goes: the same file over CurveZMQ (the encryption
+on every mesh link) in 4 MiB messages, and that plus SHA-256 of each piece and of the
+whole file on the receiver (the least verification a pull must do).
 
 Scenarios, in order:
 
@@ -82,6 +85,56 @@ print(json.dumps({"bytes": n, "seconds": dt, "cpu_s": r.ru_utime + r.ru_stime}),
 """
 
 
+# The same copy over CurveZMQ (the encryption every mesh link has), 4 MiB messages; with
+# "hash", the receiver also does the least verification a pull must: SHA-256 of each
+# piece and of the whole file. What is left between this and the pull is mesh's own cost.
+CURVE_SERVER = r"""
+import os, sys, json, resource, zmq
+path, host, port, secret, public = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+ctx = zmq.Context(); s = ctx.socket(zmq.PUSH)
+s.curve_server = True; s.curve_secretkey = secret.encode(); s.curve_publickey = public.encode()
+s.setsockopt(zmq.SNDHWM, 4); s.bind(f"tcp://{host}:{port}")
+print("listening", flush=True)
+with open(path, "rb") as f:
+    while True:
+        chunk = f.read(4 << 20)
+        s.send(chunk)
+        if not chunk:
+            break
+s.close(linger=-1); ctx.term()
+r = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"cpu_s": r.ru_utime + r.ru_stime}), flush=True)
+"""
+
+CURVE_CLIENT = r"""
+import hashlib, os, sys, time, resource, json, zmq
+host, port, out, server_public, verify = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5] == "hash"
+ctx = zmq.Context(); s = ctx.socket(zmq.PULL)
+pub, sec = zmq.curve_keypair()
+s.curve_serverkey = server_public.encode(); s.curve_publickey = pub; s.curve_secretkey = sec
+s.setsockopt(zmq.RCVHWM, 4)
+t0 = time.monotonic(); s.connect(f"tcp://{host}:{port}")
+n = 0
+with open(out, "wb") as f:
+    while True:
+        chunk = s.recv(copy=False)
+        if not len(chunk):
+            break
+        if verify:
+            hashlib.sha256(chunk.buffer).digest()
+        f.write(chunk.buffer); n += len(chunk)
+    f.flush(); os.fsync(f.fileno())
+if verify:
+    h = hashlib.sha256()
+    with open(out, "rb") as f:
+        while b := f.read(4 << 20):
+            h.update(b)
+dt = time.monotonic() - t0
+r = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"bytes": n, "seconds": dt, "cpu_s": r.ru_utime + r.ru_stime}), flush=True)
+"""
+
+
 def say(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -93,11 +146,21 @@ def peer_cpu(h: Host) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-def tcp_copy(src: Host, dst: Host, model: Path, out: Path) -> dict:
-    server = src.ns.popen([sys.executable, "-c", SERVER, str(model), src.ns.ip, str(COPY_PORT)],
-                          stdout=subprocess.PIPE, text=True)
+def tcp_copy(src: Host, dst: Host, model: Path, out: Path, *, curve: str | None = None) -> dict:
+    """A plain TCP copy; with ``curve`` ("copy" or "hash"), the CurveZMQ copy instead."""
+    if curve is None:
+        server_cmd = [sys.executable, "-c", SERVER, str(model), src.ns.ip, str(COPY_PORT)]
+        client_cmd = [sys.executable, "-c", CLIENT, src.ns.ip, str(COPY_PORT), str(out)]
+    else:
+        import zmq
+
+        public, secret = zmq.curve_keypair()
+        server_cmd = [sys.executable, "-c", CURVE_SERVER, str(model), src.ns.ip, str(COPY_PORT), secret.decode(),
+                      public.decode()]
+        client_cmd = [sys.executable, "-c", CURVE_CLIENT, src.ns.ip, str(COPY_PORT), str(out), public.decode(), curve]
+    server = src.ns.popen(server_cmd, stdout=subprocess.PIPE, text=True)
     assert server.stdout.readline().strip() == "listening"
-    r = dst.ns.run([sys.executable, "-c", CLIENT, src.ns.ip, str(COPY_PORT), str(out)], timeout=600)
+    r = dst.ns.run(client_cmd, timeout=600)
     got = json.loads(r.stdout)
     got["source_cpu_s"] = json.loads(server.stdout.readline())["cpu_s"]
     server.wait(10)
@@ -162,12 +225,16 @@ def main() -> int:
         name = "bench-model"
         hosts[0].mesh("models", "add", str(model), "--name", name)
         out = work / "copy.out"
-        runs: dict[str, list[dict]] = {k: [] for k in ("open_tcp", "open_pull_1", "thr_tcp", "thr_pull_1",
-                                                       "thr_pull_2")}
+        runs: dict[str, list[dict]] = {k: [] for k in ("open_tcp", "open_curve", "open_curve_hash", "open_pull_1",
+                                                       "thr_tcp", "thr_pull_1", "thr_pull_2")}
         for i in range(args.repeat):
             say(f"round {i + 1}/{args.repeat}: open links: TCP copy h0 -> h2")
             runs["open_tcp"].append(tcp_copy(hosts[0], hosts[2], model, out))
-            say(f"  {runs['open_tcp'][-1]['mb_s']:.0f} MB/s; pull from h0 alone")
+            say(f"  {runs['open_tcp'][-1]['mb_s']:.0f} MB/s; CurveZMQ copy")
+            runs["open_curve"].append(tcp_copy(hosts[0], hosts[2], model, out, curve="copy"))
+            say(f"  {runs['open_curve'][-1]['mb_s']:.0f} MB/s; CurveZMQ copy + SHA-256 of each piece and the file")
+            runs["open_curve_hash"].append(tcp_copy(hosts[0], hosts[2], model, out, curve="hash"))
+            say(f"  {runs['open_curve_hash'][-1]['mb_s']:.0f} MB/s; pull from h0 alone")
             runs["open_pull_1"].append(pull(hosts[2], [hosts[0]], name))
             say(f"  {runs['open_pull_1'][-1]['mb_s']:.0f} MB/s; throttling sources to {args.throttle_mbit} Mbit/s")
             for h in hosts[:2]:
@@ -194,7 +261,8 @@ def main() -> int:
     print(f"model pull, {args.size_mb} MB, median of {args.repeat} round(s); sources throttled to "
           f"{args.throttle_mbit} Mbit/s in the throttled runs")
     print(f"{'run':34} {'MB/s':>8} {'s':>7} {'src cpu s/GB':>13} {'dst cpu s/GB':>13}")
-    labels = {"open_tcp": "plain TCP copy, open", "open_pull_1": "mesh pull, 1 source, open",
+    labels = {"open_tcp": "plain TCP copy, open", "open_curve": "CurveZMQ copy, open",
+              "open_curve_hash": "CurveZMQ copy + SHA-256s, open", "open_pull_1": "mesh pull, 1 source, open",
               "thr_tcp": "plain TCP copy, throttled", "thr_pull_1": "mesh pull, 1 source, throttled",
               "thr_pull_2": "mesh pull, 2 sources, throttled"}
     for k, label in labels.items():
@@ -203,11 +271,17 @@ def main() -> int:
               f"{r['dest_cpu_s_per_gb']:13.2f}")
     print(f"one source / plain copy (open):      {one_vs_tcp:.2f}  target >= 0.8: "
           f"{'PASS' if one_vs_tcp >= 0.8 else 'FAIL'}")
+    curve_vs_tcp = m["open_curve"]["mb_s"] / m["open_tcp"]["mb_s"]
+    floor_vs_tcp = m["open_curve_hash"]["mb_s"] / m["open_tcp"]["mb_s"]
+    print(f"CurveZMQ copy / plain copy:          {curve_vs_tcp:.2f}  (the encryption every mesh link has, alone)")
+    print(f"CurveZMQ + SHA-256s / plain copy:    {floor_vs_tcp:.2f}  (and the least verification a pull must do)")
+    print(f"one source / CurveZMQ + SHA-256s:    {one_vs_tcp / floor_vs_tcp:.2f}  (mesh's own cost)")
     print(f"one source / plain copy (throttled): {thr_vs_tcp:.2f}")
     print(f"two sources / one (throttled):       {two_vs_one:.2f}  target > 1: {'PASS' if two_vs_one > 1 else 'FAIL'}")
     print(json.dumps({"bench": "model_pull", "size_mb": args.size_mb, "throttle_mbit": args.throttle_mbit,
                       "repeat": args.repeat, "one_source_vs_tcp": round(one_vs_tcp, 3),
                       "one_source_vs_tcp_throttled": round(thr_vs_tcp, 3), "two_vs_one_throttled": round(two_vs_one, 3),
+                      "curve_copy_vs_tcp": round(curve_vs_tcp, 3), "curve_hash_copy_vs_tcp": round(floor_vs_tcp, 3),
                       "runs": {k: {kk: (round(vv, 3) if isinstance(vv, float) else vv) for kk, vv in v.items()}
                                for k, v in m.items()}}))
     return 0
