@@ -11,7 +11,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from mesh.errors import InvalidRequest
-from mesh.inference.backend import FinalStats, GenerationRequest, Message
+from mesh.inference.backend import FinalStats, GenerationRequest, Message, TextChunk
+from mesh.inference.logprobs import entries_from_wire, openai_content
+from mesh.inference.output_format import OutputFormat
+from mesh.inference.stops import check_stop
 
 MAX_MESSAGES = 256
 
@@ -62,7 +65,20 @@ def ask_args(request: GenerationRequest) -> dict[str, Any]:
         args["session"] = request.session  # the answering peer keeps this conversation's prompt cache
     if request.model is not None:
         args["model"] = request.model  # which of the answering peer's models
+    if request.stop:
+        args["stop"] = list(request.stop)
+    if request.logprobs:
+        args["logprobs"] = True
+        args["top_logprobs"] = request.top_logprobs
+    if request.format is not None:
+        args["format"] = request.format.to_wire()
     return args
+
+
+def text_event(chunk: TextChunk) -> dict[str, Any]:
+    """A piece of answer text in a stream: ``{"t": text}``, and ``"lp"``: the log-probability
+    entries of its tokens (``mesh.inference.logprobs``) when the request asked for them."""
+    return {"t": chunk.text, **({"lp": list(chunk.logprobs)} if chunk.logprobs else {})}
 
 
 def _number(args: dict, key: str, default: float, kind: type) -> Any:
@@ -96,6 +112,10 @@ def request_from_ask_args(args: dict[str, Any]) -> GenerationRequest:
     model = args.get("model")
     if model is not None and not isinstance(model, str):
         raise InvalidRequest("model must be a string")
+    logprobs = args.get("logprobs", False)
+    if not isinstance(logprobs, bool):
+        raise InvalidRequest("logprobs must be true or false")
+    fmt = args.get("format")
     return GenerationRequest(
         messages=tuple(messages),
         max_tokens=_number(args, "max_tokens", 256, int),
@@ -104,6 +124,10 @@ def request_from_ask_args(args: dict[str, Any]) -> GenerationRequest:
         seed=seed,
         session=session,
         model=model,
+        stop=check_stop(args.get("stop")),
+        logprobs=logprobs,
+        top_logprobs=_number(args, "top_logprobs", 0, int),
+        format=None if fmt is None else OutputFormat.from_wire(fmt),
     ).validate()
 
 
@@ -125,6 +149,7 @@ class Answer:
     route: dict | None = None  # how the answering peer was chosen (score, runner-up)
     path: list | None = None  # every rung of the escalation ladder taken
     escalated: bool = False
+    logprobs: list | None = None  # OpenAI's logprobs.content, when asked (mesh.inference.logprobs)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,7 +185,9 @@ def answer_from_wire(text: str, final: dict[str, Any]) -> Answer:
 
     path = final.get("path")
     route = final.get("route")
+    lps = final.get("logprobs")
     return Answer(
+        logprobs=openai_content(entries_from_wire(lps)) if lps is not None else None,
         text=final["text"] if isinstance(final.get("text"), str) else text,
         route=route if isinstance(route, dict) else None,
         path=path if isinstance(path, list) else None,

@@ -15,6 +15,13 @@ Async streaming::
             print(text, end="", flush=True)
         print(stream.answer.confidence)
 
+Request options (routed only to peers whose engine honours them)::
+
+    client.ask("List three fruits.", stop=["\n\n"])            # ends before a blank line
+    a = client.ask("Hi", logprobs=True, top_logprobs=3)          # a.logprobs: OpenAI's logprobs.content
+    a = client.ask("A city as JSON", json_schema={"type": "object", "properties": {"name": {"type": "string"}}})
+    json.loads(a.text)                                           # always parses (unless max_tokens ran out)
+
 In-process (no second terminal; loads the model in this process)::
 
     with Client.embedded() as client:
@@ -34,7 +41,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +54,9 @@ from mesh.identity.keys import Identity
 from mesh.identity.transport import TransportKeys
 from mesh.identity.trust import StaticKeys
 from mesh.inference.backend import GenerationRequest
+from mesh.inference.logprobs import entries_from_wire
+from mesh.inference.output_format import OutputFormat, grammar_text
+from mesh.inference.stops import check_stop
 from mesh.paths import resolve_data_dir
 from mesh.peerfile import HOW_TO_START, PeerAddress, read_peer_file  # noqa: F401  (PeerAddress re-exported)
 from mesh.rpc.client import RpcClient
@@ -78,6 +88,7 @@ class AnswerStream:
         self._rpc: RpcClient | None = None
         self._call = None
         self._parts: list[str] = []
+        self._logprobs: list = []  # wire entries of the current attempt's tokens
         self.steps: list[dict] = []
         self.answer: Answer | None = None
         self._retried = False
@@ -99,7 +110,10 @@ class AnswerStream:
             try:
                 chunk = await self._call.__anext__()
             except StopAsyncIteration:
-                self.answer = answer_from_wire("".join(self._parts), self._call.result or {})
+                final = dict(self._call.result or {})
+                if self._request.logprobs:  # the final leaves them out: they came with the text
+                    final["logprobs"] = self._logprobs
+                self.answer = answer_from_wire("".join(self._parts), final)
                 raise
             except PeerUnavailable:
                 # nothing came yet and the peer is elsewhere now (it restarted, or is
@@ -114,10 +128,13 @@ class AnswerStream:
                 self.steps.append(step)
                 if step.get("restart"):
                     self._parts.clear()
+                    self._logprobs.clear()
                 if self._on_step is not None:
                     self._on_step(step)
                 continue
             text = chunk.get("t")
+            if self._request.logprobs and "lp" in chunk:
+                self._logprobs += entries_from_wire(chunk["lp"])
             if isinstance(text, str) and text:
                 self._parts.append(text)
                 return text
@@ -278,12 +295,26 @@ class Client:
         no_escalate: bool | None = None,
         threshold: float | None = None,
         on_step: Callable[[dict], None] | None = None,
+        stop: str | Sequence[str] | None = None,
+        logprobs: bool = False,
+        top_logprobs: int = 0,
+        json_schema: dict | None = None,
+        response_format: dict | None = None,
     ) -> AnswerStream:
         """Stream an answer. Routing: ``peer`` / ``model`` pin a choice, ``session`` keeps
         a conversation on one peer, ``local_only`` never leaves the mesh, ``no_escalate``
-        takes the first answer, ``threshold`` is the confidence that stops escalation."""
+        takes the first answer, ``threshold`` is the confidence that stops escalation.
+        Options (only peers whose engine honours them answer): ``stop`` (a string or up to
+        4) ends the answer before it; ``logprobs`` / ``top_logprobs`` (0..20) fill
+        ``answer.logprobs``; ``json_schema`` (a JSON Schema as a dict) or OpenAI's
+        ``response_format`` constrain the answer to JSON. Bad input: ``InvalidRequest``."""
+        fmt = OutputFormat.for_schema(json_schema) if json_schema is not None else OutputFormat.from_openai(
+            response_format)
+        if fmt is not None:
+            grammar_text(fmt)  # a schema that cannot be compiled is refused here, before anything is sent
         request = GenerationRequest.from_prompt(
-            prompt, system=system, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed
+            prompt, system=system, max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
+            stop=check_stop(stop), logprobs=logprobs, top_logprobs=top_logprobs, format=fmt,
         ).validate()
         route = route_args(peer=peer, model=model, session=session, local_only=local_only,
                            no_escalate=no_escalate, threshold=threshold)

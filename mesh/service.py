@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mesh import __version__
-from mesh.api import final_to_wire, request_from_ask_args, route_args, route_from_args
+from mesh.api import final_to_wire, request_from_ask_args, route_args, route_from_args, text_event
 from mesh.errors import BackendBusy, InvalidRequest
 from mesh.inference.backend import Backend, FinalStats, TextChunk
 from mesh.inference.coalesce import coalesce
@@ -136,6 +136,9 @@ class PeerService:
             async for ev in events:
                 if isinstance(ev, Final):
                     self.answers += 1
+                    if "logprobs" in ev.data:  # the caller has them from the chunks; the whole list may
+                        # not fit one frame (rpc max_frame_bytes)
+                        ev = Final({k: v for k, v in ev.data.items() if k != "logprobs"})
                 yield ev
         finally:
             await events.aclose()
@@ -147,8 +150,8 @@ class PeerService:
         try:
             async for item in stream:
                 if isinstance(item, TextChunk):
-                    if item.text:
-                        yield {"t": item.text}
+                    if item.text or item.logprobs:
+                        yield text_event(item)
                 elif isinstance(item, FinalStats):
                     self.answers += 1
                     yield Final(final_to_wire(item, peer=self.peer_id))

@@ -30,6 +30,7 @@ from mesh.cli.common import (
 )
 from mesh.cli.render import answer_footer, info_table
 from mesh.errors import BackendBusy, InvalidRequest, MeshError, NoAnswer, PeerUnavailable
+from mesh.inference.output_format import MAX_SCHEMA_BYTES
 from mesh.peerfile import read_peer_file
 
 
@@ -58,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--no-escalate", action="store_true", help="take the first answer as it is")
     ask.add_argument("--threshold", type=float, default=None, metavar="C",
                      help="confidence below which the answer escalates (default: the peer's, 0.7)")
+    ask.add_argument("--stop", action="append", default=None, metavar="TEXT",
+                     help="end the answer before TEXT (repeatable, up to 4; the answer leaves it out)")
+    ask.add_argument("--json-schema", metavar="FILE",
+                     help="answer with JSON that matches the JSON Schema in FILE (sampled under a grammar)")
     ask.add_argument("--queue", action="store_true",
                      help="if nothing can answer now, queue the prompt as a durable job instead of failing")
 
@@ -209,6 +214,23 @@ def cmd_ask(args: argparse.Namespace) -> int:
         return _ask(args, client, prompt)
 
 
+def _json_schema(path: str | None) -> dict | None:
+    """The JSON Schema in ``path`` (``InvalidRequest`` when it is unreadable or not JSON)."""
+    if path is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read(MAX_SCHEMA_BYTES + 1)
+    except OSError as e:
+        raise InvalidRequest(f"--json-schema {path}: {e.strerror or e}") from None
+    if len(text.encode("utf-8")) > MAX_SCHEMA_BYTES:
+        raise InvalidRequest(f"--json-schema {path}: over {MAX_SCHEMA_BYTES} bytes")
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:
+        raise InvalidRequest(f"--json-schema {path} is not JSON: {e}") from None
+
+
 def _ask(args: argparse.Namespace, client, prompt: str) -> int:
     stream_out = None if args.json else (lambda t: (sys.stdout.write(t), sys.stdout.flush()))
     on_step = None if args.json else _print_step
@@ -227,6 +249,8 @@ def _ask(args: argparse.Namespace, client, prompt: str) -> int:
         local_only=args.local_only or None,
         no_escalate=args.no_escalate or None,
         threshold=args.threshold,
+        stop=args.stop,
+        json_schema=_json_schema(args.json_schema),
     )
     if args.json:
         print(json.dumps(answer.to_dict(), ensure_ascii=False))

@@ -138,8 +138,8 @@ class OpenAIApi:
                            code="request_too_large") from None
         try:
             body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise bad("the request body is not valid JSON", None, "invalid_json") from None
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise bad("the request body is not valid JSON (or nests too deep)", None, "invalid_json") from None
         names = [m["id"] for m in self._models()["data"][1:]]
         call = parse(body, models=names)
         router = self.peer.router
@@ -214,7 +214,8 @@ class OpenAIApi:
                         first.update(peer=final.get("peer"), model=final.get("model"))
                         await start()
                         if final.get("text"):
-                            await send(chunk(call, id=cid, created=created, model=model, text=final["text"]))
+                            await send(chunk(call, id=cid, created=created, model=model, text=final["text"],
+                                             logprobs=final.get("logprobs")))
                     facts = mesh_field(final, names=self._names())
                     facts["restarted"] = restarted
                     if restarted:
@@ -238,10 +239,11 @@ class OpenAIApi:
                             k: step.get(k) for k in ("kind", "reason", "peer", "model") if k in step}}))
                     continue
                 text = ev.get("t") if isinstance(ev, dict) else None
-                if isinstance(text, str) and text:
+                lp = ev.get("lp") if isinstance(ev, dict) else None
+                if isinstance(text, str) and (text or lp):
                     if resp is None:
                         await start()
-                    await send(chunk(call, id=cid, created=created, model=model, text=text))
+                    await send(chunk(call, id=cid, created=created, model=model, text=text, logprobs=lp))
                     sent_text = True
         except MeshError as e:
             err = error_for(e)

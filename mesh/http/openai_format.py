@@ -13,9 +13,18 @@ from typing import Any
 
 from mesh.gossip.view import MemberView
 from mesh.http.openai_schema import VIRTUAL_MODEL, ApiCall
+from mesh.inference.logprobs import entries_from_wire, openai_content
 
 MESH_FIELDS = ("peer", "model", "confidence", "min_token_prob", "escalated", "stopped", "tokens_per_s",
                "time_to_first_token_s", "generation_s", "route", "path")
+
+
+def logprobs_field(call: ApiCall, entries) -> dict[str, Any] | None:
+    """A choice's ``logprobs`` (``{"content": [...], "refusal": None}``) when the request
+    asked for them, else None (as OpenAI sends it)."""
+    if not call.request.logprobs:
+        return None
+    return {"content": openai_content(entries_from_wire(list(entries or []))), "refusal": None}
 
 
 def usage(final: dict) -> dict[str, int]:
@@ -69,7 +78,7 @@ def completion_object(call: ApiCall, final: dict, *, id: str, created: int, name
     reason = final.get("finish_reason") or "stop"
     if call.kind == "chat":
         choice = {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                  "logprobs": None, "finish_reason": reason}
+                  "logprobs": logprobs_field(call, final.get("logprobs")), "finish_reason": reason}
         obj = "chat.completion"
     else:
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
@@ -81,17 +90,19 @@ def completion_object(call: ApiCall, final: dict, *, id: str, created: int, name
 
 
 def chunk(call: ApiCall, *, id: str, created: int, model: str, text: str | None = None, first: bool = False,
-          finish_reason: str | None = None, mesh: dict | None = None) -> dict[str, Any]:
+          finish_reason: str | None = None, mesh: dict | None = None, logprobs=None) -> dict[str, Any]:
     """One stream chunk (``chat.completion.chunk``, or ``text_completion`` for
     /v1/completions). The first chat chunk carries the role; the last, the finish reason
-    and the ``mesh`` field."""
+    and the ``mesh`` field; a text chunk, the logprobs of its tokens when asked
+    (``logprobs``: wire entries)."""
     if call.kind == "chat":
         delta: dict[str, Any] = {}
         if first:
             delta["role"] = "assistant"
         if text is not None or first:
             delta["content"] = text or ""
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        lp = logprobs_field(call, logprobs) if logprobs is not None else None
+        choice = {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish_reason}
         obj = "chat.completion.chunk"
     else:
         choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason}

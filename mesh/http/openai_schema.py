@@ -8,12 +8,15 @@ raise ``ApiError`` (an HTTP status plus OpenAI's error body ``{"error": {"messag
 Accepted as OpenAI documents them: ``model``, ``messages`` (string content, or a list of
 ``{"type": "text"}`` parts, joined with newlines), ``max_completion_tokens`` /
 ``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``stream``,
-``stream_options.include_usage``, ``n`` (must be 1), ``user`` (ignored). Refused with a
-400 naming the field, rather than silently answering something else: non-empty ``stop``
-(the backends take no stop sequences), ``logprobs``, ``tools``, ``response_format``
-other than text, image or audio parts, the ``tool`` role. Ignored: fields OpenAI has and
-the mesh has no use for (penalties, ``logit_bias``, ``metadata``, ``store``, ...) and
-unknown fields, as OpenAI ignores them.
+``stream_options.include_usage``, ``n`` (must be 1), ``user`` (ignored), ``stop`` (a
+string or up to 4), ``logprobs`` and ``top_logprobs`` (0..20; chat only),
+``response_format`` ``text``, ``json_object`` and ``json_schema`` (compiled to a grammar
+here, so a schema that cannot be is a 400 before anything is routed). A request that
+uses stop, logprobs or a JSON format is routed only to peers whose engine honours them.
+Refused with a 400 naming the field, rather than silently answering something else:
+``tools``, image or audio parts, the ``tool`` role, ``logprobs`` on /v1/completions.
+Ignored: fields OpenAI has and the mesh has no use for (penalties, ``logit_bias``,
+``metadata``, ``store``, ...) and unknown fields, as OpenAI ignores them.
 
 The mesh extension: an optional top-level ``"mesh": {"peer", "session", "local_only",
 "no_escalate", "threshold"}`` (see docs/http.md). ``model`` is a model name from
@@ -29,6 +32,9 @@ from typing import Any
 from mesh.api import MAX_MESSAGES, route_from_args
 from mesh.errors import BackendBusy, InvalidRequest, MeshError, NoAnswer
 from mesh.inference.backend import GenerationRequest, Message
+from mesh.inference.logprobs import MAX_TOP
+from mesh.inference.output_format import OutputFormat, grammar_text
+from mesh.inference.stops import check_stop
 
 VIRTUAL_MODEL = "mesh"  # "route for me": no model pin
 DEFAULT_MAX_TOKENS = 256
@@ -114,26 +120,40 @@ def _bool(body: dict, key: str, param: str | None = None) -> bool:
 
 
 def _unsupported(body: dict) -> None:
-    stop = body.get("stop")
-    if stop not in (None, "", []):
-        if not isinstance(stop, (str, list)):
-            raise bad("stop must be a string or a list of strings", "stop", "invalid_type")
-        raise bad("stop sequences are not supported by this mesh (its backends take none); leave stop unset",
-                  "stop", "unsupported_parameter")
     n = body.get("n")
     if n is not None and (isinstance(n, bool) or n != 1):
         raise bad("n must be 1: the mesh returns one choice per request", "n", "unsupported_value")
-    if body.get("logprobs") not in (None, False, 0):
-        raise bad("logprobs are not returned by this mesh (see the mesh.confidence field)", "logprobs",
-                  "unsupported_parameter")
     if body.get("tools") not in (None, []) or body.get("functions") not in (None, []):
         raise bad("tools and functions are not supported by this mesh", "tools", "unsupported_parameter")
-    fmt = body.get("response_format")
-    if fmt is not None and not (isinstance(fmt, dict) and fmt.get("type") == "text"):
-        raise bad("only response_format {\"type\": \"text\"} is supported", "response_format", "unsupported_value")
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise bad("user must be a string", "user", "invalid_type")
+
+
+def _options(body: dict, kind: str) -> dict[str, Any]:
+    """``stop``, ``logprobs`` / ``top_logprobs`` and ``response_format``, as
+    ``GenerationRequest`` keywords; a JSON schema is compiled here (400 if it cannot be)."""
+    stop = body.get("stop")
+    try:
+        stops = check_stop(None if stop in ("", []) else stop)
+    except InvalidRequest as e:
+        raise bad(str(e), "stop", "invalid_value") from None
+    if kind == "chat":
+        logprobs = _bool(body, "logprobs")
+        top = _int(body, "top_logprobs", lo=0, hi=MAX_TOP)
+        if top and not logprobs:
+            raise bad("top_logprobs needs logprobs: true", "top_logprobs", "invalid_value")
+    else:  # the legacy completions shape of logprobs (an int, text offsets) is not served
+        if body.get("logprobs") not in (None, False, 0):
+            raise bad("logprobs are served on /v1/chat/completions only", "logprobs", "unsupported_parameter")
+        logprobs, top = False, 0
+    try:
+        fmt = OutputFormat.from_openai(body.get("response_format"))
+        if fmt is not None:
+            grammar_text(fmt)
+    except InvalidRequest as e:
+        raise bad(str(e), "response_format", "invalid_value") from None
+    return {"stop": stops, "logprobs": logprobs, "top_logprobs": top or 0, "format": fmt}
 
 
 def _model(body: dict, models: Collection[str]) -> tuple[str, str | None]:
@@ -204,6 +224,7 @@ def _common(body: Any, kind: str, messages_of, models: Collection[str]) -> ApiCa
     if not isinstance(body, dict):
         raise bad("the request body must be a JSON object", None, "invalid_json")
     _unsupported(body)
+    options = _options(body, kind)
     model, pin = _model(body, models)
     messages = messages_of(body)
     max_tokens = _int(body, "max_completion_tokens", lo=1, hi=GenerationRequest.MAX_TOKENS_LIMIT)
@@ -224,6 +245,7 @@ def _common(body: Any, kind: str, messages_of, models: Collection[str]) -> ApiCa
             temperature=_number(body, "temperature", lo=0, hi=2, default=0.7),
             top_p=_number(body, "top_p", lo=0, hi=1, default=0.95, lo_open=True),
             seed=_int(body, "seed", lo=0, hi=2**32 - 1),
+            **options,
         ).validate()
     except InvalidRequest as e:
         raise bad(str(e), "messages" if "prompt" in str(e) or "role" in str(e) else None) from None

@@ -26,8 +26,16 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from mesh.errors import InvalidRequest
+from mesh.inference.logprobs import MAX_TOP
+from mesh.inference.output_format import OutputFormat
+from mesh.inference.stops import check_stop
 
 ROLES = ("system", "user", "assistant")
+# Request options an engine may honour beyond plain sampling. A backend lists those it
+# honours in ``Capabilities.features``; gossip carries them per model, and the router
+# sends a request only where every option it uses is honoured (``GenerationRequest.needs``).
+STOP, LOGPROBS, GRAMMAR = "stop", "logprobs", "grammar"
+ENGINE_FEATURES = (STOP, LOGPROBS, GRAMMAR)  # the llama.cpp engine honours all
 TPS_EWMA_ALPHA = 0.2  # weight of the newest request in Capabilities.tokens_per_s
 
 
@@ -53,6 +61,10 @@ class GenerationRequest:
     seed: int | None = None
     session: str | None = None  # the conversation it belongs to: its peer keeps its prompt cache
     model: str | None = None  # which of the answering peer's models (None: its first); the router sets it
+    stop: tuple[str, ...] = ()  # the answer ends before the first of these (mesh.inference.stops)
+    logprobs: bool = False  # report each answer token's log-probability (mesh.inference.logprobs)
+    top_logprobs: int = 0  # and the most likely alternatives at each step (logprobs only)
+    format: OutputFormat | None = None  # JSON output under a grammar (mesh.inference.output_format)
 
     MAX_TOKENS_LIMIT = 8192
     MAX_PROMPT_CHARS = 256 * 1024
@@ -84,7 +96,27 @@ class GenerationRequest:
             raise InvalidRequest(f"session must be a string of 1..{self.MAX_SESSION_CHARS} characters")
         if self.model is not None and (not isinstance(self.model, str) or not 0 < len(self.model) <= 128):
             raise InvalidRequest("model must be a string of 1..128 characters")
+        if check_stop(self.stop) != tuple(self.stop):
+            raise InvalidRequest("stop sequences must be distinct")
+        if not isinstance(self.logprobs, bool):
+            raise InvalidRequest("logprobs must be true or false")
+        if isinstance(self.top_logprobs, bool) or not isinstance(self.top_logprobs, int) or not (
+            0 <= self.top_logprobs <= MAX_TOP
+        ):
+            raise InvalidRequest(f"top_logprobs must be an integer in 0..{MAX_TOP}")
+        if self.top_logprobs and not self.logprobs:
+            raise InvalidRequest("top_logprobs needs logprobs: true")
+        if self.format is not None:
+            if not isinstance(self.format, OutputFormat):
+                raise InvalidRequest("format must be an OutputFormat")
+            self.format.check()
         return self
+
+    @property
+    def needs(self) -> frozenset[str]:
+        """The features a backend must honour to serve this request (``ENGINE_FEATURES``)."""
+        return frozenset(name for name, used in ((STOP, self.stop), (LOGPROBS, self.logprobs),
+                                                 (GRAMMAR, self.format is not None)) if used)
 
     @classmethod
     def from_prompt(cls, prompt: str, *, system: str | None = None, **kw) -> "GenerationRequest":
@@ -95,6 +127,7 @@ class GenerationRequest:
 @dataclass(frozen=True)
 class TextChunk:
     text: str
+    logprobs: tuple = ()  # wire entries of the tokens this text carries (mesh.inference.logprobs)
 
 
 @dataclass(frozen=True)
@@ -120,6 +153,7 @@ class Capabilities:
     parallel: int = 1  # generations run at once
     queue_limit: int = 8  # requests that may wait beyond `parallel` before "busy"
     extra: dict = field(default_factory=dict)
+    features: tuple[str, ...] = ()  # the request options it honours (ENGINE_FEATURES)
 
 
 @dataclass(frozen=True)

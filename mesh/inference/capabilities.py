@@ -6,8 +6,9 @@ reads back. Kept small: it travels on
 every refresh (about once a second for load).
 
     hardware  cpu_count, ram_total_mb, ram_available_mb, gpu (name or ""), on_battery (bool or None)
-    models    [{name, parameters, quantisation, context_length, tokens_per_s}]  (empty while the engine
-              is not ready: a peer whose engine is restarting or failed offers no model)
+    models    [{name, parameters, quantisation, context_length, tokens_per_s, features}]  (empty while
+              the engine is not ready: a peer whose engine is restarting or failed offers no model;
+              features: the request options its engine honours, e.g. stop, logprobs, grammar)
     load      {running, waiting, parallel, queue_limit}
     engine    {state, reason, restarts}  (state: ready, starting, restarting, failed)
 """
@@ -63,7 +64,8 @@ def models(backend: Backend) -> tuple[ModelInfo, ...]:
         return ()
     caps = backend.capabilities
     return (ModelInfo(name=caps.model, parameters=caps.parameters, quantisation=caps.quantisation,
-                      context_length=caps.context_length, tokens_per_s=round(caps.tokens_per_s, 1)),)
+                      context_length=caps.context_length, tokens_per_s=round(caps.tokens_per_s, 1),
+                      features=caps.features),)
 
 
 def load(backend: Backend) -> LoadInfo:

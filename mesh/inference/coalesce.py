@@ -10,7 +10,8 @@ person cannot see a 30 ms difference in a stream, so text is held for at most
   (time to first token is unchanged; a slow model streams token by token);
 - chunks arriving within the window of the last send are merged, and leave no later
   than ``window_s`` after that send, even if no further chunk comes;
-- everything held is flushed before the ``FinalStats``.
+- everything held is flushed before the ``FinalStats``;
+- a chunk's ``logprobs`` entries are merged with its text, in order.
 """
 
 from __future__ import annotations
@@ -31,17 +32,17 @@ async def coalesce(
     loop = asyncio.get_running_loop()
     it = stream.__aiter__()
     held: list[str] = []
+    held_lp: list = []
     last_sent = float("-inf")
     pending: asyncio.Future | None = None
     try:
         while True:
             if pending is None:
                 pending = asyncio.ensure_future(it.__anext__())
-            timeout = max(0.0, last_sent + window_s - loop.time()) if held else None
+            timeout = max(0.0, last_sent + window_s - loop.time()) if held or held_lp else None
             done, _ = await asyncio.wait({pending}, timeout=timeout)
             if not done:  # the window closed with text held: send it
-                yield TextChunk("".join(held))
-                held.clear()
+                yield _merged(held, held_lp)
                 last_sent = loop.time()
                 continue
             fut, pending = pending, None
@@ -50,18 +51,17 @@ async def coalesce(
             except StopAsyncIteration:
                 break
             if isinstance(item, TextChunk):
-                if not item.text:
+                if not item.text and not item.logprobs:
                     continue
                 held.append(item.text)
+                held_lp.extend(item.logprobs)
                 now = loop.time()
                 if now - last_sent >= window_s:
-                    yield TextChunk("".join(held))
-                    held.clear()
+                    yield _merged(held, held_lp)
                     last_sent = now
             else:
-                if held:
-                    yield TextChunk("".join(held))
-                    held.clear()
+                if held or held_lp:
+                    yield _merged(held, held_lp)
                 yield item
     finally:
         if pending is not None and not pending.done():
@@ -70,3 +70,11 @@ async def coalesce(
         aclose = getattr(stream, "aclose", None)
         if aclose is not None:
             await aclose()
+
+
+def _merged(held: list[str], held_lp: list) -> TextChunk:
+    """One chunk of what is held (both lists are emptied)."""
+    out = TextChunk("".join(held), tuple(held_lp))
+    held.clear()
+    held_lp.clear()
+    return out

@@ -123,6 +123,18 @@ class LogitsRecorder:
         self.steps += 1
         return scores
 
+    def top(self, k: int) -> list[tuple[int, float]]:
+        """The ``k`` most likely tokens of the last recorded row and their
+        log-probabilities, most likely first (OpenAI's ``top_logprobs``)."""
+        if self._row is None:
+            raise RuntimeError("no logits row recorded yet")
+        k = min(k, self._row.shape[0])
+        if k <= 0:
+            return []
+        idx = np.argpartition(self._row, -k)[-k:]
+        idx = idx[np.argsort(-self._row[idx], kind="stable")]
+        return [(int(i), float(self._row[i]) - self._lse) for i in idx]
+
     def logprob(self, token: int) -> float:
         """Log-probability of ``token`` under the last recorded row."""
         if self._row is None:

@@ -4,6 +4,10 @@ scheduling around it (queue, worker thread, async streaming) is ``mesh.inference
 
 - Confidence is measured while generating by ``LogitsRecorder`` (a logits processor);
   ``logits_all`` stays False.
+- Request options: stop sequences end the answer before them (``StopScanner``, text that
+  could begin one held back); per-token log-probabilities come from the same recorder's
+  last row (``LogprobAligner`` sends each token's entry with its text); a grammar (GBNF
+  text, checked by ``mesh.inference.output_format``) constrains sampling.
 - A context's key/value state can be copied out and back in (``snapshot_sequence``,
   ``restore_sequence``): the session cache (``mesh.inference.session_cache``) keeps a
   conversation's state between its turns this way.
@@ -30,13 +34,15 @@ from pathlib import Path
 
 import jinja2
 import llama_cpp
-from llama_cpp import Llama, LogitsProcessorList
+from llama_cpp import Llama, LlamaGrammar, LogitsProcessorList
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from mesh.errors import GenerationError, InvalidRequest, ModelError
 from mesh.inference.backend import GenerationRequest
 from mesh.inference.confidence import ConfidenceMeter, LogitsRecorder
 from mesh.inference.cpu_variant import default_threads  # noqa: F401  (re-exported: benches and tests use it here)
+from mesh.inference.logprobs import LogprobAligner, entry
+from mesh.inference.stops import StopScanner
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +133,10 @@ def generate_once(
     on_text: Callable[[str], None] | None = None,
     clock: Callable[[], float] = time.perf_counter,
     ends_at_line_break: bool = False,
+    stops: Sequence[str] = (),
+    top_logprobs: int | None = None,
+    on_logprobs: Callable[[list], None] | None = None,
+    grammar: str | None = None,
 ) -> Generation:
     """Drive ``Llama.generate`` token by token; the one loop the backend, its warm-up and
     the benchmark share. Blocking: call it from the thread that owns ``llm``.
@@ -141,10 +151,31 @@ def generate_once(
     token's log-probability. Engine failures raise ``GenerationError``.
     ``prompt_evaluated`` counts the prompt tokens evaluated rather than found in the
     context (``CountingLlama``'s count at the first token; 0 for a plain ``Llama``).
+
+    ``stops``: the answer ends before the first of these ("stop"); text that could begin
+    one is held back. ``top_logprobs`` (not None): each token's log-probability entry
+    (``mesh.inference.logprobs``), with that many alternatives, goes to ``on_logprobs``
+    just before the text it belongs to goes to ``on_text``. ``grammar``: GBNF text that
+    constrains sampling (checked by the caller: ``output_format.grammar_text``).
     """
     vocab = llama_cpp.llama_model_get_vocab(llm.model)
-    decoder = TokenTextDecoder(_Pieces(vocab))
-    recorder = LogitsRecorder() if confidence else None
+    pieces = _Pieces(vocab)
+    decoder = TokenTextDecoder(pieces)
+    want_lp = top_logprobs is not None
+    recorder = LogitsRecorder() if confidence or want_lp else None
+    scanner = StopScanner(stops) if stops else None
+    aligner = LogprobAligner() if want_lp else None
+    fed = 0  # characters of answer text fed to the scanner
+    stopped = False  # a stop sequence ended the answer
+
+    def send(text: str, upto: int, *, last: bool = False) -> None:
+        if aligner is not None and on_logprobs is not None:
+            entries = aligner.release(upto) + (aligner.rest() if last else [])
+            if entries:
+                on_logprobs(entries)
+        if text and on_text is not None:
+            on_text(text)
+
     meter = ConfidenceMeter()
     ids: list[int] = []
     logprobs: list[float] = []
@@ -166,6 +197,7 @@ def generate_once(
         min_p=MIN_P,
         repeat_penalty=1.0,
         logits_processor=LogitsProcessorList([recorder]) if recorder is not None else None,
+        grammar=LlamaGrammar.from_string(grammar) if grammar else None,
     )
     try:
         for token in tokens:
@@ -182,13 +214,17 @@ def generate_once(
                 if recorder.steps != yielded:
                     raise GenerationError(f"confidence recorder saw {recorder.steps} steps for {yielded} tokens")
                 lp = recorder.logprob(token)
-                meter.add(lp)
+                if confidence:
+                    meter.add(lp)
             if llama_cpp.llama_vocab_is_eog(vocab, token):
                 finish = "stop"
                 break
             ids.append(token)
             if recorder is not None:
                 logprobs.append(lp)
+            if aligner is not None:
+                top = [(pieces(t), tlp) for t, tlp in recorder.top(top_logprobs)] if top_logprobs else []
+                aligner.add(fed, entry(pieces(token), lp, top))
             first_at = now if first_at is None else first_at
             last_at = now
             text = decoder.feed(token)
@@ -198,19 +234,29 @@ def generate_once(
                     answered = bool(text)
                 if "\n" in text:
                     text, cut, finish = text[: text.index("\n")], True, "stop"
-            if text and on_text is not None:
-                on_text(text)
+            fed += len(text)
+            if scanner is not None:
+                text, stopped = scanner.feed(text)
+            send(text, scanner.released if scanner is not None else fed)
+            if stopped:
+                finish = "stop"
+                break
             if cut or len(ids) >= max_tokens:
                 break
     except (RuntimeError, ValueError, OSError, IndexError) as e:
         raise GenerationError(f"llama.cpp failed while generating: {e}") from e
     finally:
         tokens.close()
-    tail = decoder.flush()
-    if ends_at_line_break and not answered:
-        tail = tail.lstrip()
-    if tail and on_text is not None and finish != "cancelled" and not cut:
-        on_text(tail)
+    if finish != "cancelled" and not stopped:
+        tail = "" if cut else decoder.flush()
+        if ends_at_line_break and not answered:
+            tail = tail.lstrip()
+        fed += len(tail)
+        if scanner is not None:
+            tail, stopped = scanner.feed(tail)
+            finish = "stop" if stopped else finish
+            tail += "" if stopped else scanner.flush()
+        send(tail, scanner.released if scanner is not None else fed, last=not stopped)
     return Generation(
         token_ids=tuple(ids),
         logprobs=tuple(logprobs),

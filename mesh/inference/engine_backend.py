@@ -79,6 +79,7 @@ from mesh.inference.backend import (
     ewma,
 )
 from mesh.inference.cpu_variant import cpu_summary
+from mesh.inference.logprobs import entries_from_wire
 from mesh.inference.models import check_model_file, model_info
 from mesh.inference.restarts import EngineExit, RestartConfig, RestartDecision, after_exit, crash_hint
 from mesh.inference.session_cache import SessionCacheConfig, stats_from_wire
@@ -433,8 +434,13 @@ class EngineBackend:
                 return  # a request already ended (its caller left, or the backend closed)
             if t == "text":
                 s = msg.get("s")
-                if isinstance(s, str) and s:
-                    job.post(TextChunk(s))
+                try:
+                    lp = entries_from_wire(msg["lp"]) if "lp" in msg else []
+                except GenerationError as e:
+                    job.post(e)
+                    return
+                if isinstance(s, str) and (s or lp):
+                    job.post(TextChunk(s, tuple(lp)))
             elif t == "final":
                 try:
                     stats = wire.stats_from_wire(msg.get("stats"))

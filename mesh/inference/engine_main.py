@@ -75,6 +75,7 @@ class TextBatcher:
         self._window_s = window_s
         self._clock = clock
         self._held: list[str] = []
+        self._held_lp: list = []  # logprob entries of the held text's tokens (they go with it)
         self._last = float("-inf")
 
     def add(self, text: str) -> None:
@@ -82,11 +83,18 @@ class TextBatcher:
         if self._clock() - self._last >= self._window_s:
             self.flush()
 
+    def add_logprobs(self, entries: list) -> None:
+        self._held_lp.extend(entries)
+
     def flush(self) -> None:
-        if self._held:
-            self._send("".join(self._held))
-            self._held.clear()
+        if self._held or self._held_lp:
+            self._send("".join(self._held), self._held_lp)
+            self._held, self._held_lp = [], []
             self._last = self._clock()
+
+
+def _text_frame(rid: int, text: str, logprobs: list) -> dict:
+    return {"t": "text", "id": rid, "s": text, **({"lp": logprobs} if logprobs else {})}
 
 
 def _reader(channel: Channel, inbox: queue.Queue, stops: dict[int, threading.Event], lock: threading.Lock) -> None:
@@ -127,11 +135,12 @@ def serve(channel: Channel, runner, *, window_s: float) -> None:
         rid = msg["id"]
         with lock:
             stop = stops[rid]
-        batcher = TextBatcher(lambda s, rid=rid: channel.send({"t": "text", "id": rid, "s": s}), window_s=window_s)
+        batcher = TextBatcher(lambda s, lp, rid=rid: channel.send(_text_frame(rid, s, lp)), window_s=window_s)
         generated = evaluated = 0
         try:
             request = request_from_ask_args(msg.get("req") if isinstance(msg.get("req"), dict) else {})
-            outcome = runner.run(request, admitted_at=time.perf_counter(), stop=stop, on_text=batcher.add)
+            outcome = runner.run(request, admitted_at=time.perf_counter(), stop=stop, on_text=batcher.add,
+                                 on_logprobs=batcher.add_logprobs)
             generated, evaluated = outcome.generated, outcome.prompt_evaluated
             if outcome.stats is not None:
                 batcher.flush()

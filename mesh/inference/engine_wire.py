@@ -16,7 +16,9 @@ Engine -> peer (``t``)::
     {"t": "phase", "phase": "variant"|"loading"|"warming", "detail": str}
     {"t": "ready", "caps": {...Capabilities}, "engine": {variant, threads, system_info, pid}}
     {"t": "fail", "code": "model_error", "msg": str}     cannot serve; exits, never retried
-    {"t": "text", "id": N, "s": str}                      answer text, coalesced
+    {"t": "text", "id": N, "s": str, "lp": [...]}         answer text, coalesced; "lp" (when the request
+                                                          asked logprobs): its tokens' entries
+                                                          (``mesh.inference.logprobs``)
     {"t": "final", "id": N, "stats": {...FinalStats}}
     {"t": "error", "id": N, "code": str, "msg": str}      mesh error code (invalid_request ...)
     {"t": "done", "id": N, "n": tokens, "p": tokens, "cache": {...}}
@@ -118,7 +120,10 @@ def caps_from_wire(d: Any) -> Capabilities:
         raise EngineProtocolError(f"bad capabilities from the engine: {e}") from e
     if not isinstance(caps.model, str) or not isinstance(caps.context_length, int) or not isinstance(caps.extra, dict):
         raise EngineProtocolError("bad capabilities from the engine")
-    return caps
+    features = caps.features
+    if not isinstance(features, (list, tuple)) or not all(isinstance(f, str) for f in features):
+        raise EngineProtocolError("bad capabilities from the engine: features")
+    return dataclasses.replace(caps, features=tuple(features))
 
 
 def stats_to_wire(stats: FinalStats) -> dict[str, Any]:

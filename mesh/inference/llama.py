@@ -328,7 +328,8 @@ class LlamaBackend:
         assert self._runner is not None
         try:
             outcome = self._runner.run(
-                job.request, admitted_at=job.admitted_at, stop=job.stop, on_text=lambda text: job.post(TextChunk(text))
+                job.request, admitted_at=job.admitted_at, stop=job.stop, on_text=lambda text: job.post(TextChunk(text)),
+                on_logprobs=lambda entries: job.post(TextChunk("", tuple(entries))),
             )
         except MeshError as e:  # InvalidRequest (does not fit), GenerationError
             job.post(e)

@@ -31,7 +31,7 @@ from pathlib import Path
 import llama_cpp
 
 from mesh.errors import GenerationError, ModelError
-from mesh.inference.backend import Capabilities, FinalStats, GenerationRequest, ewma
+from mesh.inference.backend import ENGINE_FEATURES, Capabilities, FinalStats, GenerationRequest, ewma
 from mesh.inference.engine import (
     ChatPrompter,
     SplitArgs,
@@ -42,6 +42,7 @@ from mesh.inference.engine import (
     snapshot_sequence,
 )
 from mesh.inference.models import model_info
+from mesh.inference.output_format import grammar_text
 from mesh.inference.session_cache import SessionCache, SessionCacheConfig, SessionState
 from mesh.inference.slots import check_fits
 
@@ -97,6 +98,7 @@ class ModelRunner:
             parallel=1,
             queue_limit=queue_limit,
             extra={"engine": "llama.cpp", "trained_context_length": info.context_length, "n_threads": n_threads},
+            features=ENGINE_FEATURES,
         )
 
     def _check_thread(self) -> None:
@@ -123,12 +125,15 @@ class ModelRunner:
         admitted_at: float,
         stop: threading.Event,
         on_text: Callable[[str], None],
+        on_logprobs: Callable[[list], None] | None = None,
     ) -> RunOutcome:
         """Tokenize, check the context fits, restore the session's context if that
         helps, generate, save the session's context. ``InvalidRequest`` for a prompt
-        that does not fit, ``GenerationError`` when llama.cpp fails. A stopped request
-        returns ``stats=None``."""
+        that does not fit (or a format whose grammar cannot be built), ``GenerationError``
+        when llama.cpp fails. A stopped request returns ``stats=None``. With
+        ``request.logprobs``, entries go to ``on_logprobs`` before their text."""
         self._check_thread()
+        grammar = grammar_text(request.format) if request.format is not None else None
         prompt = self._prompter.tokens(request)
         check_fits(len(prompt), request.max_tokens, self.caps.context_length)
         seed = request.seed if request.seed is not None else self._rng.randrange(0, 0xFFFFFFFF)
@@ -153,6 +158,10 @@ class ModelRunner:
             on_text=on_text,
             clock=self._clock,
             ends_at_line_break=self._prompter.base_model,
+            stops=request.stop,
+            top_logprobs=request.top_logprobs if request.logprobs else None,
+            on_logprobs=on_logprobs,
+            grammar=grammar,
         )
         self.prompt_tokens_evaluated += gen.prompt_evaluated
         if gen.finish_reason == "cancelled":

@@ -32,7 +32,16 @@ from pathlib import Path
 from mesh.clock import SYSTEM, Clock
 from mesh.errors import BackendBusy, InvalidRequest, MeshError
 from mesh.gossip.view import ModelInfo
-from mesh.inference.backend import Backend, Capabilities, EngineStatus, FinalStats, GenerationRequest, Load, TextChunk
+from mesh.inference.backend import (
+    ENGINE_FEATURES,
+    Backend,
+    Capabilities,
+    EngineStatus,
+    FinalStats,
+    GenerationRequest,
+    Load,
+    TextChunk,
+)
 
 log = logging.getLogger("mesh.models")
 
@@ -160,7 +169,8 @@ class ModelSet:
         caps = self.primary.capabilities
         if self.primary.status().serving:
             out.append(ModelInfo(name=caps.model, parameters=caps.parameters, quantisation=caps.quantisation,
-                                 context_length=caps.context_length, tokens_per_s=round(caps.tokens_per_s, 1)))
+                                 context_length=caps.context_length, tokens_per_s=round(caps.tokens_per_s, 1),
+                                 features=caps.features))
         self._refresh()
         for slot in self._slots.values():
             m = slot.model
@@ -170,7 +180,8 @@ class ModelSet:
             tps = slot.backend.capabilities.tokens_per_s if slot.backend is not None else 0.0
             out.append(ModelInfo(name=m.name, parameters=m.parameters, quantisation=m.quantisation,
                                  context_length=max(m.context_length, 1), tokens_per_s=round(tps, 1),
-                                 loaded=loaded, load_s=0.0 if loaded else self.expected_load_s(slot)))
+                                 loaded=loaded, load_s=0.0 if loaded else self.expected_load_s(slot),
+                                 features=ENGINE_FEATURES))  # a store model runs in a llama.cpp engine
         return out
 
     def expected_load_s(self, slot: _Slot) -> float:

@@ -66,6 +66,8 @@ def encode_request(request_args: Any, limits: JobLimits) -> str:
         request = request_from_ask_args(request_args)
     else:
         raise InvalidRequest("a job's request must be a map of ask args")
+    if request.logprobs:
+        raise InvalidRequest("a job keeps its answer's text, not its logprobs: ask without logprobs")
     text = dumps(ask_args(request))
     size = utf8_len(text)
     if size > limits.max_request_bytes:

@@ -33,6 +33,7 @@ class Candidate:
     status: str = ALIVE  # "alive" or "suspect" (mesh.gossip Status value)
     tier: int | None = None  # peer-declared strength tier of the model (higher: stronger)
     load_s: float = 0.0  # seconds until the model is loaded there (0: loaded; a cold model on disk: its load)
+    features: frozenset[str] = frozenset()  # request options its engine honours (stop, logprobs, grammar)
 
     @property
     def capacity(self) -> int:

@@ -38,7 +38,7 @@ from mesh.routing.breaker import BreakerBook, BreakerState
 from mesh.routing.candidate import ALIVE, Candidate
 from mesh.routing.config import RoutingConfig
 from mesh.routing.decision import RouteDecision, RouteReason
-from mesh.routing.fit import queue_ahead, unfit_reason
+from mesh.routing.fit import FEATURES, queue_ahead, unfit_reason
 from mesh.routing.request import RouteRequest
 from mesh.routing.score import expected_at, last_resort_at
 
@@ -168,4 +168,5 @@ def _no_fit_detail(request: RouteRequest, unfit: Counter[str]) -> str:
     if not unfit:
         return "no live peer offers a model"
     why = ", ".join(f"{reason} ({n})" for reason, n in sorted(unfit.items(), key=lambda kv: (-kv[1], kv[0])))
-    return f"no live peer has a model for {request.total_tokens} tokens as asked: {why}"
+    uses = f" (the request uses {', '.join(sorted(request.needs))})" if FEATURES in unfit else ""
+    return f"no live peer has a model for {request.total_tokens} tokens as asked: {why}{uses}"

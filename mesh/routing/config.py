@@ -45,6 +45,7 @@ class RoutingConfig:
 
     # Escalation (see mesh.routing.escalation)
     cloud_enabled: bool = False  # this peer has a cloud endpoint configured
+    cloud_features: frozenset[str] = frozenset()  # request options the cloud backend honours (none: OpenAIBackend)
     max_steps: int = 4  # rungs of the ladder one prompt may take, the first included
 
     # Session affinity (see mesh.routing.affinity)

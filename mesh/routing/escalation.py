@@ -133,6 +133,9 @@ def next_step(
         return EscalationStep(StepKind.STOP, f"{why}; no stronger model in the mesh and no cloud configured", keep=keep)
     if any(a.cloud for a in path):
         return EscalationStep(StepKind.STOP, f"{why}; the cloud was tried", keep=keep)
+    if not request.needs <= cfg.cloud_features:
+        missing = ", ".join(sorted(request.needs - cfg.cloud_features))
+        return EscalationStep(StepKind.STOP, f"{why}; the cloud cannot honour {missing}", keep=keep)
     return EscalationStep(StepKind.CLOUD, f"{why}: the cloud", keep=keep)
 
 

@@ -4,7 +4,8 @@ Two separate questions, because their answers lead the caller to different place
 (``mesh.routing.choice`` reports "no fit model" and "all busy" apart):
 
 * ``unfit_reason`` -- the candidate is live, its context holds the prompt plus the
-  answer budget, and it matches every pin and minimum of the request. ``None`` means
+  answer budget, it matches every pin and minimum of the request, and its engine honours
+  every option the request uses (``needs``: stop sequences, logprobs, a grammar). ``None`` means
   it fits; otherwise a short reason for people.
 * ``is_busy`` -- the peer's bounded queue is full: gossiped ``running + waiting``, plus
   the requests this peer has in flight to it and not yet seen in gossip
@@ -25,6 +26,7 @@ MODEL_PIN = "not the pinned model"
 CONTEXT = "context too short"
 TIER = "tier below the minimum"
 PARAMETERS = "fewer parameters than the minimum"
+FEATURES = "its engine cannot honour the request's options"
 
 
 def unfit_reason(c: Candidate, request: RouteRequest, *, pins: bool = True) -> str | None:
@@ -44,6 +46,8 @@ def unfit_reason(c: Candidate, request: RouteRequest, *, pins: bool = True) -> s
         return TIER
     if request.min_parameters is not None and c.parameters < request.min_parameters:
         return PARAMETERS
+    if not request.needs <= c.features:
+        return FEATURES
     return None
 
 

@@ -84,6 +84,7 @@ def _read(m: MemberView, *, rtts: Mapping[str, Any], self_id: str) -> list[Candi
             status=status,
             tier=model.tier if model.tier is not None else meta.tier,
             load_s=0.0 if model.loaded else model.load_s,
+            features=frozenset(model.features),
         ))
     return out
 

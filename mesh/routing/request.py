@@ -7,7 +7,8 @@ builds one per prompt, usually with ``RouteRequest.for_generation``.
 Pins: ``pinned_peer`` and ``pinned_model`` restrict the first rung of the ladder to
 that peer and/or model (``mesh ask --peer ID --model NAME``); ``min_tier`` and
 ``min_parameters`` restrict every rung. ``local_only`` keeps the prompt in the mesh (the
-cloud rung is never offered); ``no_escalate`` takes the first answer as it is.
+cloud rung is never offered); ``no_escalate`` takes the first answer as it is. ``needs``:
+the request options (stop sequences, logprobs, a grammar) every rung's engine must honour.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class RouteRequest:
     local_only: bool = False  # never leave the mesh (no cloud rung)
     threshold: float = 0.7  # confidence below this escalates
     no_escalate: bool = False  # keep the first answer as it is
+    needs: frozenset[str] = frozenset()  # request options the engine must honour (GenerationRequest.needs)
 
     def __post_init__(self) -> None:
         for name in ("prompt_tokens", "max_tokens"):
@@ -81,4 +83,5 @@ class RouteRequest:
     def for_generation(cls, generation: Any, **kw: Any) -> RouteRequest:
         """A route request for a ``mesh.inference.GenerationRequest`` (its messages and
         max_tokens); pins, session and policy come as keywords."""
+        kw.setdefault("needs", frozenset(getattr(generation, "needs", ())))
         return cls(prompt_tokens=estimate_prompt_tokens(generation.messages), max_tokens=generation.max_tokens, **kw)

@@ -9,9 +9,11 @@ on (``next_step``). It yields wire events for the caller:
 
 - ``{"step": {...}}`` when a rung or a retry starts: who, which model, why (score and
   runner-up), and ``restart: true`` when text already streamed is being replaced;
-- ``{"t": text}`` for each piece of the current attempt's answer;
+- ``{"t": text}`` for each piece of the current attempt's answer (with ``"lp"``: its
+  tokens' log-probability entries, when the request asked for them);
 - ``Final({...})`` once: the kept answer (``text``, ``peer``, ``model``, ``confidence``,
-  token counts and timings), and ``path``: every rung taken, with its reason.
+  token counts and timings, ``logprobs`` when asked), and ``path``: every rung taken,
+  with its reason.
 
 It owns this peer's reservations (requests it has in flight on each peer, so stale
 gossip does not herd requests), the breakers and the session affinity. Time is read
@@ -27,11 +29,12 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
-from mesh.api import ask_args, final_to_wire
+from mesh.api import ask_args, final_to_wire, text_event
 from mesh.clock import SYSTEM, Clock
 from mesh.errors import BackendBusy, InvalidRequest, MeshError, NoAnswer, PeerUnavailable, RpcError
 from mesh.gossip.service import Membership
 from mesh.inference.backend import Backend, FinalStats, GenerationRequest, TextChunk
+from mesh.inference.logprobs import entries_from_wire
 from mesh.routing import (
     Attempt,
     BreakerBook,
@@ -47,6 +50,7 @@ from mesh.routing import (
     retry_plan,
 )
 from mesh.routing.echo import SentLog, without_echo
+from mesh.routing.fit import FEATURES
 from mesh.routing.successors import ROTATION_WAIT_S, Successors
 from mesh.rpc.pool import PeerPool
 from mesh.rpc.server import Final
@@ -79,7 +83,8 @@ class Router:
         self.membership = membership
         self.pool = pool
         self.cloud = cloud
-        self.cfg = replace(cfg or RoutingConfig.lan(), cloud_enabled=cloud is not None)
+        self.cfg = replace(cfg or RoutingConfig.lan(), cloud_enabled=cloud is not None,
+                           cloud_features=frozenset(cloud.capabilities.features) if cloud is not None else frozenset())
         self.generate_timeout_s = generate_timeout_s
         self._clock = clock
         self._rng = rng or random.Random()
@@ -237,7 +242,7 @@ class Router:
                         if isinstance(ev, dict):
                             final = ev
                         else:
-                            yield {"t": ev}
+                            yield text_event(ev)
                 except InvalidRequest:
                     raise
                 except MeshError as e:  # the cloud is unreachable or refused: keep what the mesh gave
@@ -282,6 +287,8 @@ class Router:
             yield {"step": {"n": n, "kind": "route", "reason": why, "no_route": f"{decision.reason}: {decision.detail}"}}
             if decision.reason in (RouteReason.ALL_BUSY, RouteReason.UNAVAILABLE) and decision.busy:
                 seen["busy"] = True
+            if decision.reason is RouteReason.NO_FIT and FEATURES in decision.detail:
+                seen.setdefault("errors", []).append(decision.detail)  # say which options no peer honours
             yield (Attempt.no_route(reason=f"{why}; {decision.reason}"), None)
             return
         candidate, attempt_no, restart = decision.chosen, 0, n > 0
@@ -307,7 +314,7 @@ class Router:
                         final = ev
                     else:
                         streamed = True
-                        yield {"t": ev}
+                        yield text_event(ev)
             except BackendBusy as e:
                 log.info("peer %s busy: %s", candidate.peer_id[:12], e)
                 seen["busy"] = True
@@ -347,32 +354,41 @@ class Router:
         if not addresses:
             raise RpcError(f"no address known for peer {c.peer_id[:12]}")
         parts: list[str] = []
+        lps: list = []
         try:
             client = self.pool.client(addresses[0])
             async with client.stream(GENERATE_METHOD, ask_args(gen), timeout_s=self.generate_timeout_s) as st:
                 async for chunk in st:
                     text = chunk.get("t")
-                    if isinstance(text, str) and text:
+                    lp = entries_from_wire(chunk["lp"]) if gen.logprobs and "lp" in chunk else []
+                    if isinstance(text, str) and (text or lp):
                         parts.append(text)
-                        yield text
+                        lps += lp
+                        yield TextChunk(text, tuple(lp))
                 final = dict(st.result or {})
         except (RpcError, PeerUnavailable):
             self.pool.drop(addresses[0])
             raise
         final["text"] = "".join(parts)
+        if gen.logprobs:
+            final["logprobs"] = lps
         yield final
 
     async def _run_backend(self, backend: Backend, gen: GenerationRequest, *, peer: str):
         parts: list[str] = []
+        lps: list = []
         stream = backend.stream(gen)
         try:
             async for item in stream:
-                if isinstance(item, TextChunk) and item.text:
+                if isinstance(item, TextChunk) and (item.text or item.logprobs):
                     parts.append(item.text)
-                    yield item.text
+                    lps += item.logprobs
+                    yield item
                 elif isinstance(item, FinalStats):
                     final = final_to_wire(item, peer=peer)
                     final["text"] = "".join(parts)
+                    if gen.logprobs:
+                        final["logprobs"] = lps
                     yield final
         finally:
             await stream.aclose()

@@ -79,7 +79,10 @@ class ScriptedBackend:
         fail_after: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        features: Sequence[str] = (),
     ) -> None:
+        """``features``: the request options it declares (``Capabilities.features``), so
+        routing tests can tell peers apart; it applies none of them."""
         if tokens is not None and reply is not None:
             raise ValueError("give tokens or reply, not both")
         if not (0.0 <= confidence <= 1.0):
@@ -106,6 +109,7 @@ class ScriptedBackend:
             parallel=parallel,
             queue_limit=queue_limit,
             extra={"engine": "scripted"},
+            features=tuple(features),
         )
         self._slots = SlotQueue(parallel=parallel, queue_limit=queue_limit)
         self._closed = False
