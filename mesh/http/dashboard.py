@@ -110,6 +110,7 @@ def snapshot(peer: "Peer", *, now: float, recent: int = RECENT_SHOWN) -> dict[st
         "members": members_table(view, choices=choices),
         "totals": dict(peer.metrics.totals),
         "requests": peer.metrics.recent.snapshot(recent),
+        "charts": peer.metrics.timeline.snapshot(now),
         "jobs": peer.jobs.counts() if peer.jobs is not None else None,
     }
 

@@ -33,6 +33,7 @@ from prometheus_client.registry import Collector
 
 from mesh import __version__
 from mesh.http.recent import ENTRIES, OUTCOMES, RecentRequests, RequestRecord, preview
+from mesh.http.timeline import Timeline
 from mesh.rpc.server import Final
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ class PeerMetrics:
     ) -> None:
         self.registry = CollectorRegistry()
         self.recent = RecentRequests(recent)
+        self.timeline = Timeline()  # the dashboard's charts: the last minutes in buckets
         self.started = clock()  # when this peer began counting (its start, near enough)
         # plain totals for the dashboard: requests, each outcome, tokens, escalated
         self.totals: dict[str, int] = dict.fromkeys(("requests", *OUTCOMES, "tokens", "escalated"), 0)
@@ -164,6 +166,7 @@ class PeerMetrics:
             for reason, to in rec.escalations():
                 self.escalations.labels(reason, to).inc()
         self.recent.add(rec)
+        self.timeline.add(rec)
 
 
 ENGINE_STATES = ("ready", "starting", "restarting", "failed", "off")

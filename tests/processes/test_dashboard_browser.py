@@ -92,6 +92,12 @@ def test_dashboard_shows_the_mesh_live_and_streams_an_answer(tmp_path):
                 expect(row).to_contain_text("Name three fruits.")
                 expect(row).to_contain_text("SmolLM2")
                 expect(row.locator("td.outcome-ok")).to_have_text("ok")
+                # the charts of the last minutes: the request counted, and a speed chart for who answered it
+                expect(page.locator('#charts [data-chart="escalations"]')).to_contain_text("1 · 0 escalated")
+                peer_chart = page.locator('#charts [data-chart="peer"]')
+                expect(peer_chart).to_have_count(1)
+                expect(peer_chart).to_contain_text("tok/s")
+                expect(peer_chart.locator("svg path.line.tps")).to_have_count(1)
 
                 # SIGKILL gamma: it is shown suspect or dead within the gossip timeout, no reload
                 killed_at = time.monotonic()

@@ -174,6 +174,7 @@ function render(snap) {
   renderSelf(snap);
   renderStats(snap);
   renderPeers(snap);
+  renderCharts(snap);
   renderRecent(snap);
 }
 
@@ -257,6 +258,73 @@ function pathChips(r) {
     class: `chip${i ? " up" : ""}`,
     title: `${p.reason}${p.confidence !== null && p.confidence !== undefined ? ` → ${p.confidence.toFixed(2)}` : ""}`,
   }, `${i ? "↑ " : ""}${p.cloud ? "cloud" : who(p.peer)}${p.model ? ` · ${p.model}` : ""}`)));
+}
+
+// -- charts: the last minutes, per answering peer (tokens/s, latency) and for this peer
+// (requests and escalations), from the server's time buckets (mesh/http/timeline.py)
+
+const SVG = "http://www.w3.org/2000/svg";
+
+function svg(tag, attrs) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, String(v));
+  return el;
+}
+
+function sparkline(values, cls) {
+  const box = svg("svg", { viewBox: "0 0 100 40", preserveAspectRatio: "none", role: "img" });
+  const known = values.filter((v) => v !== null && v !== undefined);
+  if (!known.length) return box;
+  const max = Math.max(...known) || 1;
+  const step = values.length > 1 ? 100 / (values.length - 1) : 100;
+  let d = "";
+  let pen = false;
+  values.forEach((v, i) => {
+    if (v === null || v === undefined) { pen = false; return; }
+    d += `${pen ? "L" : "M"}${(i * step).toFixed(2)},${(38 - (36 * v) / max).toFixed(2)} `;
+    pen = true;
+  });
+  box.append(svg("path", { d: d.trim(), class: `line ${cls}` }));
+  return box;
+}
+
+function bars(requests, escalated) {
+  const box = svg("svg", { viewBox: "0 0 100 40", preserveAspectRatio: "none", role: "img" });
+  const max = Math.max(1, ...requests);
+  const w = 100 / requests.length;
+  requests.forEach((n, i) => {
+    const hgt = (38 * n) / max;
+    box.append(svg("rect", { x: (i * w).toFixed(2), y: (40 - hgt).toFixed(2), width: (w * 0.8).toFixed(2), height: hgt.toFixed(2), class: "bar" }));
+    const e = (38 * escalated[i]) / max;
+    if (e > 0) box.append(svg("rect", { x: (i * w).toFixed(2), y: (40 - e).toFixed(2), width: (w * 0.8).toFixed(2), height: e.toFixed(2), class: "bar escalated" }));
+  });
+  return box;
+}
+
+const lastOf = (xs) => { for (let i = xs.length - 1; i >= 0; i--) if (xs[i] !== null && xs[i] !== undefined) return xs[i]; return null; };
+
+function renderCharts(snap) {
+  const c = snap.charts;
+  const box = $("charts");
+  if (!c || !c.requests.some((n) => n > 0)) { box.replaceChildren(h("div", { class: "empty" }, "no requests in the last minutes")); return; }
+  const minutes = Math.round((c.times.length * c.bucket_s) / 60);
+  $("charts-hint").textContent = `last ${minutes} min, ${c.bucket_s} s buckets; requests entered at this peer, by who answered`;
+  const total = c.requests.reduce((a, b) => a + b, 0);
+  const esc = c.escalated.reduce((a, b) => a + b, 0);
+  const cards = [h("div", { class: "chart", "data-chart": "escalations" },
+    h("div", { class: "chart-title" }, h("span", {}, "requests · escalations"), h("span", { class: "muted" }, `${fmtInt(total)} · ${fmtInt(esc)} escalated`)),
+    bars(c.requests, c.escalated))];
+  for (const [peer, s] of Object.entries(c.peers)) {
+    const who = peer === "cloud" ? "cloud" : (names[peer] || shortId(peer));
+    const tps = lastOf(s.tokens_per_s);
+    const lat = lastOf(s.latency_p50_s);
+    cards.push(h("div", { class: "chart", "data-chart": "peer", "data-peer": peer },
+      h("div", { class: "chart-title" }, h("span", {}, who), h("span", { class: "muted" }, tps === null ? "–" : `${tps.toFixed(1)} tok/s`)),
+      sparkline(s.tokens_per_s, "tps"),
+      h("div", { class: "chart-title" }, h("span", { class: "muted" }, "latency p50"), h("span", { class: "muted" }, fmtSecs(lat))),
+      sparkline(s.latency_p50_s, "latency")));
+  }
+  box.replaceChildren(...cards);
 }
 
 function renderRecent(snap) {
