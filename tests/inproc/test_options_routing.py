@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from mesh.errors import NoAnswer
-from mesh.inference.backend import ENGINE_FEATURES, GenerationRequest
+from mesh.inference.backend import ENGINE_FEATURES, GenerationRequest, TextChunk
+from mesh.inference.logprobs import entry
 from mesh.routing import RouteRequest
 from mesh.rpc.server import Final
 from mesh.testing import ScriptedBackend
@@ -38,6 +39,38 @@ def test_options_are_routed_only_to_peers_that_honour_them(tmp_path):
             assert able.requests[-1].logprobs and able.requests[-1].top_logprobs == 2  # the options travelled
             assert any(r.stop == ("x",) for r in able.requests)
             assert not plain.requests
+        finally:
+            for p in reversed(peers):
+                await p.stop(grace_s=0)
+
+    run(main())
+
+
+class LogprobsBackend(ScriptedBackend):
+    """A scripted answer whose chunks carry a logprob entry per token, as an engine's do."""
+
+    async def stream(self, request):
+        async for item in super().stream(request):
+            if isinstance(item, TextChunk) and request.logprobs:
+                item = TextChunk(item.text, (entry(item.text.encode(), -0.5, [(b"x", -1.0)] * request.top_logprobs),))
+            yield item
+
+
+def test_logprobs_come_back_from_a_remote_peer_with_its_text(tmp_path):
+    async def main():
+        peers = await start_mesh(tmp_path, [ScriptedBackend(["plain"], model="plain"),
+                                            LogprobsBackend(["He", "llo"], model="able", features=ENGINE_FEATURES)])
+        try:
+            first = peers[0]
+            await wait_for(lambda: any(model.features for m in first.membership_service.view() if not m.is_self
+                                       for model in m.models))
+            gen = GenerationRequest.from_prompt("q", logprobs=True, top_logprobs=1)
+            events = [ev async for ev in first.router.ask(gen, RouteRequest.for_generation(gen, local_only=True))]
+            final = events[-1].data
+            assert final["text"] == "Hello" and final["peer"] == peers[1].router.self_id
+            assert [e[0] for e in final["logprobs"]] == [b"He", b"llo"]  # over RPC generate, checked on arrival
+            streamed = [e for ev in events if isinstance(ev, dict) and "lp" in ev for e in ev["lp"]]
+            assert streamed == final["logprobs"] and streamed[0][2] == [[b"x", -1.0]]
         finally:
             for p in reversed(peers):
                 await p.stop(grace_s=0)
