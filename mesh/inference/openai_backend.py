@@ -254,6 +254,8 @@ class OpenAIBackend:
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[TextChunk | FinalStats]:
         request.validate()
+        if request.needs:  # routing never sends them here (no features declared); refuse rather than ignore
+            raise InvalidRequest(f"this backend does not honour {', '.join(sorted(request.needs))}")
         prompt_estimate = wire.estimate_prompt_tokens(request.messages, chars_per_token=self._chars_per_token)
         self._check_fits(prompt_estimate, request.max_tokens)
         admitted_at = self._clock()

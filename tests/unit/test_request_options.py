@@ -290,3 +290,16 @@ def test_answers_and_chunks_carry_logprobs_only_when_asked():
     c = chunk(asked, id="c", created=1, model="m", text="Hi", logprobs=[e])
     assert c["choices"][0]["logprobs"]["content"][0]["token"] == "Hi"
     assert chunk(asked, id="c", created=1, model="m", text="Hi")["choices"][0]["logprobs"] is None
+
+
+def test_an_openai_backend_refuses_options_it_would_ignore():
+    from mesh.inference.openai_backend import OpenAIBackend
+
+    backend = OpenAIBackend("http://127.0.0.1:9/v1", "m")
+    assert backend.capabilities.features == ()  # so routing never sends it such a request
+
+    async def first():
+        return await backend.stream(GenerationRequest.from_prompt("hi", stop=("x",))).__anext__()
+
+    with pytest.raises(InvalidRequest, match="does not honour stop"):
+        asyncio.run(first())
