@@ -365,6 +365,7 @@ class Peer:
             self_id=self.identity.peer_id_text, backend=self._backend, membership=self.membership_service,
             pool=self.pool, cloud=self._cloud, cfg=self.config.routing, clock=self._clock, rng=self._child_rng(),
             observer=self.metrics, successors=self.successors,
+            fetch_model=self._fetch_for_prompt if self.config.auto_pull else None,
         )
         self.renewer = Renewer(
             data=self.data, membership=self.membership, certificate=self.certificate,
@@ -619,6 +620,35 @@ class Peer:
             if pending:
                 await self._clock.sleep(delay)
                 delay = min(2 * delay, 60.0)
+
+    async def _fetch_for_prompt(self, name: str) -> bool:
+        """--auto-pull: a prompt pins model ``name`` that no member serves; pull it into
+        this peer's store from a member that holds it (the model set then serves it).
+        False when no member has it."""
+        if self.models is not None:
+            try:
+                self.models.resolve(name)
+                return True  # here already (another prompt's pull just finished)
+            except ModelNotFound:
+                pass
+        try:
+            result = await self.model_service.fetch(name)
+        except ModelNotFound:
+            return False
+        except InvalidRequest:  # a pull of it is running already (another prompt's): wait for it
+            for _ in range(600):
+                await self._clock.sleep(1.0)
+                try:
+                    self.models.resolve(name)
+                    return True
+                except ModelNotFound:
+                    continue
+            return False
+        except MeshError as e:
+            log.warning("auto-pull of %s for a prompt failed: %s", name, e)
+            return False
+        log.info("auto-pull: %s is here for a prompt (%d bytes in %.1f s)", name, result.bytes_fetched, result.seconds)
+        return True
 
     def _memory_pool(self) -> dict | None:
         """What this peer lends (--lend-memory) and where its split model's layers are

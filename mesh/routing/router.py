@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -58,6 +58,7 @@ from mesh.rpc.server import Final
 log = logging.getLogger("mesh.routing.router")
 
 GENERATE_METHOD = "generate"
+OFFER_WAIT_S = 10.0  # after fetching a model for a prompt, how long its offer may take to show in gossip
 
 
 class Router:
@@ -75,7 +76,11 @@ class Router:
         rng: random.Random | None = None,
         observer=None,
         successors: Successors | None = None,
+        fetch_model: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
+        """``fetch_model(name)``: a prompt pins a model no member serves; fetch it into this
+        peer's model store if the mesh has it (``--auto-pull``), True once it is here."""
+        self.fetch_model = fetch_model
         self.self_id = self_id
         # mesh.http.metrics.PeerMetrics (or None): sees every prompt's events once, whoever entered it
         self.observer = observer
@@ -201,6 +206,7 @@ class Router:
         """``_ask``; when nothing could answer and no text went out, but a member that
         could have is rotating its keys (left moments ago, successor not here yet), wait
         for its successor and ask once more (see ``mesh.routing.successors``)."""
+        await self._fetch_if_unserved(route)
         streamed = False
         try:
             async for ev in self._ask(gen, self._following(route)):
@@ -217,6 +223,24 @@ class Router:
                 await self._clock.sleep(0.1)
         async for ev in self._ask(gen, self._following(route)):
             yield ev
+
+    def _serves(self, model: str) -> bool:
+        candidates, _ = self._candidates()
+        return any(c.model.casefold() == model.casefold() for c in candidates)
+
+    async def _fetch_if_unserved(self, route: RouteRequest) -> None:
+        """A prompt pins a model no member serves: with ``fetch_model`` (``--auto-pull``),
+        this peer fetches it from a member's model store, then serves it (the prompt waits
+        for the pull; once this peer's gossip offers the model, routing goes on as usual)."""
+        name = route.pinned_model
+        if self.fetch_model is None or not name or self._serves(name):
+            return
+        log.info("no member serves %s: fetching it for this prompt (--auto-pull)", name)
+        if not await self.fetch_model(name):
+            return  # nobody has it: routing says so (no answer)
+        deadline = self._clock() + OFFER_WAIT_S
+        while not self._serves(name) and self._clock() < deadline:
+            await self._clock.sleep(0.1)
 
     def _following(self, route: RouteRequest) -> RouteRequest:
         """``route`` pinned to the id its pinned peer goes by now (it may have rotated)."""

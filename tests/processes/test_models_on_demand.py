@@ -27,6 +27,11 @@ def own_models(peer: PeerProcess) -> dict[str, dict]:
     return {m["name"]: m for m in (me.get("meta") or {}).get("models", [])}
 
 
+def holder_alive(peer: PeerProcess) -> bool:
+    r = run_mesh("peers", "--json", data_dir=peer.data_dir)
+    return r.returncode == 0 and any(m["name"] == "holder" and m["state"] == "alive" for m in json.loads(r.stdout))
+
+
 def engines(peer: PeerProcess) -> int:
     """Live engine processes under the peer. One that has exited but is not reaped yet
     (a zombie, its cmdline gone) is not serving, so it does not count."""
@@ -115,3 +120,27 @@ def test_a_named_model_the_store_lacks_is_an_error_without_auto_pull(tmp_path):
         assert "no model 'nowhere-7B' in this peer's model store" in peer.log() and "--auto-pull" in peer.log()
     finally:
         peer.stop()
+
+
+def test_a_prompt_for_a_model_nobody_serves_is_pulled_and_answered_with_auto_pull(tmp_path):
+    # "helper" sits in the store of a peer that serves nothing; the asker serves its own model
+    holder = PeerProcess(tmp_path / "holder", "--name", "holder", "--no-http", "--no-model")
+    asker = None
+    try:
+        join = holder.wait_ready()["endpoint"].removeprefix("tcp://")
+        added = run_mesh("models", "add", str(default_model_path()), "--name", "helper", data_dir=holder.data_dir)
+        assert added.returncode == 0, added.stderr
+        token = run_mesh("invite", data_dir=holder.data_dir).stdout.strip()
+        asker = PeerProcess(tmp_path / "asker", "--name", "asker", "--join-token", token, "--join", join,
+                            "--no-http", "--auto-pull", "--keep-alive", "60")
+        asker.wait_ready()
+        wait_until(lambda: SMOL in own_models(asker), 30)
+        wait_until(lambda: holder_alive(asker), 30)
+        assert "helper" not in own_models(asker)  # nobody serves it: it is only in the holder's store
+        answer = ask(asker, "What is the chemical symbol for water?", "--model", "helper")
+        assert answer["model"] == "helper" and answer["peer"] == asker.info["peer_id"]
+        assert "auto-pull: helper is here for a prompt" in asker.log()
+    finally:
+        if asker is not None:
+            asker.stop()
+        holder.stop()
