@@ -38,6 +38,7 @@ from typing import Any
 
 import zmq.asyncio
 
+from mesh import tracing
 from mesh.clock import SYSTEM, Clock
 from mesh.config import PeerConfig
 from mesh.discovery.netaddr import advertise_endpoints
@@ -219,6 +220,9 @@ class Peer:
         self.identity, created = Identity.load_or_create(self.data.identity_key)
         if created:
             log.info("created identity %s in %s", self.identity.peer_id_text, self.data.identity_key)
+        # OpenTelemetry traces over OTLP when OTEL_EXPORTER_OTLP_ENDPOINT says where (mesh.tracing)
+        tracing.setup_from_env(service_name="mesh-peer", attributes={
+            "service.instance.id": self.identity.peer_id_text, "mesh.peer.name": self.config.name or ""})
         self.transport, created = TransportKeys.load_or_create(self.data.transport_key)
         if created:
             log.info("created transport key %s in %s", self.transport.public_text, self.data.transport_key)
@@ -792,6 +796,7 @@ class Peer:
             self.models.close()
         if self._ctx is not None:
             self._ctx.term()
+        tracing.shutdown()  # the spans still batched go out
         log.info("mesh-peer stopped")
 
     async def run(self, stop: asyncio.Event) -> None:

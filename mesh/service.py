@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mesh import __version__
+from mesh import __version__, tracing
 from mesh.api import final_to_wire, request_from_ask_args, route_args, route_from_args, text_event
 from mesh.errors import BackendBusy, InvalidRequest
 from mesh.inference.backend import Backend, FinalStats, TextChunk
@@ -131,7 +131,8 @@ class PeerService:
         route = {"threshold": self.threshold, **route_from_args(args)}
         if route.get("pinned_peer"):
             route["pinned_peer"] = self.router.resolve_peer(route["pinned_peer"])
-        events = self.router.ask(request, RouteRequest.for_generation(request, **route))
+        events = self.router.ask(request, RouteRequest.for_generation(request, **route),
+                                 trace_parent=tracing.extract(args.get("trace")))
         try:
             async for ev in events:
                 if isinstance(ev, Final):
@@ -144,8 +145,12 @@ class PeerService:
             await events.aclose()
 
     async def generate(self, args: dict[str, Any], ctx: CallContext):
-        """Generate here, with this peer's own backend (what other peers' routers call)."""
+        """Generate here, with this peer's own backend (what other peers' routers call). A
+        caller's ``trace`` makes this generation a span of its trace (mesh.tracing)."""
         request = request_from_ask_args(args)
+        span = tracing.child("mesh.generate", tracing.extract(args.get("trace")), kind=tracing.SpanKind.SERVER,
+                             attributes={"mesh.peer": self.peer_id})
+        final, error = None, None
         stream = coalesce(self.backend.stream(request), window_s=self.chunk_window_s)
         try:
             async for item in stream:
@@ -154,8 +159,13 @@ class PeerService:
                         yield text_event(item)
                 elif isinstance(item, FinalStats):
                     self.answers += 1
-                    yield Final(final_to_wire(item, peer=self.peer_id))
+                    final = final_to_wire(item, peer=self.peer_id)
+                    yield Final(final)
+        except BaseException as e:
+            error = e
+            raise
         finally:
+            tracing.end(span, error=error if final is None else None, attributes=tracing.generation_attributes(final))
             await stream.aclose()
 
     async def ping(self, args: dict[str, Any], ctx: CallContext) -> dict:

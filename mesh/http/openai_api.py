@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from mesh import tracing
 from mesh.errors import InvalidRequest, MeshError
 from mesh.http.apikeys import KEY_PREFIX, ApiKeyStore
 from mesh.http.guard import KEY_CHECK, bearer, keyless_allowed
@@ -152,7 +153,9 @@ class OpenAIApi:
             route_request = RouteRequest.for_generation(call.request, **route)
         except InvalidRequest as e:
             raise bad(str(e).replace("--peer", "mesh.peer"), "mesh") from None
-        events = router.ask(call.request, route_request, entry="http")
+        # a client's W3C trace context (traceparent header) makes this prompt part of its trace
+        parent = tracing.extract({k: request.headers[k] for k in ("traceparent", "tracestate") if k in request.headers})
+        events = router.ask(call.request, route_request, entry="http", trace_parent=parent)
         self.answers[call.kind + ("_stream" if call.stream else "")] += 1
         try:
             if call.stream:

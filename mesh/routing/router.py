@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
+from mesh import tracing
 from mesh.api import ask_args, final_to_wire, text_event
 from mesh.clock import SYSTEM, Clock
 from mesh.errors import BackendBusy, InvalidRequest, MeshError, NoAnswer, PeerUnavailable, RpcError
@@ -180,12 +181,14 @@ class Router:
 
     # -- one prompt ---------------------------------------------------------------------
 
-    def ask(self, gen: GenerationRequest, route: RouteRequest, *, entry: str | None = None) -> AsyncIterator[Any]:
+    def ask(self, gen: GenerationRequest, route: RouteRequest, *, entry: str | None = None,
+            trace_parent=None) -> AsyncIterator[Any]:
         """The events of one prompt (see the module docstring). ``entry``: where it came in
-        (rpc, http, job), for metrics; None lets the observer tell from the context."""
+        (rpc, http, job), for metrics; None lets the observer tell from the context.
+        ``trace_parent``: the caller's trace context (``mesh.tracing.extract``), if any."""
         if route.session_id is not None and gen.session != route.session_id:
             gen = replace(gen, session=route.session_id)  # the answering backend keeps the session's prompt cache
-        events = self._counted(self._ask_across_rotation(gen, route))
+        events = self._counted(self._traced(gen, route, entry, trace_parent))
         return events if self.observer is None else self.observer.watch(events, gen, entry=entry)
 
     def rename_peer(self, old: str, new: str) -> None:
@@ -202,14 +205,37 @@ class Router:
         finally:
             self.active -= 1
 
-    async def _ask_across_rotation(self, gen: GenerationRequest, route: RouteRequest) -> AsyncIterator[Any]:
+    async def _traced(self, gen: GenerationRequest, route: RouteRequest, entry: str | None,
+                      parent) -> AsyncIterator[Any]:
+        """``_ask_across_rotation`` in a ``mesh.ask`` span (mesh.tracing)."""
+        root = tracing.child("mesh.ask", parent, kind=tracing.SpanKind.SERVER, attributes={
+            "mesh.peer": self.self_id, "mesh.entry": entry or "", "mesh.pinned_model": route.pinned_model or "",
+            "mesh.pinned_peer": route.pinned_peer or "", "mesh.max_tokens": gen.max_tokens})
+        error = None
+        final = None
+        try:
+            async for ev in self._ask_across_rotation(gen, route, root):
+                if isinstance(ev, Final):
+                    final = ev.data
+                yield ev
+        except BaseException as e:
+            error = e
+            raise
+        finally:
+            attrs = tracing.generation_attributes(final)
+            if final:
+                attrs.update({"mesh.answered_by": (final.get("route") or {}).get("peer") or final.get("peer"),
+                              "mesh.escalated": bool(final.get("escalated")), "mesh.stopped": final.get("stopped")})
+            tracing.end(root, error=error, attributes=attrs)
+
+    async def _ask_across_rotation(self, gen: GenerationRequest, route: RouteRequest, root=None) -> AsyncIterator[Any]:
         """``_ask``; when nothing could answer and no text went out, but a member that
         could have is rotating its keys (left moments ago, successor not here yet), wait
         for its successor and ask once more (see ``mesh.routing.successors``)."""
         await self._fetch_if_unserved(route)
         streamed = False
         try:
-            async for ev in self._ask(gen, self._following(route)):
+            async for ev in self._ask(gen, self._following(route), root):
                 streamed = streamed or (isinstance(ev, dict) and "t" in ev)
                 yield ev
             return
@@ -221,7 +247,7 @@ class Router:
             deadline = self._clock() + ROTATION_WAIT_S
             while self.successors.awaiting(self.membership.view()) and self._clock() < deadline:
                 await self._clock.sleep(0.1)
-        async for ev in self._ask(gen, self._following(route)):
+        async for ev in self._ask(gen, self._following(route), root):
             yield ev
 
     def _serves(self, model: str) -> bool:
@@ -248,7 +274,7 @@ class Router:
             return route
         return replace(route, pinned_peer=self.successors.current(route.pinned_peer))
 
-    async def _ask(self, gen: GenerationRequest, route: RouteRequest) -> AsyncIterator[Any]:
+    async def _ask(self, gen: GenerationRequest, route: RouteRequest, root=None) -> AsyncIterator[Any]:
         seen = {"busy": False}  # per prompt: some fit peer said busy
         path: list[Attempt] = []
         answers: list[dict | None] = []  # per attempt: its final wire dict (with text), or None
@@ -256,35 +282,51 @@ class Router:
         n = 0
         while step.kind is not StepKind.STOP:
             candidates, addresses = self._candidates()
+            span = tracing.child("mesh.step", root, attributes={
+                "mesh.step": n, "mesh.step.kind": "cloud" if step.kind is StepKind.CLOUD else "route",
+                "mesh.step.reason": step.reason})
             if step.kind is StepKind.CLOUD:
                 assert self.cloud is not None
                 yield {"step": {"n": n, "kind": "cloud", "reason": step.reason, "model": self.cloud.capabilities.model,
                                 "restart": n > 0}}
                 final = None
+                gen_span = tracing.child("mesh.generate", span, attributes={"mesh.peer": "cloud"})
                 try:
                     async for ev in self._run_backend(self.cloud, gen, peer="cloud"):
                         if isinstance(ev, dict):
                             final = ev
                         else:
                             yield text_event(ev)
-                except InvalidRequest:
+                except InvalidRequest as e:
+                    tracing.end(gen_span, error=e)
+                    tracing.end(span, error=e)
                     raise
                 except MeshError as e:  # the cloud is unreachable or refused: keep what the mesh gave
                     log.warning("cloud failed: %s", e)
                     final = None
+                    tracing.end(gen_span, error=e)
+                else:
+                    tracing.end(gen_span, attributes=tracing.generation_attributes(final))
                 conf = final["confidence"] if final else None
                 path.append(Attempt.from_cloud(self.cloud.capabilities.model, confidence=conf, reason=step.reason))
                 answers.append(final)
             else:
                 assert step.request is not None
                 attempt, final = None, None
-                async for ev in self._route_once(step.request, step.reason, gen, candidates, addresses, n, seen):
-                    if isinstance(ev, tuple):
-                        attempt, final = ev
-                    else:
-                        yield ev
+                try:
+                    async for ev in self._route_once(step.request, step.reason, gen, candidates, addresses, n, seen,
+                                                     span):
+                        if isinstance(ev, tuple):
+                            attempt, final = ev
+                        else:
+                            yield ev
+                except BaseException as e:
+                    tracing.end(span, error=e)
+                    raise
                 path.append(attempt or Attempt.no_route(reason=step.reason))
                 answers.append(final)
+            tracing.end(span, attributes={"mesh.answered": answers[-1] is not None,
+                                          "mesh.confidence": path[-1].confidence, "mesh.peer": path[-1].peer_id})
             n += 1
             last_conf = path[-1].confidence
             step = next_step(path, last_conf, route, candidates, cfg=self.cfg)
@@ -299,7 +341,8 @@ class Router:
         kept["escalated"] = len(path) > 1
         yield Final(kept)
 
-    async def _route_once(self, request: RouteRequest, why: str, gen, candidates, addresses, n: int, seen: dict):
+    async def _route_once(self, request: RouteRequest, why: str, gen, candidates, addresses, n: int, seen: dict,
+                          parent=None):
         """One rung: choose, generate, retry elsewhere on failure. Yields events, then
         ``(Attempt, final)`` (final None when nothing answered)."""
         now = self._clock()
@@ -332,8 +375,12 @@ class Router:
             sent = self.sent.started(candidate.peer_id, self._clock())
             final = None
             streamed = False
+            failure: BaseException | None = None
+            span = tracing.child("mesh.attempt", parent, kind=tracing.SpanKind.CLIENT, attributes={
+                "mesh.peer": candidate.peer_id, "mesh.peer.name": candidate.name or "", "mesh.model": candidate.model,
+                "mesh.attempt": attempt_no, "mesh.choice": str(decision.reason)})
             try:
-                async for ev in self._generate_on(candidate, gen, addresses.get(candidate.peer_id, [])):
+                async for ev in self._generate_on(candidate, gen, addresses.get(candidate.peer_id, []), span):
                     if isinstance(ev, dict):
                         final = ev
                     else:
@@ -342,14 +389,21 @@ class Router:
             except BackendBusy as e:
                 log.info("peer %s busy: %s", candidate.peer_id[:12], e)
                 seen["busy"] = True
+                failure = e
             except (RpcError, MeshError, OSError) as e:
+                failure = e
                 if isinstance(e, InvalidRequest):
                     raise
                 log.warning("peer %s failed: %s", candidate.peer_id[:12], e)
                 seen.setdefault("errors", []).append(f"{candidate.name or candidate.peer_id[:12]}: {e}")
                 self.breakers.record_failure(candidate.peer_id, now=self._clock())
                 self.affinity.forget_peer(candidate.peer_id)
+            except BaseException as e:
+                failure = e
+                raise
             finally:
+                tracing.end(span, error=failure if final is None else None,
+                            attributes=tracing.generation_attributes(final))
                 self.sent.ended(sent, self._clock())
                 self.reservations[candidate.peer_id] -= 1
                 if self.reservations[candidate.peer_id] <= 0:
@@ -369,11 +423,21 @@ class Router:
             candidate = nxt
         yield (Attempt.no_route(reason=f"{why}; every peer tried failed"), None)
 
-    async def _generate_on(self, c: Candidate, gen: GenerationRequest, addresses: list[str]):
+    async def _generate_on(self, c: Candidate, gen: GenerationRequest, addresses: list[str], span=None):
         gen = replace(gen, model=c.model)  # the model chosen, of the several that peer may serve
         if c.peer_id == self.self_id:
-            async for ev in self._run_backend(self.backend, gen, peer=self.self_id):
-                yield ev
+            gen_span = tracing.child("mesh.generate", span, attributes={"mesh.peer": self.self_id})
+            final, error = None, None
+            try:
+                async for ev in self._run_backend(self.backend, gen, peer=self.self_id):
+                    if isinstance(ev, dict):
+                        final = ev
+                    yield ev
+            except BaseException as e:
+                error = e
+                raise
+            finally:
+                tracing.end(gen_span, error=error, attributes=tracing.generation_attributes(final))
             return
         if not addresses:
             raise RpcError(f"no address known for peer {c.peer_id[:12]}")
@@ -381,7 +445,11 @@ class Router:
         lps: list = []
         try:
             client = self.pool.client(addresses[0])
-            async with client.stream(GENERATE_METHOD, ask_args(gen), timeout_s=self.generate_timeout_s) as st:
+            args = ask_args(gen)
+            carrier = tracing.inject(span)
+            if carrier:
+                args["trace"] = carrier  # the answering peer's generate span is this attempt's child
+            async with client.stream(GENERATE_METHOD, args, timeout_s=self.generate_timeout_s) as st:
                 async for chunk in st:
                     text = chunk.get("t")
                     lp = entries_from_wire(chunk["lp"]) if gen.logprobs and "lp" in chunk else []
