@@ -21,6 +21,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from mesh import tracing
 from mesh.clock import SYSTEM, Clock
 from mesh.errors import BackendBusy, InvalidRequest, MeshError, NoAnswer
 from mesh.jobs import JobStore
@@ -107,22 +108,36 @@ class JobRunner:
             await self._run(job)
 
     async def _run(self, job) -> None:
+        # a job handed over by its owner carries the owner's trace context (mesh.tracing)
+        parent = tracing.extract(job.route.get("trace")) if isinstance(job.route, dict) else None
+        span = tracing.child("mesh.job", parent, attributes={"mesh.job.id": job.id, "mesh.job.owner": job.owner,
+                                                             "mesh.peer": self.self_id})
+        outcome = None
+        try:
+            outcome = await self._run_job(job, span)
+        except BaseException as e:
+            tracing.end(span, error=e)
+            raise
+        tracing.end(span, attributes={"mesh.job.outcome": outcome})
+
+    async def _run_job(self, job, span) -> str:
+        """One go at ``job``; how it ended (for its span)."""
         try:
             gen = job.generation_request()
             route = RouteRequest.for_generation(gen, **_route_kwargs(job.route, self.threshold))
         except InvalidRequest as e:
             self.store.fail(job.id, worker=self.self_id, error=str(e), retry=False, now=self._clock())
-            return
+            return "invalid"
         if self.sync is not None and job.owner == self.self_id:
             # Another peer would serve it: hand it over, so it runs there from a durable
             # queue and its result comes back even if this peer goes offline meanwhile.
             target = self.router.plan_first(route)
-            if target not in (None, "cloud", self.self_id) and await self.sync.hand_over(job, target):
+            if target not in (None, "cloud", self.self_id) and await self.sync.hand_over(job, target, span=span):
                 self._waits.pop(job.id, None)
-                return
+                return "handed over"
         # the prompt is routed in a task of its own, so that cancelling the job (_stop_job)
         # stops it and nothing else; both tasks end before _run returns (the finally below)
-        answering = asyncio.create_task(self._answer(job, gen, route), name=f"job-{job.id}")
+        answering = asyncio.create_task(self._answer(job, gen, route, span), name=f"job-{job.id}")
         self._running = (job.id, answering)
         renewer = asyncio.create_task(self._renew(job.id))
         try:
@@ -134,16 +149,18 @@ class JobRunner:
                                    ran_on=ran_on):
                 log.info("job %s done on %s", job.id, final.get("peer"))
             self._waits.pop(job.id, None)
+            return "done"
         except asyncio.CancelledError:
             if answering.cancelled() and not asyncio.current_task().cancelling():
                 # only this job was stopped (cancelled, or its lease lost), not the runner
                 log.info("job %s stopped while running (%s)", job.id, self.store.get(job.id).state.value)
-                return
+                return "stopped"
             # the peer is stopping: the job goes back to the queue
             self.store.fail(job.id, worker=self.self_id, error="the peer stopped", retry=True, now=self._clock())
             raise
         except InvalidRequest as e:
             self.store.fail(job.id, worker=self.self_id, error=str(e), retry=False, now=self._clock())
+            return "invalid"
         except (NoAnswer, BackendBusy) as e:  # nothing can answer now: wait, without spending an attempt
             if len(self._waits) > 10_000:  # bounded: a forgotten entry only resets that job's back-off
                 self._waits.clear()
@@ -151,19 +168,21 @@ class JobRunner:
             delay = min(WAIT_MAX_S, WAIT_BASE_S * 2 ** min(waits - 1, 10))
             log.info("job %s waits %.0f s: %s", job.id, delay, e)
             self.store.defer(job.id, worker=self.self_id, reason=str(e), delay_s=delay, now=self._clock())
+            return "waiting"
         except MeshError as e:  # this attempt failed: retried (attempts are bounded)
             log.info("job %s attempt failed: %s", job.id, e)
             self.store.fail(job.id, worker=self.self_id, error=str(e), retry=True, now=self._clock())
+            return "failed"
         finally:
             self._running = None
             await cancel_and_wait(renewer)
             await cancel_and_wait(answering)
 
-    async def _answer(self, job, gen, route) -> dict:
+    async def _answer(self, job, gen, route, span=None) -> dict:
         """Route the job's prompt; its final reply (text and stats)."""
         final = None
         peer, generating = self.self_id, None  # who generates: this peer unless a route step names another
-        async for ev in self.router.ask(gen, route):
+        async for ev in self.router.ask(gen, route, trace_parent=span):
             if isinstance(ev, dict) and "step" in ev:
                 peer = ev["step"].get("peer") or ev["step"].get("kind", "?")
             elif (isinstance(ev, Final) or isinstance(ev, dict) and "t" in ev) and generating != peer:

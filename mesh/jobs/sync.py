@@ -35,6 +35,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from mesh import tracing
 from mesh.clock import SYSTEM, Clock
 from mesh.errors import BackendBusy, InvalidRequest, MeshError
 from mesh.gossip.view import MemberView
@@ -109,21 +110,28 @@ class JobSync:
 
     # -- owner side -----------------------------------------------------------------------
 
-    async def hand_over(self, job, to: str) -> bool:
+    async def hand_over(self, job, to: str, *, span=None) -> bool:
         """Hand ``job`` (claimed by this peer) to peer ``to``. True if ``to`` took it (or
-        already had its outcome, now stored here); False to run it some other way."""
+        already had its outcome, now stored here); False to run it some other way.
+        ``span``: the job's span; the executor's run of it joins the trace (mesh.tracing)."""
         address = self._address(to)
         if address is None:
             return False
+        hspan = tracing.child("mesh.job.handover", span, kind=tracing.SpanKind.CLIENT,
+                              attributes={"mesh.job.id": job.id, "mesh.peer": to})
+        wire = handover_to_wire(job)
+        carrier = tracing.inject(hspan)
+        if carrier:  # kept with the job's routing options where it runs (its request is canonical)
+            wire["job"]["route"] = {**(job.route or {}), "trace": carrier}
         try:
-            reply = await self.pool.client(address).call(
-                HANDOVER_METHOD, handover_to_wire(job), timeout_s=self.cfg.call_timeout_s
-            )
+            reply = await self.pool.client(address).call(HANDOVER_METHOD, wire, timeout_s=self.cfg.call_timeout_s)
         except (MeshError, OSError) as e:
             log.info("handover of job %s to %s failed: %s", job.id, to[:12], e)
+            tracing.end(hspan, error=e)
             if not isinstance(e, BackendBusy):
                 self.pool.drop(address)
             return False
+        tracing.end(hspan)
         if self._import_reply(job.id, to, reply):
             return True
         if not self.store.hand_over(job.id, worker=self.self_id, to=to, lease_s=self.cfg.handover_lease_s,

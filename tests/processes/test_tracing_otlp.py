@@ -142,6 +142,40 @@ def test_a_prompt_answered_by_another_peer_is_one_trace_across_both(tmp_path, re
         a.stop()
 
 
+def test_a_job_handed_over_is_one_trace_with_its_run_on_the_executor(tmp_path, receiver, monkeypatch):
+    for k, v in _otel_env(receiver.url).items():
+        monkeypatch.setenv(k, v)
+    # gamma serves no model: a job submitted there is handed to alpha, which runs it
+    a = PeerProcess(tmp_path / "alpha", "--name", "alpha", "--threads", "1")
+    g = None
+    try:
+        info_a = a.wait_ready()
+        token = run_mesh("invite", data_dir=a.data_dir).stdout.strip()
+        g = PeerProcess(tmp_path / "gamma", "--name", "gamma", "--no-model", "--join-token", token,
+                        "--join", info_a["endpoint"].removeprefix("tcp://"))
+        info_g = g.wait_ready()
+        wait_until(lambda: '"alpha"' in run_mesh("peers", "--json", data_dir=g.data_dir).stdout, 30)
+        r = run_mesh("submit", "--json", "--max-tokens", "6", "Say hi.", data_dir=g.data_dir)
+        assert r.returncode == 0, r.stderr
+        job_id = json.loads(r.stdout)["id"]
+        r = run_mesh("result", job_id, "--wait", "--json", data_dir=g.data_dir, timeout=120)
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: any(s["resource"].get("mesh.peer.name") == "alpha" for s in receiver.named("mesh.job")), 30)
+        owner_job = next(s for s in receiver.named("mesh.job") if s["resource"].get("mesh.peer.name") == "gamma")
+        handover = next(s for s in receiver.named("mesh.job.handover") if s["parent"] == owner_job["id"])
+        assert handover["attrs"]["mesh.peer"] == info_a["peer_id"] and handover["attrs"]["mesh.job.id"] == job_id
+        assert owner_job["attrs"]["mesh.job.outcome"] == "handed over"
+        ran = next(s for s in receiver.named("mesh.job") if s["resource"].get("mesh.peer.name") == "alpha")
+        assert ran["parent"] == handover["id"] and ran["trace"] == owner_job["trace"]  # crossed the hand-over
+        assert ran["attrs"]["mesh.job.outcome"] == "done" and ran["attrs"]["mesh.job.owner"] == info_g["peer_id"]
+        ask = next(s for s in receiver.named("mesh.ask") if s["parent"] == ran["id"])
+        assert ask["attrs"]["mesh.answered_by"] == info_a["peer_id"]
+    finally:
+        if g is not None:
+            g.stop()
+        a.stop()
+
+
 def test_without_an_endpoint_nothing_is_exported_and_no_context_is_sent(tmp_path, receiver, monkeypatch):
     for var in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
         monkeypatch.delenv(var, raising=False)
