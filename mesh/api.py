@@ -15,6 +15,7 @@ from mesh.inference.backend import FinalStats, GenerationRequest, Message, TextC
 from mesh.inference.logprobs import entries_from_wire, openai_content
 from mesh.inference.output_format import OutputFormat
 from mesh.inference.stops import check_stop
+from mesh.inference.tools import MAX_CALLS_PER_MESSAGE, ToolCall, Tools
 
 MAX_MESSAGES = 256
 
@@ -54,7 +55,7 @@ def route_from_args(args: dict[str, Any]) -> dict[str, Any]:
 
 def ask_args(request: GenerationRequest) -> dict[str, Any]:
     args: dict[str, Any] = {
-        "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+        "messages": [_message_to_wire(m) for m in request.messages],
         "max_tokens": request.max_tokens,
         "temperature": request.temperature,
         "top_p": request.top_p,
@@ -72,7 +73,30 @@ def ask_args(request: GenerationRequest) -> dict[str, Any]:
         args["top_logprobs"] = request.top_logprobs
     if request.format is not None:
         args["format"] = request.format.to_wire()
+    if request.tools is not None:
+        args["tools"] = request.tools.to_wire()
     return args
+
+
+def _message_to_wire(m: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": m.role, "content": m.content}
+    if m.tool_calls:
+        out["tool_calls"] = [c.to_wire() for c in m.tool_calls]
+    if m.tool_call_id is not None:
+        out["tool_call_id"] = m.tool_call_id
+    return out
+
+
+def _message_from_wire(m: Any) -> Message:
+    if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+        raise InvalidRequest("each message is a map with string 'role' and 'content'")
+    calls = m.get("tool_calls", [])
+    if not isinstance(calls, list) or len(calls) > MAX_CALLS_PER_MESSAGE:
+        raise InvalidRequest(f"a message's tool_calls must be a list of at most {MAX_CALLS_PER_MESSAGE}")
+    call_id = m.get("tool_call_id")
+    if call_id is not None and not isinstance(call_id, str):
+        raise InvalidRequest("a message's tool_call_id must be a string")
+    return Message(m["role"], m["content"], tuple(ToolCall.from_wire(c) for c in calls), call_id)
 
 
 def text_event(chunk: TextChunk) -> dict[str, Any]:
@@ -98,11 +122,7 @@ def request_from_ask_args(args: dict[str, Any]) -> GenerationRequest:
         raise InvalidRequest("messages must be a non-empty list")
     if len(raw) > MAX_MESSAGES:
         raise InvalidRequest(f"at most {MAX_MESSAGES} messages")
-    messages = []
-    for m in raw:
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-            raise InvalidRequest("each message is a map with string 'role' and 'content'")
-        messages.append(Message(m["role"], m["content"]))
+    messages = [_message_from_wire(m) for m in raw]
     seed = args.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):
         raise InvalidRequest("seed must be an integer in 0..2**32-1")
@@ -116,6 +136,7 @@ def request_from_ask_args(args: dict[str, Any]) -> GenerationRequest:
     if not isinstance(logprobs, bool):
         raise InvalidRequest("logprobs must be true or false")
     fmt = args.get("format")
+    tools = args.get("tools")
     return GenerationRequest(
         messages=tuple(messages),
         max_tokens=_number(args, "max_tokens", 256, int),
@@ -128,6 +149,7 @@ def request_from_ask_args(args: dict[str, Any]) -> GenerationRequest:
         logprobs=logprobs,
         top_logprobs=_number(args, "top_logprobs", 0, int),
         format=None if fmt is None else OutputFormat.from_wire(fmt),
+        tools=None if tools is None else Tools.from_wire(tools),
     ).validate()
 
 

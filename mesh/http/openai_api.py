@@ -40,6 +40,8 @@ from mesh.http.openai_format import (
     mesh_field,
     mesh_headers,
     model_list,
+    tool_call_id,
+    tool_deltas,
     usage_chunk,
 )
 from mesh.http.openai_schema import (
@@ -50,6 +52,7 @@ from mesh.http.openai_schema import (
     parse_chat,
     parse_completion,
 )
+from mesh.inference.tools import ToolCallParser
 from mesh.paths import DataDir
 from mesh.rpc.ratelimit import RateLimiter, retry_after_header
 from mesh.rpc.server import Final
@@ -197,6 +200,18 @@ class OpenAIApi:
         async def send(obj: dict) -> None:
             await resp.write(b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n")
 
+        # a request with tools: its answer is read as text or a tool call (mesh.inference.tools)
+        tools = ToolCallParser() if call.request.tools is not None else None
+
+        async def emit(text: str, lp=None, *, last: bool = False) -> None:
+            if tools is None:
+                if text or lp:
+                    await send(chunk(call, id=cid, created=created, model=model, text=text, logprobs=lp))
+                return
+            parts = tool_deltas(tools, text, call_id=tool_call_id(cid), last=last) or ([{}] if lp else [])
+            for i, part in enumerate(parts):
+                await send(chunk(call, id=cid, created=created, model=model, logprobs=lp if i == 0 else None, **part))
+
         async def start() -> None:
             nonlocal resp
             # the first rung's peer and model; the last chunk's "mesh" says who kept the answer
@@ -217,14 +232,18 @@ class OpenAIApi:
                         first.update(peer=final.get("peer"), model=final.get("model"))
                         await start()
                         if final.get("text"):
-                            await send(chunk(call, id=cid, created=created, model=model, text=final["text"],
-                                             logprobs=final.get("logprobs")))
+                            await emit(final["text"], final.get("logprobs"))
+                    if tools is not None:
+                        await emit("", last=True)
                     facts = mesh_field(final, names=self._names())
                     facts["restarted"] = restarted
                     if restarted:
                         facts["text"] = final.get("text") or ""  # what was kept, replacing the streamed text
+                    reason = final.get("finish_reason") or "stop"
+                    if tools is not None and tools.mode == "call" and reason == "stop":
+                        reason = "tool_calls"
                     await send(chunk(call, id=cid, created=created, model=final.get("model") or model,
-                                     finish_reason=final.get("finish_reason") or "stop", mesh=facts))
+                                     finish_reason=reason, mesh=facts))
                     if call.include_usage:
                         await send(usage_chunk(call, final, id=cid, created=created))
                     await resp.write(b"data: [DONE]\n\n")
@@ -246,7 +265,7 @@ class OpenAIApi:
                 if isinstance(text, str) and (text or lp):
                     if resp is None:
                         await start()
-                    await send(chunk(call, id=cid, created=created, model=model, text=text, logprobs=lp))
+                    await emit(text, lp)
                     sent_text = True
         except MeshError as e:
             err = error_for(e)

@@ -14,6 +14,7 @@ from typing import Any
 from mesh.gossip.view import MemberView
 from mesh.http.openai_schema import VIRTUAL_MODEL, ApiCall
 from mesh.inference.logprobs import entries_from_wire, openai_content
+from mesh.inference.tools import ToolCallParser, parse_answer
 
 MESH_FIELDS = ("peer", "model", "confidence", "min_token_prob", "escalated", "stopped", "tokens_per_s",
                "time_to_first_token_s", "generation_s", "route", "path")
@@ -77,7 +78,14 @@ def completion_object(call: ApiCall, final: dict, *, id: str, created: int, name
     text = final.get("text") or ""
     reason = final.get("finish_reason") or "stop"
     if call.kind == "chat":
-        choice = {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
+        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+        if call.request.tools is not None:
+            text, tc = parse_answer(text)
+            if tc is not None:
+                message.update(content=None, tool_calls=[{"id": tool_call_id(id), "type": "function", "function": {
+                    "name": tc.name, "arguments": tc.arguments}}])
+                reason = "tool_calls" if reason == "stop" else reason
+        choice = {"index": 0, "message": message,
                   "logprobs": logprobs_field(call, final.get("logprobs")), "finish_reason": reason}
         obj = "chat.completion"
     else:
@@ -89,18 +97,43 @@ def completion_object(call: ApiCall, final: dict, *, id: str, created: int, name
     }
 
 
+def tool_call_id(completion_id: str) -> str:
+    """The id of an answer's (one) tool call, from the completion's id."""
+    return "call_" + completion_id.split("-", 1)[-1]
+
+
+def tool_deltas(parser: ToolCallParser, text: str, *, call_id: str, last: bool = False) -> list[dict[str, Any]]:
+    """Answer text -> ``chunk`` keywords, through the answer's ``ToolCallParser``:
+    ``{"text": ...}`` for plain text, ``{"tool_calls": [...]}`` for a call, as OpenAI
+    streams one (the first delta with index, id, type, name and empty arguments, then
+    arguments in pieces), which the SDK accumulates."""
+    out: list[dict[str, Any]] = []
+    for kind, s in parser.feed(text) + (parser.finish() if last else []):
+        if kind == "text":
+            out.append({"text": s})
+        elif kind == "call":
+            out.append({"tool_calls": [{"index": 0, "id": call_id, "type": "function",
+                                        "function": {"name": s, "arguments": ""}}]})
+        else:
+            out.append({"tool_calls": [{"index": 0, "function": {"arguments": s}}]})
+    return out
+
+
 def chunk(call: ApiCall, *, id: str, created: int, model: str, text: str | None = None, first: bool = False,
-          finish_reason: str | None = None, mesh: dict | None = None, logprobs=None) -> dict[str, Any]:
+          finish_reason: str | None = None, mesh: dict | None = None, logprobs=None,
+          tool_calls: list | None = None) -> dict[str, Any]:
     """One stream chunk (``chat.completion.chunk``, or ``text_completion`` for
     /v1/completions). The first chat chunk carries the role; the last, the finish reason
     and the ``mesh`` field; a text chunk, the logprobs of its tokens when asked
-    (``logprobs``: wire entries)."""
+    (``logprobs``: wire entries); a tool call chunk, ``delta.tool_calls``."""
     if call.kind == "chat":
         delta: dict[str, Any] = {}
         if first:
             delta["role"] = "assistant"
         if text is not None or first:
             delta["content"] = text or ""
+        if tool_calls is not None:
+            delta["tool_calls"] = tool_calls
         lp = logprobs_field(call, logprobs) if logprobs is not None else None
         choice = {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish_reason}
         obj = "chat.completion.chunk"

@@ -11,10 +11,13 @@ Accepted as OpenAI documents them: ``model``, ``messages`` (string content, or a
 ``stream_options.include_usage``, ``n`` (must be 1), ``user`` (ignored), ``stop`` (a
 string or up to 4), ``logprobs`` and ``top_logprobs`` (0..20; chat only),
 ``response_format`` ``text``, ``json_object`` and ``json_schema`` (compiled to a grammar
-here, so a schema that cannot be is a 400 before anything is routed). A request that
-uses stop, logprobs or a JSON format is routed only to peers whose engine honours them.
-Refused with a 400 naming the field, rather than silently answering something else:
-``tools``, image or audio parts, the ``tool`` role, ``logprobs`` on /v1/completions.
+here, so a schema that cannot be is a 400 before anything is routed), ``tools`` and
+``tool_choice`` (chat only; ``mesh.inference.tools``: checked and compiled here too),
+assistant messages with ``tool_calls`` (``content`` may be null) and ``tool`` messages
+answering one of them. A request that uses stop, logprobs, a JSON format or tools is
+routed only to peers whose engine honours them. Refused with a 400 naming the field,
+rather than silently answering something else: the legacy ``functions``, tools together
+with a JSON ``response_format``, image or audio parts, ``logprobs`` on /v1/completions.
 Ignored: fields OpenAI has and the mesh has no use for (penalties, ``logit_bias``,
 ``metadata``, ``store``, ...) and unknown fields, as OpenAI ignores them.
 
@@ -35,11 +38,13 @@ from mesh.inference.backend import GenerationRequest, Message
 from mesh.inference.logprobs import MAX_TOP
 from mesh.inference.output_format import OutputFormat, grammar_text
 from mesh.inference.stops import check_stop
+from mesh.inference.tools import MAX_CALLS_PER_MESSAGE, ToolCall, Tools, check_history
+from mesh.inference.tools import grammar_text as tools_grammar
 
 VIRTUAL_MODEL = "mesh"  # "route for me": no model pin
 DEFAULT_MAX_TOKENS = 256
 MESH_ROUTE_KEYS = ("peer", "session", "local_only", "no_escalate", "threshold")
-_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 
 
 class ApiError(Exception):
@@ -123,8 +128,9 @@ def _unsupported(body: dict) -> None:
     n = body.get("n")
     if n is not None and (isinstance(n, bool) or n != 1):
         raise bad("n must be 1: the mesh returns one choice per request", "n", "unsupported_value")
-    if body.get("tools") not in (None, []) or body.get("functions") not in (None, []):
-        raise bad("tools and functions are not supported by this mesh", "tools", "unsupported_parameter")
+    if body.get("functions") not in (None, []) or body.get("function_call") is not None:
+        raise bad("functions and function_call (deprecated by OpenAI) are not supported; use tools",
+                  "functions", "unsupported_parameter")
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise bad("user must be a string", "user", "invalid_type")
@@ -153,7 +159,26 @@ def _options(body: dict, kind: str) -> dict[str, Any]:
             grammar_text(fmt)
     except InvalidRequest as e:
         raise bad(str(e), "response_format", "invalid_value") from None
-    return {"stop": stops, "logprobs": logprobs, "top_logprobs": top or 0, "format": fmt}
+    tools = _tools(body, kind)
+    if tools is not None and fmt is not None:
+        raise bad("tools cannot be combined with a JSON response_format", "response_format", "unsupported_value")
+    return {"stop": stops, "logprobs": logprobs, "top_logprobs": top or 0, "format": fmt, "tools": tools}
+
+
+def _tools(body: dict, kind: str) -> Tools | None:
+    """``tools`` and ``tool_choice`` (None: no function may be called); compiled here."""
+    if kind != "chat":
+        if body.get("tools") not in (None, []):
+            raise bad("tools are served on /v1/chat/completions only", "tools", "unsupported_parameter")
+        return None
+    try:
+        tools = Tools.from_openai(body.get("tools"), body.get("tool_choice"))
+        if tools is not None:
+            tools_grammar(tools)
+    except InvalidRequest as e:
+        msg = str(e)
+        raise bad(msg, "tool_choice" if msg.startswith("tool_choice") else "tools", "invalid_value") from None
+    return tools
 
 
 def _model(body: dict, models: Collection[str]) -> tuple[str, str | None]:
@@ -202,10 +227,49 @@ def _messages(body: dict) -> tuple[Message, ...]:
             raise bad(f"{where} must be an object with role and content", where, "invalid_type")
         role = m.get("role")
         if role not in _ROLES:
-            raise bad(f"{where}.role {role!r} is not supported; use system, developer, user or assistant",
+            raise bad(f"{where}.role {role!r} is not supported; use system, developer, user, assistant or tool",
                       f"{where}.role", "invalid_value")
-        out.append(Message(_ROLES[role], _content(m.get("content"), f"{where}.content", role)))
+        out.append(Message(_ROLES[role], _content(m.get("content"), f"{where}.content", role),
+                           _tool_calls(m, where, role), _tool_call_id(m, where, role)))
+    try:
+        check_history(out)
+    except InvalidRequest as e:
+        raise bad(str(e), "messages", "invalid_value") from None
     return tuple(out)
+
+
+def _tool_calls(m: dict, where: str, role: str) -> tuple[ToolCall, ...]:
+    raw = m.get("tool_calls")
+    if raw in (None, []):
+        return ()
+    if role != "assistant":
+        raise bad(f"{where}: only assistant messages carry tool_calls", f"{where}.tool_calls", "invalid_value")
+    if not isinstance(raw, list) or len(raw) > MAX_CALLS_PER_MESSAGE:
+        raise bad(f"{where}.tool_calls must be a list of at most {MAX_CALLS_PER_MESSAGE} calls",
+                  f"{where}.tool_calls", "invalid_type")
+    out = []
+    for j, c in enumerate(raw):
+        w = f"{where}.tool_calls[{j}]"
+        f = c.get("function") if isinstance(c, dict) else None
+        if not isinstance(f, dict) or c.get("type", "function") != "function" or not isinstance(c.get("id"), str) \
+                or not isinstance(f.get("name"), str) or not isinstance(f.get("arguments", ""), str):
+            raise bad(f"{w} must be {{\"id\", \"type\": \"function\", \"function\": {{\"name\", \"arguments\"}}}} "
+                      "with string id, name and arguments", w, "invalid_type")
+        try:
+            out.append(ToolCall(c["id"], f["name"], f.get("arguments", "")).check(w))
+        except InvalidRequest as e:
+            raise bad(str(e), w, "invalid_value") from None
+    return tuple(out)
+
+
+def _tool_call_id(m: dict, where: str, role: str) -> str | None:
+    v = m.get("tool_call_id")
+    if role != "tool":
+        return None  # OpenAI ignores it elsewhere
+    if not isinstance(v, str) or not 0 < len(v) <= 128:
+        raise bad(f"{where}: a tool message needs tool_call_id, the id of the call it answers",
+                  f"{where}.tool_call_id", "invalid_value")
+    return v
 
 
 def _mesh_route(body: dict) -> dict[str, Any]:

@@ -29,13 +29,14 @@ from mesh.errors import InvalidRequest
 from mesh.inference.logprobs import MAX_TOP
 from mesh.inference.output_format import OutputFormat
 from mesh.inference.stops import check_stop
+from mesh.inference.tools import ToolCall, Tools, check_history, uses_tools
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")  # "tool": a function's result (mesh.inference.tools)
 # Request options an engine may honour beyond plain sampling. A backend lists those it
 # honours in ``Capabilities.features``; gossip carries them per model, and the router
 # sends a request only where every option it uses is honoured (``GenerationRequest.needs``).
-STOP, LOGPROBS, GRAMMAR = "stop", "logprobs", "grammar"
-ENGINE_FEATURES = (STOP, LOGPROBS, GRAMMAR)  # the llama.cpp engine honours all
+STOP, LOGPROBS, GRAMMAR, TOOLS = "stop", "logprobs", "grammar", "tools"
+ENGINE_FEATURES = (STOP, LOGPROBS, GRAMMAR, TOOLS)  # the llama.cpp engine honours all
 TPS_EWMA_ALPHA = 0.2  # weight of the newest request in Capabilities.tokens_per_s
 
 
@@ -48,6 +49,8 @@ def ewma(previous: float, sample: float, alpha: float = TPS_EWMA_ALPHA) -> float
 class Message:
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()  # an assistant turn's function calls
+    tool_call_id: str | None = None  # a "tool" turn: the call whose result it is
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class GenerationRequest:
     logprobs: bool = False  # report each answer token's log-probability (mesh.inference.logprobs)
     top_logprobs: int = 0  # and the most likely alternatives at each step (logprobs only)
     format: OutputFormat | None = None  # JSON output under a grammar (mesh.inference.output_format)
+    tools: Tools | None = None  # functions the answer may call (mesh.inference.tools)
 
     MAX_TOKENS_LIMIT = 8192
     MAX_PROMPT_CHARS = 256 * 1024
@@ -79,7 +83,7 @@ class GenerationRequest:
                 raise InvalidRequest(f"unknown message role {m.role!r}; use one of {', '.join(ROLES)}")
             if not isinstance(m.content, str):
                 raise InvalidRequest("message content must be a string")
-            total += len(m.content)
+            total += len(m.content) + sum(len(c.arguments) for c in m.tool_calls)
         if not any(m.role == "user" and m.content.strip() for m in self.messages):
             raise InvalidRequest("the prompt is empty")
         if total > self.MAX_PROMPT_CHARS:
@@ -110,13 +114,22 @@ class GenerationRequest:
             if not isinstance(self.format, OutputFormat):
                 raise InvalidRequest("format must be an OutputFormat")
             self.format.check()
+        if self.tools is not None:
+            if not isinstance(self.tools, Tools):
+                raise InvalidRequest("tools must be a Tools")
+            if self.format is not None:
+                raise InvalidRequest("a request offers tools or asks a JSON format, not both")
+            self.tools.check()
+        check_history(self.messages)
         return self
 
     @property
     def needs(self) -> frozenset[str]:
         """The features a backend must honour to serve this request (``ENGINE_FEATURES``)."""
         return frozenset(name for name, used in ((STOP, self.stop), (LOGPROBS, self.logprobs),
-                                                 (GRAMMAR, self.format is not None)) if used)
+                                                 (GRAMMAR, self.format is not None),
+                                                 (TOOLS, self.tools is not None or uses_tools(self.messages)))
+                         if used)
 
     @classmethod
     def from_prompt(cls, prompt: str, *, system: str | None = None, **kw) -> "GenerationRequest":

@@ -20,6 +20,7 @@ llama.cpp actually evaluated.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import threading
@@ -31,7 +32,15 @@ from pathlib import Path
 import llama_cpp
 
 from mesh.errors import GenerationError, ModelError
-from mesh.inference.backend import ENGINE_FEATURES, Capabilities, FinalStats, GenerationRequest, ewma
+from mesh.inference.backend import (
+    ENGINE_FEATURES,
+    TOOLS,
+    Capabilities,
+    FinalStats,
+    GenerationRequest,
+    Message,
+    ewma,
+)
 from mesh.inference.engine import (
     ChatPrompter,
     SplitArgs,
@@ -45,6 +54,8 @@ from mesh.inference.models import model_info
 from mesh.inference.output_format import grammar_text
 from mesh.inference.session_cache import SessionCache, SessionCacheConfig, SessionState
 from mesh.inference.slots import check_fits
+from mesh.inference.tools import grammar_text as tools_grammar
+from mesh.inference.tools import prompt_messages
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +145,9 @@ class ModelRunner:
         ``request.logprobs``, entries go to ``on_logprobs`` before their text."""
         self._check_thread()
         grammar = grammar_text(request.format) if request.format is not None else None
-        prompt = self._prompter.tokens(request)
+        if request.tools is not None:
+            grammar = tools_grammar(request.tools)
+        prompt = self._prompter.tokens(_plain_turns(request))
         check_fits(len(prompt), request.max_tokens, self.caps.context_length)
         seed = request.seed if request.seed is not None else self._rng.randrange(0, 0xFFFFFFFF)
         session = request.session if self.sessions.config.enabled else None
@@ -200,9 +213,15 @@ class ModelRunner:
         self._llm.close()
 
 
-def _with_tps(caps: Capabilities, tps: float, *, first: bool = False) -> Capabilities:
-    import dataclasses
+def _plain_turns(request: GenerationRequest) -> GenerationRequest:
+    """Tools and an earlier turn's calls and results as plain chat turns (no chat template
+    the mesh ships speaks tools: ``mesh.inference.tools.prompt_messages``)."""
+    if TOOLS not in request.needs:
+        return request
+    return dataclasses.replace(request, messages=prompt_messages(request.messages, request.tools, Message))
 
+
+def _with_tps(caps: Capabilities, tps: float, *, first: bool = False) -> Capabilities:
     if tps <= 0:
         return caps
     return dataclasses.replace(caps, tokens_per_s=tps if first else ewma(caps.tokens_per_s, tps))

@@ -11,7 +11,8 @@ import openai
 import pytest
 from pydantic import BaseModel, Field
 
-from support.peerproc import PeerProcess, run_mesh
+from support.openai_peer import openai_client, openai_peer
+from support.peerproc import run_mesh
 
 pytestmark = [pytest.mark.subprocess, pytest.mark.model]
 
@@ -21,17 +22,11 @@ GREEDY = {"model": "mesh", "temperature": 0, "seed": 1, "max_tokens": 40}
 
 @pytest.fixture(scope="module")
 def peer(tmp_path_factory):
-    data = tmp_path_factory.mktemp("options") / "data"
-    p = PeerProcess(data, "--name", "alpha", "--ctx", "2048", "--threads", "1")
-    try:
-        info = p.wait_ready()
-        yield {"url": info["http"], "data": data, "proc": p}
-    finally:
-        p.stop()
+    with openai_peer(tmp_path_factory.mktemp("options") / "data") as p:
+        yield p
 
 
-def client(peer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=peer["url"] + "/v1", api_key="loopback", max_retries=0, timeout=120)
+client = openai_client
 
 
 @pytest.fixture(scope="module")

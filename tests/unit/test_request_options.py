@@ -203,7 +203,7 @@ def full_request() -> GenerationRequest:
 def test_options_survive_the_wire_and_say_what_they_need():
     req = full_request()
     back = request_from_ask_args(ask_args(req))
-    assert back == req and back.needs == frozenset(ENGINE_FEATURES)
+    assert back == req and back.needs == frozenset({"stop", "logprobs", "grammar"})  # tools: test_tool_calls.py
     assert GenerationRequest.from_prompt("hi").needs == frozenset()
     assert "stop" not in ask_args(GenerationRequest.from_prompt("hi"))  # plain requests look as before
 
