@@ -27,6 +27,15 @@ def own_models(peer: PeerProcess) -> dict[str, dict]:
     return {m["name"]: m for m in (me.get("meta") or {}).get("models", [])}
 
 
+def holding_helper(holder: PeerProcess) -> tuple[str, str]:
+    """Once ``holder`` is up: the default model in its store as "helper"; its address and
+    a join token for the next peer."""
+    join = holder.wait_ready()["endpoint"].removeprefix("tcp://")
+    added = run_mesh("models", "add", str(default_model_path()), "--name", "helper", data_dir=holder.data_dir)
+    assert added.returncode == 0, added.stderr
+    return join, run_mesh("invite", data_dir=holder.data_dir).stdout.strip()
+
+
 def holder_alive(peer: PeerProcess) -> bool:
     r = run_mesh("peers", "--json", data_dir=peer.data_dir)
     return r.returncode == 0 and any(m["name"] == "holder" and m["state"] == "alive" for m in json.loads(r.stdout))
@@ -83,10 +92,7 @@ def test_auto_pull_fetches_a_named_model_from_the_mesh_and_serves_it(tmp_path):
     holder = PeerProcess(tmp_path / "holder", "--name", "holder", "--no-http", "--no-model")
     puller = None
     try:
-        join = holder.wait_ready()["endpoint"].removeprefix("tcp://")
-        added = run_mesh("models", "add", str(default_model_path()), "--name", "helper", data_dir=holder.data_dir)
-        assert added.returncode == 0, added.stderr
-        token = run_mesh("invite", data_dir=holder.data_dir).stdout.strip()
+        join, token = holding_helper(holder)
         puller = PeerProcess(tmp_path / "puller", "--name", "puller", "--join-token", token, "--join", join,
                              "--no-http", "--model", "helper", "--auto-pull", "--keep-alive", "60")
         puller.wait_ready()
@@ -127,10 +133,7 @@ def test_a_prompt_for_a_model_nobody_serves_is_pulled_and_answered_with_auto_pul
     holder = PeerProcess(tmp_path / "holder", "--name", "holder", "--no-http", "--no-model")
     asker = None
     try:
-        join = holder.wait_ready()["endpoint"].removeprefix("tcp://")
-        added = run_mesh("models", "add", str(default_model_path()), "--name", "helper", data_dir=holder.data_dir)
-        assert added.returncode == 0, added.stderr
-        token = run_mesh("invite", data_dir=holder.data_dir).stdout.strip()
+        join, token = holding_helper(holder)
         asker = PeerProcess(tmp_path / "asker", "--name", "asker", "--join-token", token, "--join", join,
                             "--no-http", "--auto-pull", "--keep-alive", "60")
         asker.wait_ready()

@@ -85,20 +85,28 @@ def receiver():
     r.close()
 
 
-def _otel_env(url: str) -> dict:
-    return {"OTEL_EXPORTER_OTLP_ENDPOINT": url, "OTEL_BSP_SCHEDULE_DELAY": "200"}
+@pytest.fixture
+def exporting(receiver, monkeypatch):
+    """Peers started in the test export their spans to ``receiver``, in 0.2 s batches."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url)
+    monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "200")
+    return receiver
 
 
-def test_a_prompt_answered_by_another_peer_is_one_trace_across_both(tmp_path, receiver, monkeypatch):
-    for k, v in _otel_env(receiver.url).items():
-        monkeypatch.setenv(k, v)
+def _joined(first: PeerProcess, info: dict, data_dir, name: str, *extra: str) -> PeerProcess:
+    """A peer enrolled by ``first`` and joined through it."""
+    token = run_mesh("invite", data_dir=first.data_dir).stdout.strip()
+    return PeerProcess(data_dir, "--name", name, *extra, "--join-token", token,
+                       "--join", info["endpoint"].removeprefix("tcp://"))
+
+
+def test_a_prompt_answered_by_another_peer_is_one_trace_across_both(tmp_path, exporting):
+    receiver = exporting
     a = PeerProcess(tmp_path / "alpha", "--name", "alpha", "--threads", "1")
     b = None
     try:
         info_a = a.wait_ready()
-        token = run_mesh("invite", data_dir=a.data_dir).stdout.strip()
-        b = PeerProcess(tmp_path / "beta", "--name", "beta", "--threads", "1", "--join-token", token,
-                        "--join", info_a["endpoint"].removeprefix("tcp://"))
+        b = _joined(a, info_a, tmp_path / "beta", "beta", "--threads", "1")
         info_b = b.wait_ready()
         wait_until(lambda: '"beta"' in run_mesh("peers", "--json", data_dir=a.data_dir).stdout, 30)
         r = run_mesh("ask", "--json", "--peer", "beta", "--max-tokens", "8", "--temperature", "0", "Say hello.",
@@ -142,17 +150,14 @@ def test_a_prompt_answered_by_another_peer_is_one_trace_across_both(tmp_path, re
         a.stop()
 
 
-def test_a_job_handed_over_is_one_trace_with_its_run_on_the_executor(tmp_path, receiver, monkeypatch):
-    for k, v in _otel_env(receiver.url).items():
-        monkeypatch.setenv(k, v)
+def test_a_job_handed_over_is_one_trace_with_its_run_on_the_executor(tmp_path, exporting):
+    receiver = exporting
     # gamma serves no model: a job submitted there is handed to alpha, which runs it
     a = PeerProcess(tmp_path / "alpha", "--name", "alpha", "--threads", "1")
     g = None
     try:
         info_a = a.wait_ready()
-        token = run_mesh("invite", data_dir=a.data_dir).stdout.strip()
-        g = PeerProcess(tmp_path / "gamma", "--name", "gamma", "--no-model", "--join-token", token,
-                        "--join", info_a["endpoint"].removeprefix("tcp://"))
+        g = _joined(a, info_a, tmp_path / "gamma", "gamma", "--no-model")
         info_g = g.wait_ready()
         wait_until(lambda: '"alpha"' in run_mesh("peers", "--json", data_dir=g.data_dir).stdout, 30)
         r = run_mesh("submit", "--json", "--max-tokens", "6", "Say hi.", data_dir=g.data_dir)
