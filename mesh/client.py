@@ -22,6 +22,10 @@ Request options (routed only to peers whose engine honours them)::
     a = client.ask("A city as JSON", json_schema={"type": "object", "properties": {"name": {"type": "string"}}})
     json.loads(a.text)                                           # always parses (unless max_tokens ran out)
 
+Embeddings (unit-length vectors, from a model in the mesh that can embed)::
+
+    vectors = client.embed(["The cat sits on the mat.", "A kitten on a rug."])  # list[list[float]]
+
 In-process (no second terminal; loads the model in this process)::
 
     with Client.embedded() as client:
@@ -54,6 +58,7 @@ from mesh.identity.keys import Identity
 from mesh.identity.transport import TransportKeys
 from mesh.identity.trust import StaticKeys
 from mesh.inference.backend import GenerationRequest
+from mesh.inference.embedding import EmbeddingRequest, Embeddings, check_vectors
 from mesh.inference.logprobs import entries_from_wire
 from mesh.inference.output_format import OutputFormat, grammar_text
 from mesh.inference.stops import check_stop
@@ -460,6 +465,48 @@ class Client:
     def pull(self, model: str, **kw) -> dict:
         _no_running_loop("pull", "apull")
         return self._once(self.apull(model, **kw))
+
+    # -- embeddings ----------------------------------------------------------------------
+
+    async def aembed_result(self, texts: Sequence[str] | str, *, model: str | None = None, peer: str | None = None,
+                            timeout_s: float = 120.0) -> Embeddings:
+        """``aembed`` with who made the vectors: ``Embeddings`` (``vectors`` as float32
+        bytes, ``floats()``, ``model``, ``peer``, ``prompt_tokens``, ``dimensions``)."""
+        request = EmbeddingRequest((texts,) if isinstance(texts, str) else tuple(texts)).validate()
+        args: dict[str, Any] = request.to_wire()
+        route = route_args(model=model, peer=peer)
+        if route:
+            args["route"] = route
+        vectors: list[bytes] = []
+        conn = await self._connection()
+        async with conn.stream("embed", args, timeout_s=timeout_s) as call:
+            async for chunk in call:
+                if isinstance(chunk, dict) and isinstance(chunk.get("v"), list):
+                    vectors += chunk["v"]
+            final = call.result or {}
+        try:
+            checked = check_vectors(vectors, count=len(request.texts))
+        except ValueError as e:
+            raise MeshError(f"the peer sent bad vectors: {e}") from None
+        return Embeddings(checked, model=str(final.get("model", "")), prompt_tokens=int(final.get("prompt_tokens", 0)),
+                          peer=str(final.get("peer", "")))
+
+    async def aembed(self, texts: Sequence[str] | str, *, model: str | None = None, peer: str | None = None,
+                     timeout_s: float = 120.0) -> list[list[float]]:
+        """One unit-length vector per text, in order, made by a model in the mesh that can
+        embed (``model`` pins one; vectors of different models are not comparable)."""
+        out = await self.aembed_result(texts, model=model, peer=peer, timeout_s=timeout_s)
+        return out.floats()
+
+    def embed(self, texts: Sequence[str] | str, **kw) -> list[list[float]]:
+        """Blocking ``aembed``."""
+        _no_running_loop("embed", "aembed")
+        return self._once(self.aembed(texts, **kw))
+
+    def embed_result(self, texts: Sequence[str] | str, **kw) -> Embeddings:
+        """Blocking ``aembed_result``."""
+        _no_running_loop("embed_result", "aembed_result")
+        return self._once(self.aembed_result(texts, **kw))
 
     # -- any method ----------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""The methods a peer serves over RPC: ``ask`` (streaming), ``info`` and ``ping``.
+"""The methods a peer serves over RPC: ``ask`` (streaming), ``info`` and ``ping``;
+``embed`` (routed) and ``embed.here`` (this peer's model) for embeddings.
 
 Handlers only translate: wire args -> typed request (``mesh.api``), backend output ->
 wire chunks and final. Cancelling the call closes the backend stream, which stops
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from mesh import __version__, tracing
@@ -16,6 +18,7 @@ from mesh.api import final_to_wire, request_from_ask_args, route_args, route_fro
 from mesh.errors import BackendBusy, InvalidRequest
 from mesh.inference.backend import Backend, FinalStats, TextChunk
 from mesh.inference.coalesce import coalesce
+from mesh.inference.embedding import EMBED_METHOD, EmbeddingRequest, Embeddings, chunked
 from mesh.rpc.codec import FrameCodec
 from mesh.rpc.envelope import PROTOCOL_VERSION
 from mesh.rpc.server import CallContext, Final, Method, RpcServer, streaming, unary
@@ -72,6 +75,7 @@ class PeerService:
             "ask": streaming(self.ask), "generate": streaming(self.generate), "info": unary(self.info),
             "ping": unary(self.ping), "job.submit": unary(self.job_submit), "job.list": unary(self.job_list),
             "job.get": unary(self.job_get), "job.cancel": unary(self.job_cancel),
+            "embed": streaming(self.embed), EMBED_METHOD: streaming(self.embed_here),
         }
 
     # -- durable jobs (mesh.jobs); the store lives on this peer, the runner routes them
@@ -168,6 +172,34 @@ class PeerService:
             tracing.end(span, error=error if final is None else None, attributes=tracing.generation_attributes(final))
             await stream.aclose()
 
+    async def embed(self, args: dict[str, Any], ctx: CallContext):
+        """Embeddings of ``input`` (a list of strings), routed through the mesh to a model
+        that can make them (``mesh.routing.embed_router``); ``route``: pins, as for ``ask``.
+        Streams ``{"v": [vector, ...]}`` chunks (float32 bytes, in input order), then the final."""
+        from mesh.routing.embed_router import embed_through, route_for_embedding
+
+        request = EmbeddingRequest.from_wire({"input": args.get("input")})
+        route = route_from_args(args)
+        if self.router is None:
+            out = await self._embed_here(request)
+        else:
+            peer = self.router.resolve_peer(route["pinned_peer"]) if route.get("pinned_peer") else None
+            out = await embed_through(self.router, request, route_for_embedding(
+                request, pinned_model=route.get("pinned_model"), pinned_peer=peer))
+        for ev in _embedding_events(out):
+            yield ev
+
+    async def embed_here(self, args: dict[str, Any], ctx: CallContext):
+        """Embeddings made with this peer's own model (what other peers' routers call)."""
+        for ev in _embedding_events(await self._embed_here(EmbeddingRequest.from_wire(args))):
+            yield ev
+
+    async def _embed_here(self, request: EmbeddingRequest) -> Embeddings:
+        embed = getattr(self.backend, "embed", None)
+        if embed is None:
+            raise InvalidRequest("this peer's model cannot make embeddings")
+        return replace(await embed(request), peer=self.peer_id)
+
     async def ping(self, args: dict[str, Any], ctx: CallContext) -> dict:
         return {"peer": self.peer_id, "time": self._clock()}
 
@@ -214,6 +246,14 @@ class PeerService:
                 "replay_cache": len(self.codec.replay),
             },
         }
+
+
+def _embedding_events(out: Embeddings):
+    """Vectors in chunks that each fit an RPC frame, then the final."""
+    for group in chunked(out.vectors):
+        yield {"v": group}
+    yield Final({"model": out.model, "prompt_tokens": out.prompt_tokens, "peer": out.peer,
+                 "dimensions": out.dimensions})
 
 
 def _engine_info(backend: Backend) -> dict[str, Any]:

@@ -66,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--queue", action="store_true",
                      help="if nothing can answer now, queue the prompt as a durable job instead of failing")
 
+    embed = sub.add_parser("embed", help="embed texts with a model in the mesh (unit-length vectors)")
+    add_data_dir(embed)
+    embed.add_argument("texts", nargs="+", metavar="TEXT", help="the texts to embed, one vector each")
+    embed.add_argument("--model", metavar="NAME", help="pin the model (vectors of different models do not compare)")
+    embed.add_argument("--peer", metavar="ID|NAME", help="pin the peer that embeds")
+    embed.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS", help="give up after (default 120)")
+    embed.add_argument("--json", action="store_true", help="print the full vectors as JSON")
+
     info = sub.add_parser("info", help="show the local peer: identity, model, traffic, refusals")
     add_data_dir(info)
     info.add_argument("--json", action="store_true", help="print JSON")
@@ -364,6 +372,34 @@ def _print_step(step: dict) -> None:
         print(line, file=sys.stderr, flush=True)
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    """``mesh embed TEXT...``: a line per text (dimensions, norm, first values), or ``--json``."""
+    import math
+
+    from mesh.client import Client
+
+    with Client(args.data_dir, timeout_s=args.timeout) as client:
+        try:
+            out = client.embed_result(args.texts, model=args.model, peer=args.peer, timeout_s=args.timeout)
+        except NoAnswer as e:
+            return fail(str(e), EXIT_ERROR)
+    vectors = out.floats()
+    if args.json:
+        print(json.dumps({"model": out.model, "peer": out.peer, "prompt_tokens": out.prompt_tokens,
+                          "embeddings": [{"index": i, "text": t, "embedding": v}
+                                         for i, (t, v) in enumerate(zip(args.texts, vectors, strict=True))]}))
+        return EXIT_OK
+    print(f"{out.model} on {out.peer[:12]}: {len(vectors)} vector(s) of {out.dimensions} dimensions, "
+          f"{out.prompt_tokens} tokens")
+    print(f"{'#':>3}  {'dims':>5}  {'norm':>6}  {'first values':<44}  text")
+    for i, (text, v) in enumerate(zip(args.texts, vectors, strict=True)):
+        norm = math.sqrt(math.fsum(x * x for x in v))
+        head = " ".join(f"{x:+.4f}" for x in v[:5])
+        label = text if len(text) <= 40 else text[:39] + "…"
+        print(f"{i:>3}  {len(v):>5}  {norm:>6.4f}  {head:<44}  {label}")
+    return EXIT_OK
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     (doc,), endpoint = _calls(args, ("info", {}), timeout_s=10)
     if args.json:
@@ -653,7 +689,7 @@ def _pull(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     commands = {
-        "ask": cmd_ask, "info": cmd_info, "peers": cmd_peers, "status": cmd_status,
+        "ask": cmd_ask, "embed": cmd_embed, "info": cmd_info, "peers": cmd_peers, "status": cmd_status,
         "init": cmd_init, "invite": cmd_invite, "join": cmd_join,
         "submit": cmd_submit, "jobs": cmd_jobs, "result": cmd_result, "cancel": cmd_cancel,
         "doctor": cmd_doctor, "keys": cmd_keys, "revoke": cmd_revoke,

@@ -1,5 +1,6 @@
 """The OpenAI-compatible API of a peer: ``POST /v1/chat/completions``,
-``POST /v1/completions``, ``GET /v1/models`` (see docs/http.md).
+``POST /v1/completions``, ``GET /v1/models`` (see docs/http.md), and ``POST
+/v1/embeddings`` (``mesh.http.openai_embeddings``).
 
 A thin shell: the body is checked by ``mesh.http.openai_schema``, the prompt is routed
 by the peer's Router exactly as ``mesh ask`` is (``mesh.service.PeerService.ask``), and
@@ -20,6 +21,7 @@ is read by the metrics.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import secrets
@@ -34,6 +36,7 @@ from mesh import tracing
 from mesh.errors import InvalidRequest, MeshError
 from mesh.http.apikeys import KEY_PREFIX, ApiKeyStore
 from mesh.http.guard import KEY_CHECK, bearer, keyless_allowed
+from mesh.http.openai_embeddings import embeddings
 from mesh.http.openai_format import (
     chunk,
     completion_object,
@@ -125,6 +128,22 @@ class OpenAIApi:
         self.admit(request)
         return web.json_response(self._models())
 
+    def model_names(self) -> list[str]:
+        """The models a request may pin (``GET /v1/models`` without ``mesh``)."""
+        return [m["id"] for m in self._models()["data"][1:]]
+
+    async def read_json(self, request: web.Request) -> Any:
+        """The request's JSON body: 413 past the size limit, 400 when it is not JSON."""
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise ApiError(413, f"the request body is over {request.client_max_size} bytes",
+                           code="request_too_large") from None
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            raise bad("the request body is not valid JSON (or nests too deep)", None, "invalid_json") from None
+
     async def chat(self, request: web.Request) -> web.StreamResponse:
         return await self._complete(request, parse_chat)
 
@@ -135,17 +154,7 @@ class OpenAIApi:
         from mesh.routing import RouteRequest
 
         self.admit(request)
-        try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise ApiError(413, f"the request body is over {request.client_max_size} bytes",
-                           code="request_too_large") from None
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            raise bad("the request body is not valid JSON (or nests too deep)", None, "invalid_json") from None
-        names = [m["id"] for m in self._models()["data"][1:]]
-        call = parse(body, models=names)
+        call = parse(await self.read_json(request), models=self.model_names())
         router = self.peer.router
         if router is None:
             raise ApiError(503, "this peer is still starting", type="service_unavailable", code="not_ready")
@@ -316,3 +325,4 @@ def add_routes(app: web.Application, peer: Peer) -> None:
     app.router.add_get("/v1/models", _guarded(api, api.models))
     app.router.add_post("/v1/chat/completions", _guarded(api, api.chat))
     app.router.add_post("/v1/completions", _guarded(api, api.completions))
+    app.router.add_post("/v1/embeddings", _guarded(api, functools.partial(embeddings, api)))

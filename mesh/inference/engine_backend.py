@@ -79,6 +79,7 @@ from mesh.inference.backend import (
     ewma,
 )
 from mesh.inference.cpu_variant import cpu_summary
+from mesh.inference.embedding import EmbeddingRequest, Embeddings, check_vectors
 from mesh.inference.logprobs import entries_from_wire
 from mesh.inference.models import check_model_file, model_info
 from mesh.inference.restarts import EngineExit, RestartConfig, RestartDecision, after_exit, crash_hint
@@ -95,9 +96,10 @@ _PHASE_WORDS = {"variant": "choosing CPU kernels", "loading": "loading model", "
 
 
 class _Job:
-    """One request. ``state`` (under the backend lock): waiting -> running -> done."""
+    """One request (a generation or an embedding). ``state`` (under the backend lock):
+    waiting -> running -> done."""
 
-    def __init__(self, request: GenerationRequest, rid: int, admitted_at: float) -> None:
+    def __init__(self, request: GenerationRequest | EmbeddingRequest, rid: int, admitted_at: float) -> None:
         self.request = request
         self.rid = rid
         self.admitted_at = admitted_at
@@ -319,9 +321,35 @@ class EngineBackend:
         finally:
             await self._abandon(job)
 
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        """Embed ``request.texts`` in the engine (it opens its embedding context on the
+        first one: ``mesh.inference.embedder``). Queued with generations, one request at a
+        time; the same errors as ``stream``."""
+        request.validate()
+        job = self._admit(request)
+        vectors: list[bytes] = []
+        tokens = None
+        try:
+            while (item := await job.out.get()) is not _DONE:
+                if isinstance(item, BaseException):
+                    raise item
+                if isinstance(item, list):
+                    vectors += item
+                else:
+                    tokens = item
+        finally:
+            await self._abandon(job)
+        if tokens is None:
+            raise GenerationError("the engine ended an embedding without its vectors")
+        try:
+            return Embeddings(check_vectors(vectors, count=len(request.texts)), model=self._caps.model,
+                              prompt_tokens=tokens)
+        except ValueError as e:
+            raise GenerationError(f"the engine sent bad vectors: {e}") from None
+
     # -- admission and dispatch (any thread, under the lock)
 
-    def _admit(self, request: GenerationRequest) -> _Job:
+    def _admit(self, request: GenerationRequest | EmbeddingRequest) -> _Job:
         with self._lock:
             if self._closed:
                 raise Cancelled("the backend is closed")
@@ -350,7 +378,10 @@ class EngineBackend:
         job.state = "running"
         self._running = job
         self._started += 1
-        engine.send({"op": "gen", "id": job.rid, "req": ask_args(job.request)})  # a dead engine: its reader says so
+        if isinstance(job.request, EmbeddingRequest):
+            engine.send({"op": "embed", "id": job.rid, "req": job.request.to_wire()})
+        else:  # a dead engine: its reader says so
+            engine.send({"op": "gen", "id": job.rid, "req": ask_args(job.request)})
 
     async def _abandon(self, job: _Job) -> None:
         """Runs when a stream ends for any reason; returns once the job holds no slot."""
@@ -451,13 +482,23 @@ class EngineBackend:
                         self._caps = dataclasses.replace(self._caps,
                                                          tokens_per_s=ewma(self._caps.tokens_per_s, stats.tokens_per_s))
                     job.post(stats)
+            elif t == "vec":
+                v = msg.get("v")
+                if isinstance(v, list) and all(isinstance(x, bytes) for x in v):
+                    job.post(v)
+                else:
+                    job.post(GenerationError("the engine sent vectors that are not float32 arrays"))
+            elif t == "embedded":
+                n = msg.get("n")
+                ok = isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                job.post(n if ok else GenerationError("the engine sent a bad token count"))
             elif t == "error":
                 text = str(msg.get("msg", ""))
                 err = error_from_wire(str(msg.get("code", "generation_failed")), text)
                 job.post(err if isinstance(err, (InvalidRequest, GenerationError, BackendBusy)) else GenerationError(text))
             elif t == "done":
                 n = msg.get("n")
-                if isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= job.request.max_tokens + 1:
+                if isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= getattr(job.request, "max_tokens", 0) + 1:
                     self._generated += n
                 p = msg.get("p")
                 if isinstance(p, int) and not isinstance(p, bool) and 0 <= p <= self._caps.context_length:

@@ -18,6 +18,10 @@ The runner keeps a prompt cache per session (``mesh.inference.session_cache``, s
 ``--session-cache-bytes`` and ``--session-cache-sessions``); each ``done`` frame carries
 the prompt tokens that request evaluated and the cache's counters.
 
+An ``embed`` request is answered by the runner's embedding context
+(``mesh.inference.embedder``), opened on the first one and closed again when the engine
+has been idle (no request for ``IDLE_CHECK_S``) past its keep time.
+
 Exit codes: 0 asked to exit or the peer went away; 3 the model cannot be served (a
 ``fail`` frame said why). Anything else (a signal) is a crash the peer restarts from.
 """
@@ -39,6 +43,7 @@ from pathlib import Path
 from mesh.api import request_from_ask_args
 from mesh.errors import MeshError, ModelError
 from mesh.inference import engine_wire as wire
+from mesh.inference.embedding import EmbeddingRequest
 from mesh.inference.session_cache import SessionCacheConfig
 
 EXIT_MODEL_ERROR = 3
@@ -46,6 +51,7 @@ EXIT_MODEL_ERROR = 3
 # ``:loading``, ``:variant``, ``:ready``) makes the engine kill itself with a real SIGSEGV
 # when it reaches that phase, as llama.cpp's crashing kernels do.
 FAULT_ENV = "MESH_ENGINE_FAULT"
+IDLE_CHECK_S = 30.0  # with no request for this long, the runner frees what it does not use (ModelRunner.idle)
 
 log = logging.getLogger("mesh.engine")
 
@@ -105,7 +111,7 @@ def _reader(channel: Channel, inbox: queue.Queue, stops: dict[int, threading.Eve
             log.error("engine: reading from the peer failed: %s", e)
             msg = None
         op = msg.get("op") if msg is not None else "exit"
-        if op == "gen" and isinstance(msg.get("id"), int):
+        if op in ("gen", "embed") and isinstance(msg.get("id"), int):
             with lock:
                 stops[msg["id"]] = threading.Event()
             inbox.put(msg)
@@ -129,12 +135,22 @@ def serve(channel: Channel, runner, *, window_s: float) -> None:
     lock = threading.Lock()
     threading.Thread(target=_reader, args=(channel, inbox, stops, lock), name="engine-reader", daemon=True).start()
     while True:
-        msg = inbox.get()
-        if msg.get("op") != "gen":
+        try:
+            msg = inbox.get(timeout=IDLE_CHECK_S)
+        except queue.Empty:
+            runner.idle()  # nothing asked for a while: free what is unused (an embedding context)
+            continue
+        if msg.get("op") not in ("gen", "embed"):
             return
         rid = msg["id"]
         with lock:
             stop = stops[rid]
+        if msg["op"] == "embed":
+            _embed(channel, runner, rid, msg, stop)
+            with lock:
+                stops.pop(rid, None)
+            channel.send({"t": "done", "id": rid, "n": 0, "p": 0, "cache": runner.sessions.stats()})
+            continue
         batcher = TextBatcher(lambda s, lp, rid=rid: channel.send(_text_frame(rid, s, lp)), window_s=window_s)
         generated = evaluated = 0
         try:
@@ -154,6 +170,22 @@ def serve(channel: Channel, runner, *, window_s: float) -> None:
             with lock:
                 stops.pop(rid, None)
             channel.send({"t": "done", "id": rid, "n": generated, "p": evaluated, "cache": runner.sessions.stats()})
+
+
+def _embed(channel: Channel, runner, rid: int, msg: dict, stop: threading.Event) -> None:
+    """One embedding request: ``vec`` frames (one per group of inputs, in order), then
+    ``embedded`` with the tokens evaluated; or ``error``."""
+    try:
+        request = EmbeddingRequest.from_wire(msg.get("req"))
+        tokens = runner.embed(request.texts, stop=stop, on_vectors=lambda i, vs: channel.send(
+            {"t": "vec", "id": rid, "i": i, "v": vs}))
+        if tokens is not None:
+            channel.send({"t": "embedded", "id": rid, "n": tokens})
+    except MeshError as e:
+        channel.send({"t": "error", "id": rid, "code": getattr(e, "code", "generation_failed"), "msg": str(e)})
+    except Exception as e:  # not silent: reported to the peer as a failed request
+        log.exception("engine: embedding failed")
+        channel.send({"t": "error", "id": rid, "code": "generation_failed", "msg": f"embedding failed: {e!r}"})
 
 
 def main(argv: list[str] | None = None) -> int:

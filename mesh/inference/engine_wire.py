@@ -8,6 +8,7 @@ what comes back is validated like anything else (``EngineProtocolError``).
 Peer -> engine (``op``)::
 
     {"op": "gen", "id": N, "req": <mesh.api.ask_args>}   start request N (one at a time)
+    {"op": "embed", "id": N, "req": {"input": [str, ...]}} embed request N's texts (mesh.inference.embedding)
     {"op": "cancel", "id": N}                             stop request N after this token
     {"op": "exit"}                                        free the model and exit 0
 
@@ -20,6 +21,8 @@ Engine -> peer (``t``)::
                                                           asked logprobs): its tokens' entries
                                                           (``mesh.inference.logprobs``)
     {"t": "final", "id": N, "stats": {...FinalStats}}
+    {"t": "vec", "id": N, "i": first, "v": [bytes, ...]} embedding vectors of inputs first.. (float32 LE)
+    {"t": "embedded", "id": N, "n": tokens}               an embedding request done: the tokens it evaluated
     {"t": "error", "id": N, "code": str, "msg": str}      mesh error code (invalid_request ...)
     {"t": "done", "id": N, "n": tokens, "p": tokens, "cache": {...}}
                                                           request N holds the engine no more; it generated n

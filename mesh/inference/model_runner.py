@@ -41,6 +41,7 @@ from mesh.inference.backend import (
     Message,
     ewma,
 )
+from mesh.inference.embedder import Embedder
 from mesh.inference.engine import (
     ChatPrompter,
     SplitArgs,
@@ -111,6 +112,8 @@ class ModelRunner:
             extra={"engine": "llama.cpp", "trained_context_length": info.context_length, "n_threads": n_threads},
             features=ENGINE_FEATURES,
         )
+        # opened on the first embedding only (mesh.inference.embedder): no cost until then
+        self.embedder = Embedder(path, metadata=dict(self._llm.metadata), n_threads=n_threads)
 
     def _check_thread(self) -> None:
         if threading.get_ident() != self._owner:
@@ -198,6 +201,17 @@ class ModelRunner:
         )
         return RunOutcome(stats, len(prompt), len(gen.token_ids), gen.prompt_evaluated)
 
+    def embed(self, texts, *, stop: threading.Event, on_vectors) -> int | None:
+        """Embed ``texts`` with this model (``Embedder.embed``): the tokens evaluated, or
+        None when stopped."""
+        self._check_thread()
+        return self.embedder.embed(texts, stop=stop, on_vectors=on_vectors)
+
+    def idle(self) -> None:
+        """Called when no request has come for a while: free what is unused."""
+        self._check_thread()
+        self.embedder.close_if_idle()
+
     def _save(self, session: str) -> None:
         """Keep the context for the session's next turn; the answer stands if this fails."""
         try:
@@ -210,6 +224,7 @@ class ModelRunner:
 
     def close(self) -> None:
         self._check_thread()
+        self.embedder.close()
         self._llm.close()
 
 

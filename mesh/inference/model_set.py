@@ -42,6 +42,7 @@ from mesh.inference.backend import (
     Load,
     TextChunk,
 )
+from mesh.inference.embedding import EmbeddingRequest, Embeddings
 
 log = logging.getLogger("mesh.models")
 
@@ -156,6 +157,21 @@ class ModelSet:
             self.counts.by_model[name] = self.counts.by_model.get(name, 0) + 1
             async for item in backend.stream(request):
                 yield item
+        finally:
+            slot.in_flight -= 1
+            slot.last_used = self.clock()
+
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        """Embed with the model ``request.model`` names (loading it on demand, as ``stream``)."""
+        name = request.model
+        if name is None or name == self.primary.capabilities.model:
+            return await _embed_with(self.primary, request)
+        slot = self._slot(name)
+        slot.in_flight += 1
+        try:
+            backend = await self._ensure_loaded(slot)
+            self.counts.by_model[name] = self.counts.by_model.get(name, 0) + 1
+            return await _embed_with(backend, request)
         finally:
             slot.in_flight -= 1
             slot.last_used = self.clock()
@@ -311,3 +327,10 @@ class ModelSet:
                         and now - slot.last_used >= self.keep_alive_s):
                     log.info("unloading %s: idle for %.0f s (--keep-alive)", slot.model.name, now - slot.last_used)
                     await self._unload(slot)
+
+
+async def _embed_with(backend: Backend, request: EmbeddingRequest) -> Embeddings:
+    embed = getattr(backend, "embed", None)
+    if embed is None:  # it does not offer "embed": routing does not send it one
+        raise InvalidRequest(f"model {backend.capabilities.model} cannot make embeddings")
+    return await embed(request)

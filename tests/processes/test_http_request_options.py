@@ -173,3 +173,13 @@ def test_python_client_options(peer, baseline, stop):
     assert a.text == cut(baseline, stop)
     assert "".join(t["token"] for t in a.logprobs) == a.text
     assert all(len(t["top_logprobs"]) == 2 for t in a.logprobs)
+
+
+def test_langchain_with_structured_output(peer):
+    """LangChain's ChatOpenAI.with_structured_output (JSON schema mode) against the peer, unchanged."""
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(base_url=peer["url"] + "/v1", api_key="loopback", model="mesh", temperature=0, max_tokens=80,
+                     max_retries=0)
+    city = llm.with_structured_output(City, method="json_schema").invoke("Name a big city and its population.")
+    assert isinstance(city, City) and city.name and city.population >= 0
