@@ -119,6 +119,22 @@ def chunked(vectors: Iterable[bytes], *, max_bytes: int = CHUNK_BYTES) -> Iterat
         yield group
 
 
+async def collect_embeddings(out, done) -> tuple[list[bytes], int | None]:
+    """What a backend's worker posts for one embedding request on ``out`` (an
+    ``asyncio.Queue``): lists of vectors, then the token count, then ``done``; an
+    exception posted is raised. Returns (vectors, tokens), tokens None if it never came."""
+    vectors: list[bytes] = []
+    tokens = None
+    while (item := await out.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        if isinstance(item, list):
+            vectors += item
+        else:
+            tokens = item
+    return vectors, tokens
+
+
 def check_vectors(vectors: Sequence[Any], *, count: int) -> tuple[bytes, ...]:
     """Vectors from another process or peer: ``count`` of them, all float32 bytes of one
     non-zero size (``InvalidRequest`` is not right for a peer's fault: ``ValueError``)."""

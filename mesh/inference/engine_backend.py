@@ -79,7 +79,7 @@ from mesh.inference.backend import (
     ewma,
 )
 from mesh.inference.cpu_variant import cpu_summary
-from mesh.inference.embedding import EmbeddingRequest, Embeddings, check_vectors
+from mesh.inference.embedding import EmbeddingRequest, Embeddings, check_vectors, collect_embeddings
 from mesh.inference.logprobs import entries_from_wire
 from mesh.inference.models import check_model_file, model_info
 from mesh.inference.restarts import EngineExit, RestartConfig, RestartDecision, after_exit, crash_hint
@@ -327,16 +327,8 @@ class EngineBackend:
         time; the same errors as ``stream``."""
         request.validate()
         job = self._admit(request)
-        vectors: list[bytes] = []
-        tokens = None
         try:
-            while (item := await job.out.get()) is not _DONE:
-                if isinstance(item, BaseException):
-                    raise item
-                if isinstance(item, list):
-                    vectors += item
-                else:
-                    tokens = item
+            vectors, tokens = await collect_embeddings(job.out, _DONE)
         finally:
             await self._abandon(job)
         if tokens is None:

@@ -65,6 +65,7 @@ from mesh.inference.backend import (
     TextChunk,
     ewma,
 )
+from mesh.inference.embedding import EmbeddingRequest, Embeddings, collect_embeddings
 from mesh.inference.engine import default_threads
 from mesh.inference.model_runner import WARMUP_PROMPT, ModelRunner
 from mesh.inference.models import check_model_file, default_model_path
@@ -185,6 +186,20 @@ class LlamaBackend:
                 yield item
         finally:
             await self._abandon(job)
+
+    async def embed(self, request: EmbeddingRequest) -> Embeddings:
+        """Embed ``request.texts`` on the worker thread (``ModelRunner.embed``), queued
+        with generations."""
+        request.validate()
+        job = self._admit(request)
+        try:
+            self._enqueue(job)
+            vectors, tokens = await collect_embeddings(job.out, _DONE)
+        finally:
+            await self._abandon(job)
+        if tokens is None:
+            raise GenerationError("the embedding ended without its vectors")
+        return Embeddings(tuple(vectors), model=self._caps.model, prompt_tokens=tokens)
 
     async def aclose(self) -> None:
         """Refuse new work, cancel waiting requests, stop the running one, free the model."""
@@ -327,6 +342,11 @@ class LlamaBackend:
     def _run(self, job: _Job) -> None:
         assert self._runner is not None
         try:
+            if isinstance(job.request, EmbeddingRequest):
+                tokens = self._runner.embed(job.request.texts, stop=job.stop, on_vectors=lambda i, vs: job.post(vs))
+                if tokens is not None:
+                    job.post(tokens)
+                return
             outcome = self._runner.run(
                 job.request, admitted_at=job.admitted_at, stop=job.stop, on_text=lambda text: job.post(TextChunk(text)),
                 on_logprobs=lambda entries: job.post(TextChunk("", tuple(entries))),
