@@ -26,7 +26,7 @@ log = logging.getLogger("mesh.http")
 PEER_KEY = web.AppKey("peer", object)
 
 # Each module has add_routes(app: web.Application, peer: Peer) -> None.
-ROUTE_GROUPS: list[str] = ["ops", "dashboard", "openai_api"]
+ROUTE_GROUPS: list[str] = ["ops", "dashboard", "openai_api", "mesh_api"]
 
 
 async def healthz(request: web.Request) -> web.Response:
