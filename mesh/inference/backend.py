@@ -36,11 +36,11 @@ ROLES = ("system", "user", "assistant", "tool")  # "tool": a function's result (
 # honours in ``Capabilities.features``; gossip carries them per model, and the router
 # sends a request only where every option it uses is honoured (``GenerationRequest.needs``).
 STOP, LOGPROBS, GRAMMAR, TOOLS = "stop", "logprobs", "grammar", "tools"
-ENGINE_FEATURES = (STOP, LOGPROBS, GRAMMAR, TOOLS)  # the llama.cpp engine honours all
 # Not a request option but what a model can do: make embeddings (POST /v1/embeddings,
 # mesh.inference.embedding); an embedding is routed only to a model that offers it.
 EMBED = "embed"
-ENGINE_FEATURES = ENGINE_FEATURES + (EMBED,)  # any llama.cpp model embeds (mesh.inference.embedder)
+# the llama.cpp engine honours every option, and any llama.cpp model embeds (mesh.inference.embedder)
+ENGINE_FEATURES = (STOP, LOGPROBS, GRAMMAR, TOOLS, EMBED)
 TPS_EWMA_ALPHA = 0.2  # weight of the newest request in Capabilities.tokens_per_s
 
 

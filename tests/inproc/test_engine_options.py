@@ -29,7 +29,7 @@ def run(runner, request):
 def test_an_uncompilable_schema_is_refused_in_the_engine_which_keeps_serving():
     runner = ModelRunner(default_model_path(), n_ctx=512, n_threads=1, queue_limit=1)
     try:
-        assert set(runner.caps.features) == {"stop", "logprobs", "grammar"}
+        assert set(runner.caps.features) == {"stop", "logprobs", "grammar", "tools", "embed"}
         bad = GenerationRequest.from_prompt("hi", format=OutputFormat("json_schema", '{"type": "foo"}'))
         with pytest.raises(InvalidRequest, match="Unrecognized schema"):
             run(runner, bad)
