@@ -13,7 +13,7 @@ processes (alpha, and beta joined to it) with the real model, after a prompt at 
 
 Prometheus listens on 127.0.0.1 only, keeps its data in a temporary dir and is killed at
 the end (and with this process, should it die). Needs Debian's `prometheus` package
-(bin/setup installs it when run as root with apt-get); without it the tests are skipped
+(bin/setup-test-tools, run by bin/test, installs it as root with apt-get); without it the tests are skipped
 with that reason, and under CI (CI=true or 1) they fail instead.
 """
 
@@ -54,7 +54,7 @@ SEVERITIES = ("critical", "warning", "info")
 def require(tool: str) -> str:
     path = shutil.which(tool)
     if path is None:
-        why = f"no {tool} on PATH (Debian's prometheus package; bin/setup installs it when run as root with apt-get)"
+        why = f"no {tool} on PATH (Debian's prometheus package; bin/setup-test-tools, run by bin/test, installs it as root with apt-get)"
         if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
             pytest.fail(f"{why}; under CI this test must run")
         pytest.skip(why)

@@ -1,7 +1,7 @@
 """The n8n node (integrations/n8n) in a real n8n, headless, against a real mesh-peer with
 the real default model.
 
-n8n (1.123, from npm) and the node's build come from bin/setup (bin/setup-n8n, into
+n8n (1.123, from npm) and the node's build come from bin/test's tools step (bin/setup-test-tools runs bin/setup-n8n, into
 .n8n/host and integrations/n8n/dist); nothing is installed here. Without them the test is
 skipped with the reason, and under CI (CI=true or 1) it fails instead.
 
@@ -52,14 +52,14 @@ def _check_installed() -> None:
     if shutil.which("node") is None:
         _unavailable("no node on PATH (n8n needs Node 20.19+)")
     if not N8N.exists():
-        _unavailable(f"n8n is not installed in {N8N.parents[2]}: run bin/setup (its bin/setup-n8n step)")
+        _unavailable(f"n8n is not installed in {N8N.parents[2]}: run bin/setup-n8n (bin/test runs it)")
     if not BUILT.exists():
-        _unavailable("the n8n node is not built: run bin/setup (or `npm run build` in integrations/n8n)")
+        _unavailable("the n8n node is not built: run bin/setup-n8n (or `npm run build` in integrations/n8n)")
     built = BUILT.stat().st_mtime
     sources = [p for d in ("nodes", "credentials") for p in (PACKAGE / d).rglob("*.ts")]
     stale = [str(p.relative_to(PACKAGE)) for p in sources if p.stat().st_mtime > built]
     if stale:
-        pytest.fail(f"integrations/n8n/dist is older than {', '.join(stale)}: run bin/setup to rebuild the node")
+        pytest.fail(f"integrations/n8n/dist is older than {', '.join(stale)}: run bin/setup-n8n to rebuild the node")
 
 
 def n8n_env(user: Path, net_log: Path) -> dict[str, str]:
