@@ -87,7 +87,10 @@ class LendingService:
         self.check_s = check_s
         self.refused: Counter = Counter()
         self.reserves = 0
-        self.restarts = 0
+        self.restarts = 0  # the ggml RPC server died and was started again
+        self.fresh_servers = 0  # started afresh for a new reservation
+        self._served = False  # the running server has had a reservation
+        self._replacing = asyncio.Lock()  # one replacement of the server at a time
         self.lender = None  # mesh.inference.rpc_lender.Lender
         self.tunnel: TunnelServer | None = None
         self._task: asyncio.Task | None = None
@@ -132,6 +135,7 @@ class LendingService:
             "tunnel": t.stats.to_dict() if t else {},
             "refused": dict(self.refused),
             "lender_restarts": self.restarts,
+            "fresh_servers": self.fresh_servers,
         }
 
     def methods(self) -> dict:
@@ -166,6 +170,10 @@ class LendingService:
         for g in tunnel.grants():
             if g.holder == holder:
                 tunnel.release(g.token)
+        if self._served:  # a fresh server for each reservation: ggml's keeps what earlier clients had
+            await self._restart_server("a new reservation")
+            self.fresh_servers += 1
+        self._served = True
         grant = tunnel.grant(ctx.transport_key, holder, want)
         self.reserves += 1
         log.info("lending %.0f MB to %s", want / MB, holder)
@@ -199,14 +207,25 @@ class LendingService:
             if g.holder not in live or self._refuse_key(g.key):
                 log.info("%s is no longer a live member: its reservation and streams end", g.holder)
                 tunnel.revoke_key(g.key)
-        if self.lender is not None and not self.lender.alive():
-            from mesh.inference.rpc_lender import start_lender
-
+        if self.lender is not None and not self.lender.alive() and not self._replacing.locked():
             log.warning("the ggml RPC server exited (%s); starting it again", self.lender.process.returncode)
             for g in tunnel.grants():
                 tunnel.revoke_key(g.key)
-            self.lender.stop()
+            await self._restart_server("it exited")
+            self.restarts += 1
+
+    async def _restart_server(self, why: str) -> None:
+        """A new ggml RPC server process in place of the old one (its weight cache on disk
+        stays). The server keeps the memory of the buffers an earlier client allocated
+        after that client is gone (measured: 28.5 MiB after one load of 15 slots of the
+        default model, 57.2 after a second), so each reservation gets a fresh one."""
+        from mesh.inference.rpc_lender import start_lender
+
+        async with self._replacing:  # the watch does not take the old one's exit for a crash
+            log.info("starting a fresh ggml RPC server (%s)", why)
+            old = self.lender
+            if old is not None:
+                await asyncio.to_thread(old.stop)
             self.lender = await asyncio.to_thread(
                 start_lender, cache_dir=self.cache_dir, offer_bytes=self.offer_bytes, threads=self._threads)
-            tunnel.target_port = self.lender.port
-            self.restarts += 1
+            self.tunnel.target_port = self.lender.port

@@ -43,8 +43,10 @@ def test_reservations_granted_and_refused_for_their_reasons(tmp_path):
         await svc.start("127.0.0.1")
         try:
             assert svc.info().offer_mb == 40 and svc.info().free_mb == 40
+            first_server = svc.lender.pid
             ok = await svc._reserve({"bytes": 30 * MB, "build": "build-1"}, _ctx(A, KEY_A))
             assert len(ok["token"]) == 32 and ok["port"] == svc.tunnel.port and svc.info().free_mb == 10
+            assert svc.lender.pid == first_server and svc.fresh_servers == 0  # the first one gets the server as started
             refusals = [
                 ({"bytes": 1, "build": "build-1"}, _ctx(B, KEY_B), "busy"),  # one borrower at a time
                 ({"bytes": 41 * MB, "build": "build-1"}, _ctx(A, KEY_A), "too_much"),
@@ -60,6 +62,9 @@ def test_reservations_granted_and_refused_for_their_reasons(tmp_path):
             # the holder plans again: its new reservation replaces the first
             again = await svc._reserve({"bytes": 20 * MB, "build": "build-1"}, _ctx(A, KEY_A))
             assert svc.info().free_mb == 20 and again["token"] != ok["token"]
+            # on a fresh ggml server (the old one keeps what its last client had), the tunnel follows it
+            assert svc.lender.pid != first_server and svc.fresh_servers == 1 and svc.lender.alive()
+            assert svc.tunnel.target_port == svc.lender.port
             # only the holder releases it
             assert (await svc._release({"token": again["token"]}, _ctx(B, KEY_B)))["released"] is False
             assert (await svc._release({"token": again["token"]}, _ctx(A, KEY_A)))["released"] is True
