@@ -438,6 +438,7 @@ class TunnelPort:
         self._listener: socket.socket | None = None
         self._wake = _Wake()
         self._conns: list[_Conn] = []
+        self._poller = zmq.Poller()
         self._thread: threading.Thread | None = None
         self._stop = False
         self.local: str | None = None  # "127.0.0.1:PORT", what the model process connects to
@@ -480,17 +481,13 @@ class TunnelPort:
 
     def _loop(self) -> None:
         assert self._listener is not None
+        # One poller for the port's life: a connection's sockets are registered when it
+        # is accepted (its TCP side once the lender opened the stream) and unregistered
+        # when it is dropped, not rebuilt on every pass (every frame).
+        self._poller.register(self._listener, zmq.POLLIN)
+        self._poller.register(self._wake.r, zmq.POLLIN)
         while not self._stop:
-            poller = zmq.Poller()
-            poller.register(self._listener, zmq.POLLIN)
-            poller.register(self._wake.r, zmq.POLLIN)
-            fds = {}
-            for c in self._conns:
-                poller.register(c.zsock, zmq.POLLIN)
-                if c.opened:
-                    fds[c.tcp.fileno()] = c
-                    poller.register(c.tcp, zmq.POLLIN)
-            events = dict(poller.poll(250))  # a plain socket polls as its fd
+            events = dict(self._poller.poll(250))  # a plain socket polls as its fd
             now = self._clock()
             if self._wake.r.fileno() in events:
                 self._wake.drain()
@@ -499,8 +496,8 @@ class TunnelPort:
             for c in list(self._conns):
                 if c.zsock in events:
                     self._from_tunnel(c, now)
-            for fd, c in fds.items():
-                if fd in events and c in self._conns:
+            for c in list(self._conns):
+                if c.opened and c.tcp.fileno() in events and c in self._conns:
                     self._from_tcp(c)
             for c in list(self._conns):
                 self._keep_alive(c, now)
@@ -522,6 +519,7 @@ class TunnelPort:
         z.connect(self.endpoint)
         z.send_multipart([w.OPEN, self._token])
         self._conns.append(_Conn(tcp, z, False, now, now, now))
+        self._poller.register(z, zmq.POLLIN)
 
     def _drop(self, c: _Conn, *, tell: bool) -> None:
         if tell:
@@ -529,6 +527,9 @@ class TunnelPort:
                 c.zsock.send_multipart([w.CLOSE, b""], zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
+        self._poller.unregister(c.zsock)
+        if c.opened:
+            self._poller.unregister(c.tcp)
         c.tcp.close()
         c.zsock.close(0)
         self._conns.remove(c)
@@ -550,6 +551,7 @@ class TunnelPort:
             self.stats.frames_in += 1
             if frame.kind == w.OPENED and not c.opened:
                 c.opened = True
+                self._poller.register(c.tcp, zmq.POLLIN)
                 self.stats.opened += 1
             elif frame.kind == w.DATA and c.opened:
                 self.stats.bytes_in += len(frame.payload)
