@@ -62,6 +62,7 @@ class PeerConfig:
     keep_alive_s: float = 300.0  # an on-demand model idle this long is unloaded (unless pinned)
     models_max_bytes: int | None = None  # disk budget of the model store (None: the disk's free space)
     pull_rate: float = 0.0  # bytes/s a model pull may fetch (0: no cap)
+    bulk_port: int | None = 0  # the bulk piece stream's port (0: any free one; None: off, pieces over RPC only)
     http_host: str = "127.0.0.1"  # interface the HTTP API (OpenAI API, metrics, dashboard) binds
     http_port: int | None = None  # None: no HTTP server (mesh-peer's default is 7412); 0 picks a free port
     http_open_loopback: str = "auto"  # keyless API callers on this machine: auto (when bound to loopback), yes, no

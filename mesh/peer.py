@@ -79,7 +79,9 @@ from mesh.inference.backend import Backend
 from mesh.jobs import JobStore
 from mesh.jobs.runner import JobRunner
 from mesh.jobs.sync import JobSync
-from mesh.models.service import ModelService
+from mesh.models.bulk import BulkServer
+from mesh.models.bulk_wire import BulkGrants
+from mesh.models.service import ModelService, model_counts
 from mesh.models.store import ModelStore
 from mesh.paths import DataDir
 from mesh.peerfile import PeerAddress, remove_peer_file, write_peer_file
@@ -179,6 +181,8 @@ class Peer:
         self._extra_servable: list | None = None
         self._to_pull: list[str] = []  # --model NAMEs the store lacks, for --auto-pull
         self.model_service: ModelService | None = None
+        self.model_counts = model_counts()  # the model service's counters, kept across mesh rotate
+        self.bulk: BulkServer | None = None  # the bulk piece stream pulls from this peer use
         self.lending = None  # mesh.inference.lending.LendingService with --lend-memory
         self.splitter = None  # mesh.inference.borrowing.SplitPlanner when the first model is too big for this peer
         self.job_runner: JobRunner | None = None
@@ -282,10 +286,20 @@ class Peer:
                     transport=self.transport, members=lambda: self.membership_service.view()
                     if self.membership_service is not None else [],
                     refuse_key=self.verifier.transport_revoked, threads=self.config.n_threads, clock=self._clock)
+            if self.models is not None and self.config.bulk_port is not None:
+                self.bulk = BulkServer(grants=BulkGrants(self._clock), counts=self.model_counts)
+                try:
+                    self.bulk.start(self.config.rpc_host, self.config.bulk_port)
+                except OSError as e:
+                    raise ConfigError(f"cannot listen for the bulk piece stream on {self.config.rpc_host} port "
+                                      f"{self.config.bulk_port}: {e.strerror or e}; pick another --bulk-port "
+                                      "(0: any free one)") from None
             await self._start_stack(f"tcp://{self.config.rpc_host}:{self.config.rpc_port}", seeds, remembered)
             if self.lending is not None:
                 await self.lending.start(self.config.rpc_host)
         except BaseException:
+            if self.bulk is not None:
+                self.bulk.close()
             if self.lending is not None:
                 await self.lending.aclose()
             await self._backend.aclose()
@@ -389,7 +403,6 @@ class Peer:
                 keep_s=self.config.jobs_keep_s, max_bytes=self.config.jobs_max_bytes,
             )
         previous = self.service  # built again (mesh rotate): uptime and counts are the process's
-        previous_models = self.model_service
         self.service = PeerService(
             backend=self._backend, peer_id=self.identity.peer_id_text, codec=codec, server=lambda: self.server,
             clock=self._clock, name=self.config.name, mesh=self.membership.mesh_id_text,
@@ -402,7 +415,7 @@ class Peer:
         self.model_service = ModelService(
             store=self.models, identity=self.identity, members=self.membership_service, pool=self.pool,
             is_local=is_local, loaded=self._loaded_models, clock=self._clock, pull_rate=self.config.pull_rate,
-            counts=previous_models.counts if previous_models is not None else None,
+            counts=self.model_counts, bulk=self.bulk,
         )
         self.server.methods.update({
             **self.service.methods(), **self.model_service.methods(), ENROL_METHOD: serve_enrolment(self.data, clock=self._clock),
@@ -788,6 +801,8 @@ class Peer:
             await self.splitter.release()
         if self.lending is not None:
             await self.lending.aclose()
+        if self.bulk is not None:
+            self.bulk.close()
         if self._cloud is not None:
             await self._cloud.aclose()
         if self.jobs is not None:

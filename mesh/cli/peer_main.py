@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: the disk's free space)")
     p.add_argument("--pull-rate", type=float, default=0.0, metavar="MB_PER_S",
                    help="bandwidth cap of `mesh models pull` on this peer, in MB/s (default 0: no cap)")
+    p.add_argument("--bulk-port", type=_bulk_port, default=0, metavar="PORT|off",
+                   help="TCP port of the bulk piece stream other peers pull models from (on the --host "
+                        "interface; default 0: any free port; `off`: pieces only over RPC, slower)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--version", action="version", version=f"mesh-peer {__version__}")
     t = p.add_argument_group("testing (fault injection under the gossip transport)")
@@ -202,6 +205,7 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         engine_parallel=args.engine_parallel,
         models_max_bytes=None if args.models_max_gb is None else int(args.models_max_gb * 1e9),
         pull_rate=args.pull_rate * 1e6,
+        bulk_port=args.bulk_port,
         name=args.name or default_name(),
         join_token=args.join_token,
         seeds=tuple(dict.fromkeys(
@@ -291,3 +295,13 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+
+def _bulk_port(text: str) -> int | None:
+    """``--bulk-port``: a TCP port (0: any free one), or ``off`` (None)."""
+    if text.strip().lower() == "off":
+        return None
+    if not text.strip().isdigit() or not 0 <= int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"a TCP port (0: any free one) or `off`, got {text!r}")
+    return int(text)

@@ -15,8 +15,11 @@ manifests; the puller gets the manifest they agree on and, per source, an async
   A source that fails ``max_failures`` times in a row (a dead or unreachable peer) is
   dropped; its pieces go to the others.
 - ``pacer`` (``--pull-rate``) caps the bandwidth of the whole pull.
-- When every piece is in, ``store.finish_partial`` checks the whole file's SHA-256 and
-  makes it visible. When no source is left, the pull stops with ``PullStopped``, and the
+- The whole file's SHA-256 is computed while the pull runs: each piece is read back from
+  the partial file and fed in order as soon as it and every piece before it are written
+  (on another core, while the next pieces arrive). When every piece is in,
+  ``store.finish_partial`` checks that digest against the content address and makes
+  the model visible. When no source is left, the pull stops with ``PullStopped``, and the
   pieces written so far stay for the next try.
 
 Progress goes to ``on_progress(PullProgress)`` after every piece.
@@ -25,6 +28,7 @@ Progress goes to ``on_progress(PullProgress)`` after every piece.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -106,6 +110,8 @@ class Puller:
         self.on_progress(progress)
 
         changed = asyncio.Event()  # a piece was done or given back: idle workers look again
+        written = set(done)  # on disk (committed or not): the whole-file hash may read them
+        whole = _InOrderHash(self.store, m, written)
         uncommitted: list[int] = []  # written, not yet fsync'd and marked done (commit_bytes, or a second)
         committed_at = [time.monotonic()]
 
@@ -137,15 +143,21 @@ class Puller:
                     schedule.failed(source, index)
                     settle()
                     continue
-                if not m.check_piece(index, data):
+                try:  # checked, then written, in one trip to a thread (hashing frees the loop)
+                    ok = await asyncio.to_thread(self._check_and_write, index, data)
+                except OSError as e:
+                    raise ModelError(f"cannot write piece {index} of {m.info.name}: {e.strerror or e}; "
+                                     "the pieces written so far are kept") from None
+                if not ok:
                     self.bad_pieces[source] = self.bad_pieces.get(source, 0) + 1
                     self.errors[source] = f"piece {index} failed its SHA-256"
                     self.on_bad_piece(source)
                     schedule.bad(source, index)
                     settle()
                     return
+                written.add(index)
+                whole.offer(index, data)
                 try:
-                    await asyncio.to_thread(self.store.write_piece, m, index, data, commit=False)
                     uncommitted.append(index)
                     now = time.monotonic()
                     if len(uncommitted) * m.piece_size >= self.commit_bytes or now - committed_at[0] >= 1.0:
@@ -164,23 +176,79 @@ class Puller:
                 progress.elapsed_s = time.monotonic() - started
                 self.on_progress(progress)
 
-        if not schedule.finished:
-            try:
-                async with asyncio.TaskGroup() as group:
-                    for source, fetch in self.sources.items():
-                        for _ in range(self.per_source):
-                            group.create_task(worker(source, fetch))
-            except ExceptionGroup as group_error:  # a worker could not write: say why, as itself
-                raise group_error.exceptions[0] from None
-            finally:  # what was written is kept for a resume, stopped or not
-                await asyncio.to_thread(self.store.commit_pieces, m, uncommitted)
+        hashing = asyncio.ensure_future(whole.run())
+        try:
+            if not schedule.finished:
+                try:
+                    async with asyncio.TaskGroup() as group:
+                        for source, fetch in self.sources.items():
+                            for _ in range(self.per_source):
+                                group.create_task(worker(source, fetch))
+                except ExceptionGroup as group_error:  # a worker could not write: say why, as itself
+                    raise group_error.exceptions[0] from None
+                finally:  # what was written is kept for a resume, stopped or not
+                    await asyncio.to_thread(self.store.commit_pieces, m, uncommitted)
+            digest = await hashing if schedule.finished else None
+        finally:
+            hashing.cancel()
         if not schedule.finished:
             why = "; ".join(f"{s[:12]}: {e}" for s, e in sorted(self.errors.items())) or "no source to ask"
             raise PullStopped(
                 f"pull of {m.info.name} ({m.sha_hex[:12]}) stopped at {progress.pieces_done} of {progress.pieces} "
                 f"pieces: no source left ({why}); the pieces fetched are kept: pull again to resume")
-        model = await asyncio.to_thread(self.store.finish_partial, m, pinned=self.pinned)
+        model = await asyncio.to_thread(self.store.finish_partial, m, pinned=self.pinned, digest=digest)
         progress.elapsed_s = time.monotonic() - started
         return PullResult(model=model, progress=progress, bytes_fetched=self.bytes_fetched,
                           bad_pieces=dict(self.bad_pieces), dropped=sorted(schedule.dropped),
                           seconds=progress.elapsed_s)
+
+    def _check_and_write(self, index: int, data: bytes) -> bool:
+        """False (nothing written) when ``data`` fails piece ``index``'s SHA-256."""
+        if not self.manifest.check_piece(index, data):
+            return False
+        self.store.write_piece(self.manifest, index, data, commit=False)
+        return True
+
+
+class _InOrderHash:
+    """The whole file's SHA-256, fed piece by piece in order as the pieces are written;
+    ``run`` returns the digest once the last piece is in. A piece written just ahead of
+    the hash (within ``HOLD_BYTES``) is kept in memory until its turn; any other (a
+    resumed pull's, one far ahead from a faster source) is read back from the partial
+    file then, so memory stays bounded."""
+
+    HOLD_BYTES = 32 << 20
+
+    def __init__(self, store: ModelStore, manifest: Manifest, written: set[int]) -> None:
+        self.store = store
+        self.manifest = manifest
+        self.written = written
+        self._hash = hashlib.sha256()
+        self._next = 0
+        self._held: dict[int, bytes] = {}
+        self._more = asyncio.Event()
+
+    def offer(self, index: int, data: bytes) -> None:
+        """Piece ``index`` was written (``data``, checked)."""
+        if (index - self._next + 1) * self.manifest.piece_size <= self.HOLD_BYTES:
+            self._held[index] = data
+        self._more.set()
+
+    async def run(self) -> bytes:
+        count = len(self.manifest.pieces)
+        while self._next < count:
+            if self._next not in self.written:
+                self._more.clear()
+                await self._more.wait()
+                continue
+            end = self._next
+            while end < count and end in self.written and end - self._next < 16:
+                end += 1
+            await asyncio.to_thread(self._feed, self._next, end)
+            self._next = end
+        return self._hash.digest()
+
+    def _feed(self, start: int, end: int) -> None:
+        for index in range(start, end):
+            data = self._held.pop(index, None)
+            self._hash.update(data if data is not None else self.store.read_partial_piece(self.manifest, index))

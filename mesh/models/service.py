@@ -6,6 +6,10 @@ For any member of the mesh (every call is already verified against its sender):
 - ``models.manifest`` ``{model}``: the model's manifest, signed by this peer.
 - ``models.piece`` ``{sha256, index}`` (streaming): the piece's bytes in chunks that fit
   an RPC frame, then ``{n}``.
+- ``models.bulk`` ``{sha256, key}``: a ticket for the bulk piece stream
+  (``mesh.models.bulk_wire``): ``{port, key, ticket}``. Pulls use it first, one stream per
+  worker, and fall back to ``models.piece`` for a source that has none or whose port
+  cannot be reached.
 
 For the CLI on this peer's machine only (``is_local``), since they change this peer's
 disk or fan out to the whole mesh:
@@ -19,8 +23,8 @@ disk or fan out to the whole mesh:
   the ``PullResult``. Cancelling the call stops the pull; the pieces fetched are kept
   and the next pull resumes from them.
 
-Counters (``counts``): pieces and bytes served, pulls done and failed, bad pieces
-refused, manifests refused.
+Counters (``counts``): pieces and bytes served (both paths), pulls done and failed, bad
+pieces refused, manifests refused, bulk sessions served and refused.
 """
 
 from __future__ import annotations
@@ -31,8 +35,10 @@ from collections.abc import Callable
 from typing import Any
 
 from mesh.clock import Clock, SystemClock
-from mesh.errors import InvalidRequest, ManifestError, MeshError, ModelError, ModelNotFound
+from mesh.errors import BackendBusy, InvalidRequest, ManifestError, MeshError, ModelError, ModelNotFound, RemoteError
 from mesh.identity.keys import Identity, peer_id_text
+from mesh.models import bulk_wire
+from mesh.models.bulk import BulkConnection, BulkServer
 from mesh.models.manifest import SHA_HEX, Manifest, ModelCard
 from mesh.models.puller import Puller, PullProgress, PullResult
 from mesh.models.rate import BytePacer
@@ -45,12 +51,15 @@ CHUNK = 512 * 1024  # bytes of a piece per stream chunk: well inside an RPC fram
 LIST_TIMEOUT_S = 5.0
 PIECE_TIMEOUT_S = 60.0
 MAX_FANOUT = 16  # members asked at once by models.mesh / models.pull
+PER_SOURCE = 4  # pieces in flight per source: a bulk stream asks for its next piece only after
+                # the last one came, so one stream per worker keeps both ends busy (2: 425 MB/s, 4-6: 460-500)
 
 
 class ModelService:
     def __init__(self, *, store: ModelStore, identity: Identity, members, pool, is_local: Callable[[bytes], bool],
                  loaded: Callable[[], list[str]] = list, clock: Clock | None = None,
-                 pull_rate: float = 0.0, per_source: int = 2, counts: dict[str, int] | None = None) -> None:
+                 pull_rate: float = 0.0, per_source: int = PER_SOURCE, counts: dict[str, int] | None = None,
+                 bulk: BulkServer | None = None) -> None:
         self.store = store
         self.identity = identity
         self.members = members  # mesh.gossip.service.Membership: live_addresses()
@@ -60,8 +69,8 @@ class ModelService:
         self.clock = clock or SystemClock()
         self.pull_rate = pull_rate  # bytes/s, 0: no cap (--pull-rate)
         self.per_source = per_source
-        self.counts = counts if counts is not None else {"pieces_served": 0, "bytes_served": 0, "pulls_ok": 0, "pulls_failed": 0,
-                       "bad_pieces": 0, "manifests_refused": 0}
+        self.counts = counts if counts is not None else model_counts()
+        self.bulk = bulk  # this peer's bulk piece stream (None: pieces only as models.piece)
         self._pulls: dict[str, asyncio.Lock] = {}
 
     def methods(self) -> dict[str, Method]:
@@ -69,7 +78,7 @@ class ModelService:
             "models.list": unary(self.list_here), "models.manifest": unary(self.manifest),
             "models.piece": streaming(self.piece), "models.mesh": unary(self.mesh),
             "models.add": unary(self.add), "models.rm": unary(self.remove), "models.pin": unary(self.pin),
-            "models.pull": streaming(self.pull),
+            "models.pull": streaming(self.pull), "models.bulk": unary(self.bulk_ticket),
         }
 
     # -- for any member
@@ -92,6 +101,29 @@ class ModelService:
         self.counts["pieces_served"] += 1
         self.counts["bytes_served"] += len(data)
         yield Final({"n": len(data)})
+
+    async def bulk_ticket(self, args: dict[str, Any], ctx: CallContext) -> dict:
+        if self.bulk is None:
+            raise InvalidRequest("this peer serves pieces only as models.piece")
+        sha, key = (args.get("sha256"), args.get("key")) if isinstance(args, dict) else (None, None)
+        if not (isinstance(sha, str) and SHA_HEX.match(sha)) or not isinstance(key, bytes):
+            raise InvalidRequest("models.bulk needs sha256 (64 hex digits) and key (32 bytes, X25519)")
+        if not self.store.has(sha):
+            raise ModelNotFound(f"no model {sha[:12]} on this peer")
+        m = self.store.manifest(sha)
+        private, public = bulk_wire.new_key_pair()
+        ticket = self.bulk.grants.ticket()
+        try:
+            keys = bulk_wire.derive_keys(private, key, ticket=ticket, sha256=m.sha256, puller=ctx.sender,
+                                         source=self.identity.peer_id)
+        except bulk_wire.BulkStreamError as e:
+            raise InvalidRequest(str(e)) from None
+        try:
+            self.bulk.grant(ctx.sender, sha, keys, ticket, path=str(self.store.path(sha)), size=m.size,
+                            piece_size=m.piece_size)
+        except bulk_wire.BulkStreamError as e:
+            raise BackendBusy(str(e)) from None
+        return {"port": self.bulk.port, "key": public, "ticket": ticket}
 
     # -- for this machine's CLI
 
@@ -201,6 +233,9 @@ class ModelService:
             except BaseException:
                 self.counts["pulls_failed"] += 1
                 raise
+            finally:
+                for fetch in sources.values():
+                    fetch.close()
         self.counts["pulls_ok"] += 1
         log.info("pulled %s (%s, %d bytes) in %.1f s from %s", manifest.info.name, manifest.sha_hex[:12],
                  manifest.size, result.seconds, result.progress.by_source)
@@ -264,21 +299,96 @@ class ModelService:
         if not agreed:
             raise ManifestError(f"no usable manifest for {sha[:12]} ({'; '.join(problems) or 'none answered'})")
         first = next(iter(agreed.values()))
-        return first, {peer: self._fetcher(holders[peer][0], sha) for peer in agreed}
+        return first, {peer: SourceFetch(self.pool.client(holders[peer][0]), holders[peer][0], first,
+                                         puller=self.identity.peer_id, source=holders[peer][2])
+                       for peer in agreed}
 
-    def _fetcher(self, address: str, sha: str):
-        async def fetch(index: int) -> bytes:
-            parts: list[bytes] = []
-            async with self.pool.client(address).stream("models.piece", {"sha256": sha, "index": index},
-                                                        timeout_s=PIECE_TIMEOUT_S) as call:
-                async for chunk in call:
-                    d = chunk.get("d") if isinstance(chunk, dict) else None
-                    if not isinstance(d, bytes):
-                        raise ModelError("a models.piece chunk without bytes")
-                    parts.append(d)
-            return b"".join(parts)
 
-        return fetch
+def model_counts() -> dict[str, int]:
+    """The counters of a peer's model service (kept across ``mesh rotate``)."""
+    return {"pieces_served": 0, "bytes_served": 0, "pulls_ok": 0, "pulls_failed": 0, "bad_pieces": 0,
+            "manifests_refused": 0, "bulk_sessions": 0, "bulk_refused": 0, "bulk_pieces_served": 0}
+
+
+class SourceFetch:
+    """One source's pieces: over bulk streams (one per worker, kept open between pieces)
+    while the source offers them, else as ``models.piece`` RPC chunks. A source without
+    ``models.bulk`` (an older peer), or whose bulk port cannot be reached (a firewall
+    that lets only the RPC port through), is asked over RPC for the rest of the pull."""
+
+    def __init__(self, client, address: str, manifest: Manifest, *, puller: bytes, source: bytes) -> None:
+        self.client = client
+        self.host = address.removeprefix("tcp://").rsplit(":", 1)[0]
+        self.manifest = manifest
+        self.puller = puller
+        self.source = source
+        self.use_bulk = True
+        self.bulk_pieces = 0
+        self._idle: list[BulkConnection] = []
+        self._open: set[BulkConnection] = set()
+
+    async def __call__(self, index: int) -> bytes:
+        if self.use_bulk:
+            conn = self._idle.pop() if self._idle else await self._connect()
+            if conn is not None:
+                try:
+                    data = await asyncio.to_thread(conn.get, index, self.manifest.piece_range(index)[1])
+                except BaseException:
+                    self._open.discard(conn)
+                    conn.close()
+                    raise
+                self._idle.append(conn)
+                self.bulk_pieces += 1
+                return data
+        return await self._rpc(index)
+
+    async def _connect(self) -> BulkConnection | None:
+        """A new bulk stream, or None (and RPC from now on) when the source has none."""
+        private, public = bulk_wire.new_key_pair()
+        sha = self.manifest.sha_hex
+        try:
+            answer = await self.client.call("models.bulk", {"sha256": sha, "key": public}, timeout_s=LIST_TIMEOUT_S)
+        except BackendBusy:
+            return None  # too many tickets out: this piece over RPC
+        except (InvalidRequest, RemoteError) as e:
+            if isinstance(e, RemoteError) and e.code != "unknown_method":
+                raise
+            return self._no_bulk(f"it has none ({e})")
+        port, key, ticket = (answer.get(k) for k in ("port", "key", "ticket")) if isinstance(answer, dict) \
+            else (None, None, None)
+        if type(port) is not int or not 0 < port < 65536 or not isinstance(ticket, bytes):
+            return self._no_bulk("a malformed models.bulk answer")
+        try:
+            keys = bulk_wire.derive_keys(private, key, ticket=ticket, sha256=self.manifest.sha256,
+                                         puller=self.puller, source=self.source)
+            conn = await asyncio.to_thread(BulkConnection.open, self.host, port, ticket, keys,
+                                           self.manifest.piece_size, PIECE_TIMEOUT_S)
+        except (bulk_wire.BulkStreamError, OSError) as e:
+            return self._no_bulk(f"its bulk port {port} cannot be used ({e})")
+        self._open.add(conn)
+        return conn
+
+    def _no_bulk(self, why: str) -> None:
+        self.use_bulk = False
+        log.warning("pieces from %s over RPC: %s", peer_id_text(self.source)[:12], why)
+        return None
+
+    async def _rpc(self, index: int) -> bytes:
+        parts: list[bytes] = []
+        async with self.client.stream("models.piece", {"sha256": self.manifest.sha_hex, "index": index},
+                                      timeout_s=PIECE_TIMEOUT_S) as call:
+            async for chunk in call:
+                d = chunk.get("d") if isinstance(chunk, dict) else None
+                if not isinstance(d, bytes):
+                    raise ModelError("a models.piece chunk without bytes")
+                parts.append(d)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        for conn in self._open:
+            conn.close()
+        self._open.clear()
+        self._idle.clear()
 
 
 def _ref(value: Any) -> str:

@@ -278,18 +278,31 @@ class ModelStore:
             self._db.executemany("INSERT OR IGNORE INTO partial_pieces (sha, idx) VALUES (?, ?)",
                                  [(manifest.sha_hex, i) for i in indices])
 
-    def finish_partial(self, manifest: Manifest, *, pinned: bool = False) -> StoredModel:
-        """Check the whole file against its SHA-256 and make it a model of the store."""
+    def read_partial_piece(self, manifest: Manifest, index: int) -> bytes:
+        """A piece of a pull in progress, as written (for the whole-file hash)."""
+        offset, length = manifest.piece_range(index)
+        fd = os.open(self._part(manifest.sha_hex), os.O_RDONLY)
+        try:
+            return os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+
+    def finish_partial(self, manifest: Manifest, *, pinned: bool = False, digest: bytes | None = None) -> StoredModel:
+        """Check the whole file against its SHA-256 and make it a model of the store.
+        ``digest``: the file's SHA-256 as the puller computed it from the pieces written
+        (``Puller`` hashes while it pulls); without it, the file is read and hashed here."""
         sha = manifest.sha_hex
         part = self._part(sha)
         done = self._db.execute("SELECT COUNT(*) FROM partial_pieces WHERE sha = ?", (sha,)).fetchone()[0]
         if done != len(manifest.pieces):
             raise ModelError(f"pull of {sha[:12]} has {done} of {len(manifest.pieces)} pieces")
-        whole = hashlib.sha256()
-        with open(part, "rb") as f:
-            while chunk := f.read(COPY_CHUNK):
-                whole.update(chunk)
-        if whole.hexdigest() != sha:
+        if digest is None:
+            whole = hashlib.sha256()
+            with open(part, "rb") as f:
+                while chunk := f.read(COPY_CHUNK):
+                    whole.update(chunk)
+            digest = whole.digest()
+        if digest.hex() != sha:
             self.drop_partial(sha)
             raise ManifestError(f"the pulled file does not hash to {sha[:12]}; thrown away (pull again)")
         os.replace(part, self.path(sha))

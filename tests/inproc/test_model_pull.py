@@ -9,6 +9,7 @@ import pytest
 from mesh import Client
 from mesh.errors import InvalidRequest, ModelNotFound
 from mesh.models.manifest import MIN_PIECE
+from mesh.models.service import PER_SOURCE
 from mesh.testing import ScriptedBackend
 from support.gguf_files import write_gguf
 from support.loopmesh import run, start_mesh, wait_for
@@ -56,6 +57,8 @@ def test_a_model_is_pulled_from_two_peers_and_is_the_same_file(tmp_path):
             assert seen and seen[-1]["pieces_done"] == result["progress"]["pieces"]
             served = sum(p.model_service.counts["pieces_served"] for p in peers[:2])
             assert served == result["progress"]["pieces"]
+            by_bulk = sum(p.model_service.counts["bulk_pieces_served"] for p in peers[:2])
+            assert by_bulk == served  # every piece over the bulk stream, none as RPC chunks
             again = await client.apull(a.sha)
             assert again["already"] is True
         finally:
@@ -81,12 +84,35 @@ def test_a_source_serving_a_corrupted_piece_is_dropped_and_the_pull_completes(tm
             result = await client.apull(good.sha)
             bad_peer = peers[1].identity.peer_id_text
             # refused; asked for nothing more once one was refused (a second request may
-            # have been in flight already: two workers per source)
+            # have been in flight already: PER_SOURCE workers per source)
             bad = result["bad_pieces"][bad_peer]
-            assert 1 <= bad <= 2 and peers[2].model_service.counts["bad_pieces"] == bad
+            assert 1 <= bad <= PER_SOURCE and peers[2].model_service.counts["bad_pieces"] == bad
             assert peers[1].model_service.counts["pieces_served"] == bad
             assert bad_peer not in result["progress"]["by_source"]
             assert peers[2].models.path(good.sha).read_bytes() == src.read_bytes()
+        finally:
+            await _stop(peers, [client])
+
+    run(main())
+
+
+def test_sources_without_a_usable_bulk_stream_are_asked_over_rpc(tmp_path):
+    """p0 offers no bulk stream (an older peer); p1's bulk port cannot be reached (a
+    firewall letting only the RPC port through): the pull completes over RPC from both."""
+    async def main():
+        peers = await _mesh(tmp_path, 3)
+        src = write_gguf(tmp_path / "tiny-1M-F32.gguf", size=1_500_000)
+        a = peers[0].models.add(src)
+        peers[1].models.add(src)
+        peers[0].model_service.bulk = None
+        peers[1].bulk.close()
+        client = Client(tmp_path / "p2")
+        try:
+            result = await client.apull(a.sha)
+            assert set(result["progress"]["by_source"]) == {p.identity.peer_id_text for p in peers[:2]}
+            assert peers[2].models.path(a.sha).read_bytes() == src.read_bytes()
+            assert sum(p.model_service.counts["pieces_served"] for p in peers[:2]) == result["progress"]["pieces"]
+            assert sum(p.model_service.counts["bulk_pieces_served"] for p in peers[:2]) == 0
         finally:
             await _stop(peers, [client])
 

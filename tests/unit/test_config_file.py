@@ -170,3 +170,15 @@ def test_model_flags_paths_names_budgets_and_the_session_cache(tmp_path):
                        (("--models-ram", "0"), "--models-ram"), (("--session-cache-mb", "-1"), "--session-cache-mb")]:
         with pytest.raises(MeshError, match=words):
             peer_main.config_from_args(parse(tmp_path, *bad))
+
+
+def test_bulk_port_is_a_port_or_off_in_the_file_and_on_the_command_line(tmp_path):
+    assert parse(tmp_path).bulk_port == 0  # any free port
+    write(tmp_path / "mesh.toml", "bulk-port = 7413\n")
+    assert peer_main.config_from_args(parse(tmp_path)).bulk_port == 7413
+    write(tmp_path / "mesh.toml", 'bulk-port = "off"\n')
+    assert peer_main.config_from_args(parse(tmp_path)).bulk_port is None
+    assert parse(tmp_path, "--bulk-port", "0").bulk_port == 0  # the command line wins
+    write(tmp_path / "mesh.toml", "bulk-port = 70000\n")
+    with pytest.raises(ConfigError, match="bulk-port"):
+        parse(tmp_path)
