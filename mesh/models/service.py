@@ -105,9 +105,7 @@ class ModelService:
     async def bulk_ticket(self, args: dict[str, Any], ctx: CallContext) -> dict:
         if self.bulk is None:
             raise InvalidRequest("this peer serves pieces only as models.piece")
-        sha, key = (args.get("sha256"), args.get("key")) if isinstance(args, dict) else (None, None)
-        if not (isinstance(sha, str) and SHA_HEX.match(sha)) or not isinstance(key, bytes):
-            raise InvalidRequest("models.bulk needs sha256 (64 hex digits) and key (32 bytes, X25519)")
+        sha, key = bulk_args(args)
         if not self.store.has(sha):
             raise ModelNotFound(f"no model {sha[:12]} on this peer")
         m = self.store.manifest(sha)
@@ -354,10 +352,10 @@ class SourceFetch:
             if isinstance(e, RemoteError) and e.code != "unknown_method":
                 raise
             return self._no_bulk(f"it has none ({e})")
-        port, key, ticket = (answer.get(k) for k in ("port", "key", "ticket")) if isinstance(answer, dict) \
-            else (None, None, None)
-        if type(port) is not int or not 0 < port < 65536 or not isinstance(ticket, bytes):
+        checked = bulk_answer(answer)
+        if checked is None:
             return self._no_bulk("a malformed models.bulk answer")
+        port, key, ticket = checked
         try:
             keys = bulk_wire.derive_keys(private, key, ticket=ticket, sha256=self.manifest.sha256,
                                          puller=self.puller, source=self.source)
@@ -403,6 +401,25 @@ def piece_args(args: Any) -> tuple[str, int]:
     if not (isinstance(sha, str) and SHA_HEX.match(sha)) or type(index) is not int or not 0 <= index < 1 << 32:
         raise InvalidRequest("models.piece needs sha256 (64 hex digits) and index (an integer >= 0)")
     return sha, index
+
+
+def bulk_args(args: Any) -> tuple[str, bytes]:
+    """(sha256, key) of a ``models.bulk`` call; ``InvalidRequest`` otherwise."""
+    sha, key = (args.get("sha256"), args.get("key")) if isinstance(args, dict) else (None, None)
+    if not (isinstance(sha, str) and SHA_HEX.match(sha)) or not (isinstance(key, bytes) and len(key) == 32):
+        raise InvalidRequest("models.bulk needs sha256 (64 hex digits) and key (32 bytes, X25519)")
+    return sha, key
+
+
+def bulk_answer(answer: Any) -> tuple[int, bytes, bytes] | None:
+    """(port, key, ticket) of a source's ``models.bulk`` answer, or None when malformed."""
+    if not isinstance(answer, dict):
+        return None
+    port, key, ticket = answer.get("port"), answer.get("key"), answer.get("ticket")
+    if type(port) is not int or not 0 < port < 65536 or not (isinstance(key, bytes) and len(key) == 32) \
+            or not (isinstance(ticket, bytes) and len(ticket) == bulk_wire.TICKET_BYTES):
+        return None
+    return port, key, ticket
 
 
 def list_answer(answer: Any) -> dict | None:

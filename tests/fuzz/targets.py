@@ -265,6 +265,49 @@ def model_piece_args(args: Any) -> Any:
     return _refused(InvalidRequest, piece_args, args)
 
 
+def model_bulk_args(args: Any) -> Any:
+    from mesh.models.service import bulk_args
+
+    return _refused(InvalidRequest, bulk_args, args)
+
+
+def model_bulk_answer(answer: Any) -> Any:
+    from mesh.models.service import bulk_answer
+
+    got = bulk_answer(answer)
+    if got is not None:
+        port, key, ticket = got
+        assert 0 < port < 65536 and len(key) == 32 and len(ticket) == 16
+    return got
+
+
+def bulk_stream(data: bytes, key: bytes, limits: dict[int, int]) -> Any:
+    """Frames off a bulk piece stream, read as ``mesh.models.bulk`` reads them: a list of
+    (kind, plaintext) until the bytes run out (mid-frame: the connection ended), or
+    ``BulkStreamError``; every GET is parsed as the source parses it."""
+    from mesh.models import bulk_wire as w
+
+    opener = w.Opener(key, limits)
+
+    def read() -> list:
+        out, at = [], 0
+        while at + w.HEADER.size <= len(data):
+            header = data[at:at + w.HEADER.size]
+            kind, n = opener.header(header)
+            at += w.HEADER.size
+            if at + n > len(data):
+                break
+            plaintext = opener.open(header, data[at:at + n])
+            at += n
+            assert len(plaintext) <= limits[kind]
+            if kind == w.GET:
+                w.parse_get(plaintext, pieces=8)
+            out.append((kind, plaintext))
+        return out
+
+    return _refused(w.BulkStreamError, read)
+
+
 def model_list_answer(answer: Any) -> Any:
     from mesh.models.service import list_answer
 
