@@ -39,6 +39,9 @@ def test_one_lender_when_one_can_hold_it_the_nearest_then_the_least_busy():
                _lender("dddd", 90, rtt=0.020)]
     assert [c.peer_id for c in choose_lenders(lenders, 30 * MB)] == ["ccc"]  # near and idle beats far "dddd"
     assert [c.peer_id for c in choose_lenders(lenders, 50 * MB)] == ["dddd"]  # only it can alone
+    # a round trip per token beats a queue: the nearest wins even when it is busier
+    near_busy, far_idle = _lender("near", 40, busy=2, rtt=0.001), _lender("far", 40, busy=0, rtt=0.020)
+    assert [c.peer_id for c in choose_lenders([far_idle, near_busy], 30 * MB)] == ["near"]
 
 
 def test_otherwise_the_fewest_most_free_memory_first():
@@ -46,6 +49,9 @@ def test_otherwise_the_fewest_most_free_memory_first():
     assert [c.peer_id for c in choose_lenders(lenders, 70 * MB)] == ["ccc", "bb"]
     assert [c.peer_id for c in choose_lenders(lenders, 95 * MB)] == ["ccc", "bb", "a", "dddd"]
     assert choose_lenders(lenders, 96 * MB) == []  # all of them together cannot: no partial plan
+    # the fewest links: the most free memory first, even when it is farther
+    spread_out = [_lender("big", 40, rtt=0.020), _lender("n1", 30, rtt=0.001), _lender("n2", 30, rtt=0.001)]
+    assert [c.peer_id for c in choose_lenders(spread_out, 65 * MB)] == ["big", "n1"]
     assert choose_lenders([], 1) == []
 
 
