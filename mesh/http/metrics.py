@@ -195,6 +195,8 @@ class PeerCollector(Collector):
             yield from self._identity(p)
         if p.jobs is not None:
             yield from self._jobs(p.jobs.counts())
+        if p.model_service is not None:
+            yield from self._models(p.model_counts, p.bulk)
 
     def _info(self, p):
         info = InfoMetricFamily("mesh_peer", "This peer: id, name, model, version")
@@ -323,6 +325,29 @@ class PeerCollector(Collector):
         cert = p.certificate
         yield GaugeMetricFamily("mesh_certificate_expiry_seconds", "When this peer's certificate expires (Unix time)",
                                 value=cert.expires_at)
+
+    def _models(self, counts: dict[str, int], bulk):
+        served = CounterMetricFamily("mesh_model_pieces_served", "Model pieces this peer sent to pullers, by path "
+                                     "(bulk: the AES-GCM piece stream; rpc: models.piece)", labels=["path"])
+        by_bulk = counts.get("bulk_pieces_served", 0)
+        served.add_metric(["bulk"], by_bulk)
+        served.add_metric(["rpc"], counts.get("pieces_served", 0) - by_bulk)
+        yield served
+        yield CounterMetricFamily("mesh_model_bytes_served", "Bytes of model pieces this peer sent",
+                                  value=counts.get("bytes_served", 0))
+        pulls = CounterMetricFamily("mesh_model_pulls", "Model pulls this peer ran, by result", labels=["result"])
+        pulls.add_metric(["ok"], counts.get("pulls_ok", 0))
+        pulls.add_metric(["failed"], counts.get("pulls_failed", 0))
+        yield pulls
+        yield CounterMetricFamily("mesh_model_bad_pieces", "Pulled pieces that failed their SHA-256 (the sender was "
+                                  "not asked again for that model)", value=counts.get("bad_pieces", 0))
+        yield CounterMetricFamily("mesh_model_manifests_refused", "Manifests refused: forged, malformed, or not "
+                                  "matching the other holders'", value=counts.get("manifests_refused", 0))
+        yield CounterMetricFamily("mesh_model_bulk_refused", "Bulk piece stream connections ended for breaking its "
+                                  "rules (bad ticket, tag, frame; too many streams)", value=counts.get("bulk_refused", 0))
+        if bulk is not None:
+            yield GaugeMetricFamily("mesh_model_bulk_streams", "Bulk piece streams open to pullers now",
+                                    value=bulk.sessions())
 
     def _jobs(self, counts: dict[str, int]):
         from mesh.jobs import JobState

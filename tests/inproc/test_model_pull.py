@@ -5,6 +5,8 @@ a model nobody has, the mesh-wide list, and the local-only methods."""
 from __future__ import annotations
 
 import pytest
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from mesh import Client
 from mesh.errors import InvalidRequest, ModelNotFound
@@ -13,6 +15,15 @@ from mesh.models.service import PER_SOURCE
 from mesh.testing import ScriptedBackend
 from support.gguf_files import write_gguf
 from support.loopmesh import run, start_mesh, wait_for
+
+
+def _model_samples(peer) -> dict:
+    """The peer's /metrics samples (``mesh_model_*`` among them), as scraped."""
+    out = {}
+    for fam in text_string_to_metric_families(generate_latest(peer.metrics.registry).decode()):
+        for sample in fam.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
 
 
 def _small_pieces(peers):
@@ -59,6 +70,11 @@ def test_a_model_is_pulled_from_two_peers_and_is_the_same_file(tmp_path):
             assert served == result["progress"]["pieces"]
             by_bulk = sum(p.model_service.counts["bulk_pieces_served"] for p in peers[:2])
             assert by_bulk == served  # every piece over the bulk stream, none as RPC chunks
+            scraped = [_model_samples(p) for p in peers]
+            assert sum(x[("mesh_model_pieces_served_total", (("path", "bulk"),))] for x in scraped) == served
+            assert sum(x[("mesh_model_pieces_served_total", (("path", "rpc"),))] for x in scraped) == 0
+            assert scraped[2][("mesh_model_pulls_total", (("result", "ok"),))] == 1
+            assert sum(x[("mesh_model_bytes_served_total", ())] for x in scraped) == a.size
             again = await client.apull(a.sha)
             assert again["already"] is True
         finally:
@@ -113,6 +129,8 @@ def test_sources_without_a_usable_bulk_stream_are_asked_over_rpc(tmp_path):
             assert peers[2].models.path(a.sha).read_bytes() == src.read_bytes()
             assert sum(p.model_service.counts["pieces_served"] for p in peers[:2]) == result["progress"]["pieces"]
             assert sum(p.model_service.counts["bulk_pieces_served"] for p in peers[:2]) == 0
+            rpc = sum(_model_samples(p)[("mesh_model_pieces_served_total", (("path", "rpc"),))] for p in peers[:2])
+            assert rpc == result["progress"]["pieces"]
         finally:
             await _stop(peers, [client])
 
