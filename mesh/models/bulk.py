@@ -3,8 +3,8 @@
 - ``BulkServer`` (a source): a TCP listener on the peer's RPC host; each connection
   must open with a live ticket (``models.bulk`` made it) and is then served in a thread
   of its own (at most ``max_sessions``): a GET is answered by reading the piece from the
-  model's file and sealing it. A bad ticket, frame or tag ends the connection and is
-  counted in ``counts["bulk_refused"]``.
+  model's file and sealing it. A bad ticket, frame or tag, or a member revoked since
+  its ticket, ends the connection and is counted in ``counts["bulk_refused"]``.
 - ``BulkConnection`` (a puller): one connection, blocking, one piece at a time; the
   puller runs it in a worker thread.
 """
@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 
 from mesh.models import bulk_wire as w
 
@@ -41,8 +42,10 @@ def read_exact(sock: socket.socket, n: int, into: bytearray | None = None) -> me
 
 class BulkServer:
     def __init__(self, *, grants: w.BulkGrants, counts: dict[str, int], max_sessions: int = MAX_SESSIONS,
-                 idle_s: float = IDLE_S, handshake_s: float = HANDSHAKE_S) -> None:
+                 idle_s: float = IDLE_S, handshake_s: float = HANDSHAKE_S,
+                 revoked: Callable[[bytes], bool] = lambda peer: False) -> None:
         self.grants = grants
+        self.revoked = revoked  # a member revoked since its grant gets nothing more (checked before each piece)
         self.counts = counts  # shared with ModelService: pieces_served, bytes_served, bulk_*
         for k in ("bulk_sessions", "bulk_refused", "bulk_pieces_served"):
             self.counts.setdefault(k, 0)
@@ -90,6 +93,12 @@ class BulkServer:
                     pass
         if self._thread is not None:
             self._thread.join(timeout=5)
+
+    def _revoked(self, peer: bytes) -> bool:
+        try:
+            return self.revoked(peer)
+        except RuntimeError:  # the list changed while this thread read it: asked again next piece
+            return False
 
     def _count(self, key: str, n: int = 1) -> None:
         with self._lock:
@@ -143,6 +152,8 @@ class BulkServer:
                     return  # the puller is done
                 _, length = opener.header(header)
                 index = w.parse_get(opener.open(header, read_exact(conn, length)), grant.pieces)
+                if self._revoked(grant.peer):
+                    raise w.BulkStreamError("revoked", f"{grant.peer.hex()[:12]} was revoked; its stream ends")
                 offset, length = grant.piece_range(index)
                 piece = memoryview(buf)[:length]
                 if fd < 0 or os.preadv(fd, [piece], offset) != length:

@@ -160,3 +160,17 @@ def test_closing_the_server_ends_its_sessions(server, model):
         conn.get(1, PIECE)
     conn.close()
     _wait(lambda: server.sessions() == 0)
+
+
+def test_a_member_revoked_since_its_ticket_gets_no_more_pieces(server, model):
+    revoked: set[bytes] = set()
+    server.revoked = revoked.__contains__
+    ticket, keys = _ticket(server, model)
+    conn = BulkConnection.open("127.0.0.1", server.port, ticket, keys, PIECE, timeout_s=5)
+    assert len(conn.get(0, PIECE)) == PIECE
+    revoked.add(PULLER)
+    with pytest.raises((w.BulkStreamError, OSError)):
+        conn.get(1, PIECE)
+    conn.close()
+    _wait(lambda: server.counts["bulk_refused"] == 1)
+    assert server.counts["bulk_pieces_served"] == 1
