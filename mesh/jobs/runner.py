@@ -8,6 +8,9 @@ nothing is lost. A job whose request cannot be served at all fails at once.
 
 A peer killed mid-job leaves a lease that expires; the job is then claimed again (at
 least once), and completion is fenced by the lease so only one result is stored.
+A job adopted from another owner that this peer was running when it died is run again
+only if its owner still hands it here (``job.confirm``): an owner that took it back
+meanwhile has run it elsewhere, and the copy here is forgotten, not generated twice.
 
 A job cancelled while it runs here (``JobStore.cancel``: ``mesh cancel``) stops
 generating at once: the store tells the runner, which cancels the routed prompt (the
@@ -33,6 +36,7 @@ from mesh.rpc.tasks import Background, cancel_and_wait
 log = logging.getLogger("mesh.jobs")
 
 LEASE_S = 60.0  # a job's lease; renewed every third of it while generating
+CONFIRM_RETRY_S = 1.0  # an adopted job to run again, whose owner is not in the view yet, is asked about again after this
 IDLE_POLL_S = 1.0  # how often an idle runner looks for due jobs (a submit wakes it at once)
 PRUNE_EVERY_S = 600.0
 WAIT_BASE_S = 1.0  # a job nothing can answer waits this long, doubling ...
@@ -135,6 +139,19 @@ class JobRunner:
             if target not in (None, "cloud", self.self_id) and await self.sync.hand_over(job, target, span=span):
                 self._waits.pop(job.id, None)
                 return "handed over"
+        if self.sync is not None and job.owner != self.self_id and job.attempts > 1:
+            # this peer was running another owner's job when it died or stopped: if the
+            # owner has taken it back since (and ran it elsewhere), forget it rather than
+            # generate it twice
+            wanted = await self.sync.still_wanted(job)
+            if wanted is None:
+                self.store.defer(job.id, worker=self.self_id, reason="asking its owner whether it is still ours",
+                                 delay_s=CONFIRM_RETRY_S, now=self._clock())
+                return "waiting"
+            if not wanted:
+                self.store.withdraw(job.id)
+                self._waits.pop(job.id, None)
+                return "withdrawn"
         # the prompt is routed in a task of its own, so that cancelling the job (_stop_job)
         # stops it and nothing else; both tasks end before _run returns (the finally below)
         answering = asyncio.create_task(self._answer(job, gen, route, span), name=f"job-{job.id}")

@@ -355,6 +355,15 @@ class JobStore:
                 watcher(job_id)
         return cancelled
 
+    def withdraw(self, job_id: str) -> bool:
+        """Forget a copy of another owner's job that has not finished here (its owner took
+        it back: ``job.confirm`` said so). False if there is no such copy (own job, ended,
+        or unknown). A later handover of the same job adopts it afresh."""
+        with self._tx() as c:
+            cur = c.execute("DELETE FROM jobs WHERE id = ? AND owner != ? AND state IN (?, ?)",
+                            (job_id, self.local_peer or "", _Q, _R))
+            return cur.rowcount == 1
+
     def watch_cancel(self, callback: Callable[[str], None]) -> Callable[[], None]:
         """Call ``callback(job_id)`` after this store cancels a job (after the COMMIT), so
         the worker running it can stop generating now. ``callback`` must not raise or

@@ -45,6 +45,8 @@ from mesh.jobs.config import JobSyncConfig
 from mesh.jobs.wire import (
     MAX_OUTCOMES_PER_CALL,
     Outcome,
+    confirm_answer,
+    confirm_from_wire,
     handover_from_wire,
     handover_to_wire,
     outcome_from_wire,
@@ -58,6 +60,7 @@ log = logging.getLogger("mesh.jobs")
 
 HANDOVER_METHOD = "job.handover"
 RESULT_METHOD = "job.result"
+CONFIRM_METHOD = "job.confirm"
 _LIVE = ("alive", "suspect")
 
 
@@ -82,12 +85,13 @@ class JobSync:
         self._owner_retry: dict[str, tuple] = {}  # owner -> (next try at, current delay, its incarnation then)
         self._probing: set[str] = set()  # handed-over jobs whose executor is being asked before a requeue
         self._started = clock()
-        self.counts: Counter[str] = Counter()  # handed, adopted, delivered, imported, requeued, refused:*
+        self.counts: Counter[str] = Counter()  # handed, adopted, delivered, imported, requeued, withdrawn, refused:*
 
     # -- lifecycle ------------------------------------------------------------------------
 
     def methods(self) -> dict[str, Method]:
-        return {HANDOVER_METHOD: unary(self._on_handover), RESULT_METHOD: unary(self._on_result)}
+        return {HANDOVER_METHOD: unary(self._on_handover), RESULT_METHOD: unary(self._on_result),
+                CONFIRM_METHOD: unary(self._on_confirm)}
 
     async def start(self) -> None:
         self._started = self._clock()
@@ -256,6 +260,18 @@ class JobSync:
             return
         self._import_reply(job.id, holder, reply)
 
+    async def _on_confirm(self, args: dict, ctx: CallContext) -> dict:
+        job_id = confirm_from_wire(args)
+        sender = peer_id_text(ctx.sender)
+        try:
+            job = self.store.get(job_id)
+        except JobNotFound:
+            return {"run": False, "state": "unknown"}
+        if job.owner != self.self_id:
+            raise InvalidRequest("this peer does not own that job")
+        run = job.state == JobState.RUNNING and job.lease_holder == sender
+        return {"run": run, "state": job.state.value}
+
     # -- executor side ----------------------------------------------------------------------
 
     async def _on_handover(self, args: dict, ctx: CallContext) -> dict:
@@ -283,6 +299,28 @@ class JobSync:
         if job.owner != h.owner:
             raise InvalidRequest("that job id belongs to another owner")
         return {"state": job.state.value, "outcome": outcome_of(job)}
+
+    async def still_wanted(self, job) -> bool | None:
+        """Before running an adopted job again (this peer was running it when it died or
+        stopped), ask its owner whether it is still handed here: True (run it), False
+        (withdraw it), None (the owner is not in this peer's view yet, e.g. just after
+        a restart: ask again shortly). An owner absent for longer, or that does not
+        answer, gets the run anyway: at least once; its outcome waits for it as usual."""
+        address = self._address(job.owner)
+        if address is None:
+            return None if self._clock() - self._started < self.cfg.absent_grace_s else True
+        try:
+            reply = await self.pool.client(address).call(CONFIRM_METHOD, {"id": job.id},
+                                                          timeout_s=self.cfg.probe_timeout_s)
+        except (MeshError, OSError) as e:
+            log.info("job %s: its owner %s did not confirm (%s); running it", job.id, job.owner[:12], e)
+            return True
+        run = confirm_answer(reply)
+        if run is False:
+            self.counts["withdrawn"] += 1
+            log.info("job %s withdrawn: its owner %s took it back (%s there)", job.id, job.owner[:12],
+                     reply.get("state"))
+        return run is not False
 
     async def _deliver(self, view: dict[str, MemberView], now: float) -> None:
         for owner in self.store.undelivered_owners():

@@ -8,6 +8,12 @@
   ``{id, state: "done"|"failed", text, stats, error, ran_on}``. The owner answers
   ``{"stored": [ids], "known": [ids], "refused": {id: reason}}``; the executor marks
   every id in ``stored`` or ``known`` as delivered, and stops retrying ``refused`` ones.
+- ``job.confirm`` (executor -> owner): ``{"id": ...}``, asked before an executor runs an
+  adopted job a second time (it was running it when it died or stopped). The owner
+  answers ``{"run": bool, "state": ...}``: ``run`` only while the job is still handed to
+  that executor; otherwise (the owner took it back after the executor was declared
+  dead, ran it elsewhere, or it was cancelled) the executor forgets its copy instead of
+  generating it again.
 
 Bounds come from ``JobLimits``; the store re-checks what it writes.
 """
@@ -102,3 +108,14 @@ def outcome_from_wire(o: Any, *, limits: JobLimits = DEFAULT_LIMITS) -> Outcome:
         stats=stats if state == "done" else None, error=error,
         ran_on=check_name(o.get("ran_on"), "outcome.ran_on", limits),
     )
+
+
+def confirm_from_wire(args: Any, *, limits: JobLimits = DEFAULT_LIMITS) -> str:
+    """The job id of a ``job.confirm`` call; ``InvalidRequest`` otherwise."""
+    return check_name(args.get("id") if isinstance(args, dict) else None, "job.id", limits)
+
+
+def confirm_answer(reply: Any) -> bool | None:
+    """An owner's ``job.confirm`` answer: run it or not; None when malformed."""
+    run = reply.get("run") if isinstance(reply, dict) else None
+    return run if isinstance(run, bool) else None

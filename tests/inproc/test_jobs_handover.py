@@ -113,6 +113,17 @@ def test_a_job_whose_executor_leaves_runs_elsewhere_once(tmp_path):
             done = owner.jobs.get(job.id)
             assert done.ran_on == other.identity.peer_id_text and done.result_text == "x" * 20
             assert owner.job_sync.counts["requeued"] == 1 and owner.job_sync.counts["imported"] == 1
+            # the first executor comes back with its copy queued again (it was running it):
+            # the owner has taken the job back, so the copy is withdrawn, not generated twice
+            fresh = ScriptedBackend(["y"] * 20, model="big", parameters=1000)
+            restarted = Peer(config(tmp_path, first.config.name,
+                                    seeds=(seed_text(owner.endpoint, owner.transport.public),)), backend=fresh)
+            peers[peers.index(first)] = restarted
+            await restarted.start()
+            await wait_for(lambda: restarted.job_sync.counts["withdrawn"] == 1, timeout_s=30)
+            assert job.id not in {j.id for j in restarted.jobs.list(limit=100)}
+            assert fresh.requests == []  # nothing generated again
+            assert owner.jobs.get(job.id).result_text == "x" * 20
         finally:
             for p in reversed(peers):
                 await p.stop(grace_s=0)

@@ -309,6 +309,25 @@ def test_adopt_keeps_the_id_and_is_idempotent(store):
         store.adopt("job-from-a", ask("different"), owner="A")
 
 
+def test_withdraw_forgets_only_an_unfinished_copy_of_another_owners_job(db, clock):
+    with JobStore(db, clock=clock, local_peer="ME") as s:
+        running = s.adopt("from-a-1", ask("one"), owner="A")
+        queued = s.adopt("from-a-2", ask("two"), owner="A")
+        done = s.adopt("from-a-3", ask("three"), owner="A")
+        mine = s.submit(ask("mine"), owner="ME")
+        for _ in range(3):
+            s.claim(worker="ME", lease_s=60)
+        s.complete(done.id, worker="ME", result_text="r", stats=STATS)
+        assert s.get(running.id).state.value == "running"
+        assert s.withdraw(running.id) and s.withdraw(queued.id)
+        assert not s.withdraw(done.id)  # finished: its outcome still goes to its owner
+        assert not s.withdraw(mine.id)  # own jobs are never withdrawn
+        assert not s.withdraw("unknown")
+        assert {j.id for j in s.list()} == {done.id, mine.id}
+        again = s.adopt(running.id, ask("one"), owner="A")  # handed over again later: adopted afresh
+        assert again.state.value == "queued" and again.attempts == 0
+
+
 def _finish(store, n, clock, *, text="r"):
     ids = []
     for i in range(n):
