@@ -61,6 +61,7 @@ log = logging.getLogger("mesh.jobs")
 HANDOVER_METHOD = "job.handover"
 RESULT_METHOD = "job.result"
 CONFIRM_METHOD = "job.confirm"
+CANCEL_METHOD = "job.cancel_handed"
 _LIVE = ("alive", "suspect")
 
 
@@ -91,13 +92,13 @@ class JobSync:
 
     def methods(self) -> dict[str, Method]:
         return {HANDOVER_METHOD: unary(self._on_handover), RESULT_METHOD: unary(self._on_result),
-                CONFIRM_METHOD: unary(self._on_confirm)}
+                CONFIRM_METHOD: unary(self._on_confirm), CANCEL_METHOD: unary(self._on_cancel_handed)}
 
     async def start(self) -> None:
         self._started = self._clock()
         for job in self.store.handed_over():  # after a restart: still running elsewhere
             self._reserve(job.id, job.lease_holder)
-        self._unwatch = self.store.watch_cancel(self._release)  # cancelled: no longer counts against its executor
+        self._unwatch = self.store.watch_cancel(self._cancelled)
         await self._background.start(loop=self._loop)
 
     async def stop(self) -> None:
@@ -300,6 +301,22 @@ class JobSync:
             raise InvalidRequest("that job id belongs to another owner")
         return {"state": job.state.value, "outcome": outcome_of(job)}
 
+    async def _on_cancel_handed(self, args: dict, ctx: CallContext) -> dict:
+        """The owner cancelled a job it handed here: stop generating it, never deliver it."""
+        job_id = confirm_from_wire(args)
+        try:
+            job = self.store.get(job_id)
+        except JobNotFound:
+            return {"cancelled": False}
+        if job.owner != peer_id_text(ctx.sender):
+            self.counts["refused:not_owner"] += 1
+            raise InvalidRequest("only a job's owner may cancel it here")
+        cancelled = self.store.cancel(job_id)  # the runner's watch stops a generation in flight
+        if cancelled:
+            self.counts["cancelled_by_owner"] += 1
+            log.info("job %s cancelled by its owner %s", job_id, job.owner[:12])
+        return {"cancelled": cancelled}
+
     async def still_wanted(self, job) -> bool | None:
         """Before running an adopted job again (this peer was running it when it died or
         stopped), ask its owner whether it is still handed here: True (run it), False
@@ -393,6 +410,24 @@ class JobSync:
         if peer and job_id not in self._reserved:
             self._reserved[job_id] = peer
             self.reservations[peer] += 1
+
+    def _cancelled(self, job_id: str) -> None:
+        """A job of this store was cancelled. Handed over: its executor is told to stop and
+        stop (best effort: one that missed it and had started the job learns it from
+        ``job.confirm`` before it runs it again); either way it no longer counts against it."""
+        executor = self._reserved.get(job_id)
+        self._release(job_id)
+        if executor is not None:
+            self._spawn(self._tell_cancelled(job_id, executor))
+
+    async def _tell_cancelled(self, job_id: str, executor: str) -> None:
+        address = self._address(executor)
+        if address is None:
+            return
+        try:
+            await self.pool.client(address).call(CANCEL_METHOD, {"id": job_id}, timeout_s=self.cfg.call_timeout_s)
+        except (MeshError, OSError) as e:
+            log.info("could not tell %s that job %s was cancelled: %s", executor[:12], job_id, e)
 
     def _release(self, job_id: str) -> None:
         self._rechecked.pop(job_id, None)

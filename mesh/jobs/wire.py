@@ -14,6 +14,9 @@
   that executor; otherwise (the owner took it back after the executor was declared
   dead, ran it elsewhere, or it was cancelled) the executor forgets its copy instead of
   generating it again.
+- ``job.cancel_handed`` (owner -> executor): ``{"id": ...}``, sent when the owner cancels
+  a job it handed over: the executor cancels its copy (stops generating it at once,
+  never delivers it) and answers ``{"cancelled": bool}``.
 
 Bounds come from ``JobLimits``; the store re-checks what it writes.
 """
@@ -111,7 +114,7 @@ def outcome_from_wire(o: Any, *, limits: JobLimits = DEFAULT_LIMITS) -> Outcome:
 
 
 def confirm_from_wire(args: Any, *, limits: JobLimits = DEFAULT_LIMITS) -> str:
-    """The job id of a ``job.confirm`` call; ``InvalidRequest`` otherwise."""
+    """The job id of a ``job.confirm`` or ``job.cancel_handed`` call; ``InvalidRequest`` otherwise."""
     return check_name(args.get("id") if isinstance(args, dict) else None, "job.id", limits)
 
 

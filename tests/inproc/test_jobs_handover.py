@@ -131,6 +131,29 @@ def test_a_job_whose_executor_leaves_runs_elsewhere_once(tmp_path):
     run(main())
 
 
+def test_cancelling_a_handed_over_job_stops_its_executor_at_once(tmp_path):
+    async def main():
+        big = ScriptedBackend(["w"] * 200, delay_s=0.05, model="big", parameters=1000)  # 10 s if not stopped
+        peers = _with_sync(await start_mesh(tmp_path, [ScriptedBackend(["s"], model="small"), big]))
+        owner, executor = peers
+        try:
+            await _all_see(peers, 2)
+            job = _submit(owner, "big")
+            await wait_for(lambda: owner.jobs.get(job.id).lease_holder == executor.identity.peer_id_text)
+            await wait_for(lambda: big.running > 0)
+            assert owner.jobs.cancel(job.id)
+            await wait_for(lambda: executor.jobs.get(job.id).state.value == "cancelled", timeout_s=3)
+            await wait_for(lambda: big.running == 0, timeout_s=3)
+            assert executor.job_sync.counts["cancelled_by_owner"] == 1
+            await asyncio.sleep(0.5)
+            assert not executor.jobs.get(job.id).delivered and owner.jobs.get(job.id).state.value == "cancelled"
+        finally:
+            for p in reversed(peers):
+                await p.stop(grace_s=0)
+
+    run(main())
+
+
 def test_only_the_owner_may_hand_over_and_only_the_executor_may_deliver(tmp_path):
     async def main():
         peers = _with_sync(await start_mesh(tmp_path, [ScriptedBackend(["a"], model="m") for _ in range(3)]))
@@ -150,6 +173,14 @@ def test_only_the_owner_may_hand_over_and_only_the_executor_may_deliver(tmp_path
             assert a.job_sync.counts["refused:not_handed"] == 1
             with pytest.raises(InvalidRequest):
                 await client.call("job.result", {"outcomes": []}, timeout_s=5)
+            # only a job's owner may cancel its copy at an executor, or ask whether it still runs it
+            adopted = b.jobs.adopt("j2", ASK, owner=a.identity.peer_id_text)
+            with pytest.raises(InvalidRequest, match="owner"):
+                await client.call("job.cancel_handed", {"id": adopted.id}, timeout_s=5)
+            assert b.jobs.get("j2").state.value == "queued" and b.job_sync.counts["refused:not_owner"] == 2
+            with pytest.raises(InvalidRequest, match="does not own"):
+                await client.call("job.confirm", {"id": "j2"}, timeout_s=5)  # c asks b, which does not own j2
+            assert (await client.call("job.confirm", {"id": "nope"}, timeout_s=5))["run"] is False
         finally:
             for p in reversed(peers):
                 await p.stop(grace_s=0)
