@@ -46,9 +46,9 @@ from mesh.jobs.wire import (
     MAX_OUTCOMES_PER_CALL,
     Outcome,
     confirm_answer,
-    confirm_from_wire,
     handover_from_wire,
     handover_to_wire,
+    job_id_from_wire,
     outcome_from_wire,
     outcome_of,
     outcomes_from_wire,
@@ -262,7 +262,7 @@ class JobSync:
         self._import_reply(job.id, holder, reply)
 
     async def _on_confirm(self, args: dict, ctx: CallContext) -> dict:
-        job_id = confirm_from_wire(args)
+        job_id = job_id_from_wire(args)
         sender = peer_id_text(ctx.sender)
         try:
             job = self.store.get(job_id)
@@ -303,7 +303,7 @@ class JobSync:
 
     async def _on_cancel_handed(self, args: dict, ctx: CallContext) -> dict:
         """The owner cancelled a job it handed here: stop generating it, never deliver it."""
-        job_id = confirm_from_wire(args)
+        job_id = job_id_from_wire(args)
         try:
             job = self.store.get(job_id)
         except JobNotFound:

@@ -113,8 +113,9 @@ def outcome_from_wire(o: Any, *, limits: JobLimits = DEFAULT_LIMITS) -> Outcome:
     )
 
 
-def confirm_from_wire(args: Any, *, limits: JobLimits = DEFAULT_LIMITS) -> str:
-    """The job id of a ``job.confirm`` or ``job.cancel_handed`` call; ``InvalidRequest`` otherwise."""
+def job_id_from_wire(args: Any, *, limits: JobLimits = DEFAULT_LIMITS) -> str:
+    """The job id of a ``job.confirm`` or ``job.cancel_handed`` call (``{"id": ...}``);
+    ``InvalidRequest`` otherwise."""
     return check_name(args.get("id") if isinstance(args, dict) else None, "job.id", limits)
 
 

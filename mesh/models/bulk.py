@@ -157,10 +157,11 @@ class BulkServer:
                 offset, length = grant.piece_range(index)
                 piece = memoryview(buf)[:length]
                 if fd < 0 or os.preadv(fd, [piece], offset) != length:
-                    reply = sealer.seal(w.NO, (why if fd < 0 else f"piece {index}: short read").encode()[:w.MAX_REASON])
+                    kind, payload = w.NO, (why if fd < 0 else f"piece {index}: short read").encode()[:w.MAX_REASON]
                 else:
-                    reply = sealer.seal(w.PIECE, piece)
-                if reply[0][4] == w.PIECE:  # counted as it goes out (before the puller can have it)
+                    kind, payload = w.PIECE, piece
+                reply = sealer.seal(kind, payload)
+                if kind == w.PIECE:  # counted as it goes out (before the puller can have it)
                     with self._lock:
                         self.counts["pieces_served"] = self.counts.get("pieces_served", 0) + 1
                         self.counts["bytes_served"] = self.counts.get("bytes_served", 0) + length

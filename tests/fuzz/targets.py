@@ -44,7 +44,7 @@ from mesh.identity.enrolment import create_invite, enrol_request, handle_enrol
 from mesh.identity.invites import InviteStore
 from mesh.identity.tokens import PREFIX, JoinToken, parse_token
 from mesh.jobs.job import DEFAULT_LIMITS, encode_request, encode_route
-from mesh.jobs.wire import confirm_answer, confirm_from_wire, handover_from_wire, outcomes_from_wire
+from mesh.jobs.wire import confirm_answer, handover_from_wire, job_id_from_wire, outcomes_from_wire
 from mesh.rpc import envelope
 from mesh.rpc.messages import REPLY_TYPES, Call, Cancel
 
@@ -214,7 +214,7 @@ def job_inputs(value: Any) -> None:
         route_from_args({"route": json.loads(route)})
     _refused(InvalidRequest, handover_from_wire, value)
     _refused(InvalidRequest, outcomes_from_wire, value)
-    _refused(InvalidRequest, confirm_from_wire, value)
+    _refused(InvalidRequest, job_id_from_wire, value)
     assert confirm_answer(value) in (True, False, None)
 
 
