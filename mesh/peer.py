@@ -332,7 +332,12 @@ class Peer:
             self._publish_rotation(rotation)
         if self._to_pull:
             self._background.spawn(self._auto_pull(), name="auto-pull")
+        self._background.spawn(self._add_missing_chains(), name="model-chains")
         return self.endpoint
+
+    async def _add_missing_chains(self) -> None:
+        if self.models is not None and (n := await asyncio.to_thread(self.models.add_missing_chains)):
+            log.info("gave %d stored model(s) their SHA-256 chain (pulls from here read each byte once)", n)
 
     async def _start_stack(
         self, bind: str, seeds: list[str], remembered: RememberedPeers | None, *, bind_retry_s: float = 0.0,

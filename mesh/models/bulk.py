@@ -144,7 +144,7 @@ class BulkServer:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             opener = w.Opener(grant.keys.to_source, {w.GET: w.INDEX.size})
             sealer = w.Sealer(grant.keys.to_puller)
-            buf = bytearray(grant.piece_size)
+            buf, out = bytearray(grant.piece_size), bytearray(grant.piece_size + w.TAG_BYTES)
             while not self._closed.is_set():
                 try:
                     header = bytes(read_exact(conn, w.HEADER.size))
@@ -160,7 +160,7 @@ class BulkServer:
                     kind, payload = w.NO, (why if fd < 0 else f"piece {index}: short read").encode()[:w.MAX_REASON]
                 else:
                     kind, payload = w.PIECE, piece
-                reply = sealer.seal(kind, payload)
+                reply = sealer.seal_into(kind, payload, out)
                 if kind == w.PIECE:  # counted as it goes out (before the puller can have it)
                     with self._lock:
                         self.counts["pieces_served"] = self.counts.get("pieces_served", 0) + 1
@@ -202,22 +202,27 @@ class BulkConnection:
             raise
         return cls(sock, keys, piece_size)
 
-    def get(self, index: int, length: int) -> bytes:
-        """Piece ``index`` (``length`` bytes, from the manifest). ``BulkStreamError`` for a
-        frame that breaks the rules or a refusal; ``OSError``/``EOFError`` for a lost link."""
+    def get(self, index: int, length: int, into=None):
+        """Piece ``index`` (``length`` bytes, from the manifest): bytes, or with ``into``
+        (a writable buffer of at least ``length`` bytes) decrypted into it and returned as
+        a memoryview of it. ``BulkStreamError`` for a frame that breaks the rules or a
+        refusal; ``OSError``/``EOFError`` for a lost link."""
         header, sealed = self._sealer.seal(w.GET, w.get_frame(index))
         try:
             self._sock.sendall(header + sealed)
             header = bytes(read_exact(self._sock, w.HEADER.size))
             kind, n = self._opener.header(header)
-            plaintext = self._opener.open(header, read_exact(self._sock, n, self._buf))
+            sealed = read_exact(self._sock, n, self._buf)
+            fits = into is not None and kind == w.PIECE and n - w.TAG_BYTES <= memoryview(into).nbytes
+            plaintext = self._opener.open(header, sealed, into if fits else None)
         except EOFError:
             raise w.BulkStreamError("closed", f"the source closed the bulk stream before piece {index}") from None
         if kind == w.NO:
             raise w.BulkStreamError("refused", f"the source refused piece {index}: "
-                                               f"{plaintext.decode('utf-8', 'replace')}")
-        if len(plaintext) != length:
-            raise w.BulkStreamError("bad_length", f"piece {index} came with {len(plaintext)} bytes, not {length}")
+                                               f"{bytes(plaintext).decode('utf-8', 'replace')}")
+        if memoryview(plaintext).nbytes != length:
+            raise w.BulkStreamError("bad_length", f"piece {index} came with {memoryview(plaintext).nbytes} bytes, "
+                                                  f"not {length}")
         return plaintext
 
     def close(self) -> None:

@@ -2,7 +2,9 @@
 
 The caller (``ModelService``) has found the peers that hold the model and checked their
 manifests; the puller gets the manifest they agree on and, per source, an async
-``fetch(index) -> bytes``. Then:
+``fetch(index, into)``: the piece's bytes, decrypted straight into ``into`` (a writable
+buffer of the piece's length, returned as it) when it can, else as bytes of its own.
+Then:
 
 - ``store.begin_partial`` says which pieces a previous pull (crashed, cut off) already
   has; only the others are asked for.
@@ -15,12 +17,14 @@ manifests; the puller gets the manifest they agree on and, per source, an async
   A source that fails ``max_failures`` times in a row (a dead or unreachable peer) is
   dropped; its pieces go to the others.
 - ``pacer`` (``--pull-rate``) caps the bandwidth of the whole pull.
-- The whole file's SHA-256 is computed while the pull runs: each piece is read back from
-  the partial file and fed in order as soon as it and every piece before it are written
-  (on another core, while the next pieces arrive). When every piece is in,
-  ``store.finish_partial`` checks that digest against the content address and makes
-  the model visible. When no source is left, the pull stops with ``PullStopped``, and the
-  pieces written so far stay for the next try.
+- The whole file must hash to its content address before it becomes visible. With a
+  manifest that carries SHA-256 chaining values (``Manifest.proves_whole``), checking
+  every piece proves it: the pull reads each byte once (pieces kept from an earlier run
+  are checked again first). Without, the file's SHA-256 is computed while the pull runs,
+  each piece fed in order as soon as it and every piece before it are written (held in
+  memory when just ahead, else read back). ``store.finish_partial`` compares the digest
+  with the content address and makes the model visible. When no source is left, the
+  pull stops with ``PullStopped``, and the pieces written so far stay for the next try.
 
 Progress goes to ``on_progress(PullProgress)`` after every piece.
 """
@@ -28,10 +32,13 @@ Progress goes to ``on_progress(PullProgress)`` after every piece.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
+import mmap
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from mesh.clock import Clock, SystemClock
 from mesh.errors import MeshError, ModelError, PullStopped
@@ -40,7 +47,7 @@ from mesh.models.rate import BytePacer
 from mesh.models.schedule import PieceSchedule
 from mesh.models.store import ModelStore, StoredModel
 
-Fetch = Callable[[int], Awaitable[bytes]]
+Fetch = Callable[[int, memoryview], Awaitable[Any]]
 
 
 @dataclass
@@ -103,6 +110,8 @@ class Puller:
         m = self.manifest
         started = time.monotonic()
         done = await asyncio.to_thread(self.store.begin_partial, m)
+        if m.proves_whole and done:  # a piece kept from before counts toward the proof once checked again
+            done = await asyncio.to_thread(self._recheck, done)
         schedule = PieceSchedule(len(m.pieces), done=done, sources=self.sources, max_failures=self.max_failures)
         progress = PullProgress(sha=m.sha_hex, name=m.info.name, size=m.size, pieces=len(m.pieces),
                                 pieces_done=len(done), bytes_done=sum(m.piece_range(i)[1] for i in done),
@@ -111,7 +120,7 @@ class Puller:
 
         changed = asyncio.Event()  # a piece was done or given back: idle workers look again
         written = set(done)  # on disk (committed or not): the whole-file hash may read them
-        whole = _InOrderHash(self.store, m, written)
+        whole = None if m.proves_whole else _InOrderHash(self.store, m, written)
         uncommitted: list[int] = []  # written, not yet fsync'd and marked done (commit_bytes, or a second)
         committed_at = [time.monotonic()]
 
@@ -129,13 +138,24 @@ class Puller:
             changed.set()
 
         async def worker(source: str, fetch: Fetch) -> None:
+            buf = mmap.mmap(-1, m.piece_size)  # page-aligned: the piece goes from here to the disk (O_DIRECT)
+            try:
+                await work(source, fetch, buf)
+            finally:
+                try:
+                    buf.close()
+                except BufferError:  # a fetch cancelled in its thread may still hold a view of it
+                    pass
+
+        async def work(source: str, fetch: Fetch, buf: mmap.mmap) -> None:
             while (index := await next_piece(source)) is not None:
                 length = m.piece_range(index)[1]
                 wait = self.pacer.reserve(length, self.clock())
                 if wait > 0:
                     await self.clock.sleep(wait)
+                into = memoryview(buf)[:length]
                 try:
-                    data = await fetch(index)
+                    data = await fetch(index, into)
                 except asyncio.CancelledError:
                     raise
                 except (MeshError, OSError, ValueError, TypeError) as e:
@@ -144,7 +164,7 @@ class Puller:
                     settle()
                     continue
                 try:  # checked, then written, in one trip to a thread (hashing frees the loop)
-                    ok = await asyncio.to_thread(self._check_and_write, index, data)
+                    ok = await asyncio.to_thread(self._check_and_write, index, data, into)
                 except OSError as e:
                     raise ModelError(f"cannot write piece {index} of {m.info.name}: {e.strerror or e}; "
                                      "the pieces written so far are kept") from None
@@ -156,7 +176,8 @@ class Puller:
                     settle()
                     return
                 written.add(index)
-                whole.offer(index, data)
+                if whole is not None:
+                    whole.offer(index, data)
                 try:
                     uncommitted.append(index)
                     now = time.monotonic()
@@ -168,15 +189,16 @@ class Puller:
                                      "the pieces written so far are kept") from None
                 schedule.done_by(source, index)
                 settle()
-                self.bytes_fetched += len(data)
+                self.bytes_fetched += length
                 progress.pieces_done += 1
-                progress.bytes_done += len(data)
-                progress.fetched += len(data)
+                progress.bytes_done += length
+                progress.fetched += length
                 progress.by_source[source] = progress.by_source.get(source, 0) + 1
                 progress.elapsed_s = time.monotonic() - started
                 self.on_progress(progress)
 
-        hashing = asyncio.ensure_future(whole.run())
+        # every piece checked against the chain proves the file (nothing to hash again); else hash it in order
+        hashing = asyncio.ensure_future(whole.run() if whole is not None else _value(m.sha256))
         try:
             if not schedule.finished:
                 try:
@@ -196,18 +218,33 @@ class Puller:
             raise PullStopped(
                 f"pull of {m.info.name} ({m.sha_hex[:12]}) stopped at {progress.pieces_done} of {progress.pieces} "
                 f"pieces: no source left ({why}); the pieces fetched are kept: pull again to resume")
-        model = await asyncio.to_thread(self.store.finish_partial, m, pinned=self.pinned, digest=digest)
+        # a chain this peer could not check is not kept (it would vouch for it when it serves the model)
+        kept = m if m.proves_whole else dataclasses.replace(m, chain=(), chain_sig=b"")
+        model = await asyncio.to_thread(self.store.finish_partial, kept, pinned=self.pinned, digest=digest)
         progress.elapsed_s = time.monotonic() - started
         return PullResult(model=model, progress=progress, bytes_fetched=self.bytes_fetched,
                           bad_pieces=dict(self.bad_pieces), dropped=sorted(schedule.dropped),
                           seconds=progress.elapsed_s)
 
-    def _check_and_write(self, index: int, data: bytes) -> bool:
-        """False (nothing written) when ``data`` fails piece ``index``'s SHA-256."""
+    def _recheck(self, done: set[int]) -> set[int]:
+        """The resumed pieces that still pass their check (read back from the partial file);
+        the others are fetched again."""
+        return {i for i in sorted(done) if self.manifest.check_piece(i, self.store.read_partial_piece(self.manifest, i))}
+
+    def _check_and_write(self, index: int, data, into: memoryview) -> bool:
+        """False (nothing written) when ``data`` fails piece ``index``'s check. Written
+        from ``into`` (page-aligned: straight to the disk), copied there first if the
+        fetch returned bytes of its own."""
         if not self.manifest.check_piece(index, data):
             return False
-        self.store.write_piece(self.manifest, index, data, commit=False)
+        if data is not into:
+            into[:] = data
+        self.store.write_piece(self.manifest, index, into, commit=False, direct=True)
         return True
+
+
+async def _value(v):
+    return v
 
 
 class _InOrderHash:
@@ -231,7 +268,7 @@ class _InOrderHash:
     def offer(self, index: int, data: bytes) -> None:
         """Piece ``index`` was written (``data``, checked)."""
         if (index - self._next + 1) * self.manifest.piece_size <= self.HOLD_BYTES:
-            self._held[index] = data
+            self._held[index] = bytes(data)  # the worker's buffer is reused for its next piece
         self._more.set()
 
     async def run(self) -> bytes:

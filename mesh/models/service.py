@@ -325,12 +325,14 @@ class SourceFetch:
         self._idle: list[BulkConnection] = []
         self._open: set[BulkConnection] = set()
 
-    async def __call__(self, index: int) -> bytes:
+    async def __call__(self, index: int, into=None):
+        """Piece ``index``: decrypted into ``into`` when given and the piece comes over a
+        bulk stream (a memoryview of it), else bytes."""
         if self.use_bulk:
             conn = self._idle.pop() if self._idle else await self._connect()
             if conn is not None:
                 try:
-                    data = await asyncio.to_thread(conn.get, index, self.manifest.piece_range(index)[1])
+                    data = await asyncio.to_thread(conn.get, index, self.manifest.piece_range(index)[1], into)
                 except BaseException:
                     self._open.discard(conn)
                     conn.close()

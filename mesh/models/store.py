@@ -27,7 +27,9 @@ One thread at a time (the peer's event loop, or ``asyncio.to_thread`` for big fi
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import logging
 import os
 import shutil
 import sqlite3
@@ -36,14 +38,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import msgpack
-
 from mesh.errors import ManifestError, ModelError, ModelNotFound, ModelStoreFull
 from mesh.inference.models import model_info, read_gguf_metadata
 from mesh.models.manifest import Manifest, ModelCard, build, check_name
 
+log = logging.getLogger("mesh.models")
+
 MIN_PREFIX = 12
 COPY_CHUNK = 4 * 1024 * 1024
+DIRECT_BLOCK = 4096  # O_DIRECT writes: whole blocks of this, from a page-aligned buffer
 DISK_RESERVE = 256 * 1024 * 1024  # never fill the disk to the last byte
 
 SCHEMA = """
@@ -85,6 +88,8 @@ class ModelStore:
         self.root = Path(root)
         self.max_bytes = max_bytes
         self.piece_size = piece_size  # None: manifest.piece_size_for (4 MiB and up)
+        self._direct = hasattr(os, "O_DIRECT")  # until the file system says no
+        self.direct_bytes = 0  # written with O_DIRECT (the rest went through the page cache)
         self._clock = clock
         self._free = free_bytes or (lambda p: shutil.disk_usage(p).free)
         for sub in ("blobs", "partial", "tmp"):
@@ -111,7 +116,7 @@ class ModelStore:
 
     def used_bytes(self) -> int:
         return self._db.execute("SELECT COALESCE(SUM(size), 0) FROM models").fetchone()[0] + sum(
-            _unsigned(m).size for (m,) in self._db.execute("SELECT manifest FROM partial"))
+            Manifest.from_store(m).size for (m,) in self._db.execute("SELECT manifest FROM partial"))
 
     def resolve(self, ref: str) -> StoredModel:
         """A model by name, SHA-256, or unique SHA-256 prefix (12+ hex digits)."""
@@ -133,13 +138,33 @@ class ModelStore:
         row = self._db.execute("SELECT manifest FROM models WHERE sha = ?", (sha,)).fetchone()
         if row is None:
             raise ModelNotFound(f"no model {sha} in this store")
-        return _unsigned(row[0])
+        return Manifest.from_store(row[0])
 
     def read_piece(self, sha: str, index: int) -> bytes:
         offset, length = self.manifest(sha).piece_range(index)
         with open(self.path(sha), "rb") as f:
             f.seek(offset)
             return f.read(length)
+
+    def add_missing_chains(self) -> int:
+        """Give the models added before manifests carried SHA-256 chaining values their
+        chain (one read of each file), so pulls from this peer read each byte once.
+        Returns how many were done; nothing when libcrypto is not loadable."""
+        done = 0
+        for model in self.list():
+            m = self.manifest(model.sha)
+            if m.chain or len(m.pieces) == 1 or m.piece_size % 64:
+                continue
+            try:
+                rebuilt = build(self.path(model.sha), m.info, piece_size=m.piece_size)
+            except (OSError, ManifestError) as e:
+                log.warning("no chain for %s: %s", model.name, e)
+                continue
+            if not rebuilt.chain or not rebuilt.same_model(m):
+                continue
+            self._db.execute("UPDATE models SET manifest = ? WHERE sha = ?", (rebuilt.to_store(), model.sha))
+            done += 1
+        return done
 
     # -- changing
 
@@ -187,12 +212,11 @@ class ModelStore:
     def _insert(self, manifest: Manifest, *, pinned: bool) -> None:
         now = self._clock()
         c = manifest.info
-        unsigned = Manifest(manifest.sha256, manifest.size, manifest.piece_size, manifest.pieces, c)
         self._db.execute(
             "INSERT OR REPLACE INTO models (sha, name, size, family, parameters, quantisation, context_length, "
             "added_at, last_used, pinned, manifest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (manifest.sha_hex, c.name, manifest.size, c.family, c.parameters, c.quantisation, c.context_length,
-             now, now, int(pinned), msgpack.packb(unsigned._body())))
+             now, now, int(pinned), manifest.to_store()))
 
     def _make_room(self, size: int, *, keep: str) -> None:
         """Evict least recently used unpinned models until ``size`` more bytes fit the budget
@@ -227,7 +251,7 @@ class ModelStore:
             raise ModelError(f"model {sha[:12]} is already in this store")
         row = self._db.execute("SELECT manifest FROM partial WHERE sha = ?", (sha,)).fetchone()
         if row is not None:
-            if not _unsigned(row[0]).same_model(manifest):
+            if not Manifest.from_store(row[0]).same_model(manifest):
                 raise ManifestError(f"a pull of {sha[:12]} is in progress with a different manifest; "
                                     "`mesh models rm` it to start again")
             return {i for (i,) in self._db.execute("SELECT idx FROM partial_pieces WHERE sha = ?", (sha,))}
@@ -235,33 +259,62 @@ class ModelStore:
         part = self._part(sha)
         with open(part, "wb") as f:
             f.truncate(manifest.size)
-        unsigned = Manifest(manifest.sha256, manifest.size, manifest.piece_size, manifest.pieces, manifest.info)
         self._db.execute("INSERT INTO partial (sha, manifest, started_at) VALUES (?, ?, ?)",
-                         (sha, msgpack.packb(unsigned._body()), self._clock()))
+                         (sha, manifest.to_store(), self._clock()))
         return set()
 
     def partial_manifest(self, sha: str) -> Manifest | None:
         row = self._db.execute("SELECT manifest FROM partial WHERE sha = ?", (sha,)).fetchone()
-        return _unsigned(row[0]) if row else None
+        return Manifest.from_store(row[0]) if row else None
 
     def partials(self) -> list[str]:
         return [s for (s,) in self._db.execute("SELECT sha FROM partial ORDER BY started_at")]
 
-    def write_piece(self, manifest: Manifest, index: int, data: bytes, *, commit: bool = True) -> None:
+    def write_piece(self, manifest: Manifest, index: int, data, *, commit: bool = True, direct: bool = False) -> None:
         """Write a piece the caller has checked (``Manifest.check_piece``). With ``commit``
         it is made durable and marked done at once; without, it waits for
         ``commit_pieces`` (one fsync and one transaction for many pieces: a crash before
-        that only loses the uncommitted pieces, fetched again on resume)."""
+        that only loses the uncommitted pieces, fetched again on resume).
+
+        ``direct``: ``data`` starts on a page boundary (an ``mmap`` buffer): its whole
+        blocks go to the disk with ``O_DIRECT``, not through the page cache (copying
+        gigabytes into the cache cost a pull more CPU than hashing them); the tail, and
+        everything on a file system without ``O_DIRECT``, is written as usual."""
         offset, length = manifest.piece_range(index)
-        if len(data) != length:
-            raise ManifestError(f"piece {index} is {len(data)} bytes, not {length}")
-        fd = os.open(self._part(manifest.sha_hex), os.O_WRONLY)
-        try:
-            os.pwrite(fd, data, offset)
-        finally:
-            os.close(fd)
+        if memoryview(data).nbytes != length:
+            raise ManifestError(f"piece {index} is {memoryview(data).nbytes} bytes, not {length}")
+        head = self._write_direct(manifest.sha_hex, data, offset) if direct else 0
+        if head < length:
+            fd = os.open(self._part(manifest.sha_hex), os.O_WRONLY)
+            try:
+                os.pwrite(fd, memoryview(data)[head:], offset + head)
+            finally:
+                os.close(fd)
         if commit:
             self.commit_pieces(manifest, [index])
+
+    def _write_direct(self, sha: str, data, offset: int) -> int:
+        """Bytes of ``data`` written with ``O_DIRECT`` (whole ``DIRECT_BLOCK``s from its
+        start); 0 when the file system will not (remembered)."""
+        head = memoryview(data).nbytes // DIRECT_BLOCK * DIRECT_BLOCK
+        if not self._direct or head == 0 or offset % DIRECT_BLOCK:
+            return 0
+        try:
+            fd = os.open(self._part(sha), os.O_WRONLY | os.O_DIRECT)
+        except OSError:  # tmpfs and others: no O_DIRECT
+            self._direct = False
+            return 0
+        try:
+            written = os.pwrite(fd, memoryview(data)[:head], offset)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            self._direct = False  # alignment this file system wants more of: the page cache then
+            return 0
+        finally:
+            os.close(fd)
+        self.direct_bytes += written
+        return written
 
     def commit_pieces(self, manifest: Manifest, indices) -> None:
         """Make written pieces durable (fsync), then mark them done (one transaction)."""
@@ -325,13 +378,6 @@ def _stored(r) -> StoredModel:
     return StoredModel(sha=sha, card=ModelCard(name=name, family=family, parameters=params, quantisation=quant,
                                                context_length=ctx),
                        size=size, added_at=added, last_used=used, pinned=bool(pinned))
-
-
-def _unsigned(blob: bytes) -> Manifest:
-    d = msgpack.unpackb(blob)
-    pieces = d["pieces"]
-    return Manifest(d["sha256"], d["size"], d["piece_size"], tuple(pieces[i:i + 32] for i in range(0, len(pieces), 32)),
-                    ModelCard.from_wire(d["info"]))
 
 
 def _gb(n: int | None) -> str:

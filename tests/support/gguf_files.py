@@ -37,6 +37,11 @@ def write_gguf(path: Path, *, size: int = 300_000, arch: str = "llama", size_lab
     tensor += struct.pack("<I", 0) + struct.pack("<Q", 0)  # F32 at data offset 0
     head = b"GGUF" + struct.pack("<IQQ", 3, 1, len(kvs)) + b"".join(kvs) + tensor
     head += b"\0" * (-len(head) % 32)
-    data = random.Random(seed).randbytes(elements * 4)
-    Path(path).write_bytes(head + data)
+    rng, left = random.Random(seed), elements * 4
+    with open(path, "wb") as f:  # in chunks: randbytes of a gigabyte overflows
+        f.write(head)
+        while left:
+            n = min(left, 64 << 20)
+            f.write(rng.randbytes(n))
+            left -= n
     return Path(path)

@@ -58,6 +58,22 @@ def test_frames_open_in_order_and_say_their_kind():
         assert opener.open(header, sealed) == payload
 
 
+def test_frames_sealed_and_opened_in_place_match_the_copying_ones():
+    sealer, opener = _link()
+    out, into = bytearray(1024 + w.TAG_BYTES), bytearray(1024)
+    for payload in (b"b" * 1024, b"xyz"):
+        header, sealed = sealer.seal_into(w.PIECE, payload, out)
+        assert len(sealed) == len(payload) + w.TAG_BYTES
+        got = opener.open(header, bytes(sealed), into)
+        assert isinstance(got, memoryview) and bytes(got) == payload and into[:len(payload)] == payload
+    header, sealed = sealer.seal_into(w.PIECE, b"c" * 10, out)
+    flipped = bytearray(sealed)
+    flipped[-1] ^= 1
+    with pytest.raises(w.BulkStreamError) as e:  # the tag is checked in place too
+        opener.open(header, flipped, into)
+    assert e.value.reason == "bad_tag"
+
+
 def test_a_tampered_replayed_or_reordered_frame_fails_its_tag():
     sealer, opener = _link()
     h1, s1 = sealer.seal(w.PIECE, b"first")

@@ -3,6 +3,10 @@ the disk budget with least-recently-used eviction, and resumable partial pulls."
 
 from __future__ import annotations
 
+import errno
+import mmap
+import os
+
 import pytest
 
 from mesh.errors import ManifestError, ModelError, ModelNotFound, ModelStoreFull
@@ -153,3 +157,39 @@ def test_pieces_written_but_not_committed_are_not_counted_after_a_crash(tmp_path
     dest.write_piece(manifest, 2, pieces[2], commit=False)
     dest.close()  # the puller dies here: 1 and 2 were never committed
     assert store_at(tmp_path / "dest").begin_partial(manifest) == {0}
+
+
+def _aligned(data: bytes) -> memoryview:
+    buf = mmap.mmap(-1, max(len(data), 1))
+    buf[:len(data)] = data
+    return memoryview(buf)[:len(data)]
+
+
+def test_pieces_from_a_page_aligned_buffer_go_to_the_disk_directly_tail_and_all(tmp_path):
+    source, m, manifest, pieces = _published(tmp_path)
+    assert len(pieces[-1]) % 4096  # the last piece ends mid-block: its tail goes through the page cache
+    dest = store_at(tmp_path / "dest")
+    dest.begin_partial(manifest)
+    for i, piece in enumerate(pieces):
+        dest.write_piece(manifest, i, _aligned(piece), direct=True)
+    assert dest.direct_bytes == sum(len(p) // 4096 * 4096 for p in pieces) > 0
+    assert dest.finish_partial(manifest).sha == m.sha
+    assert dest.path(m.sha).read_bytes() == source.path(m.sha).read_bytes()
+
+
+def test_a_file_system_without_direct_writes_gets_them_through_the_page_cache(tmp_path, monkeypatch):
+    source, m, manifest, pieces = _published(tmp_path)
+    dest = store_at(tmp_path / "dest")
+    dest.begin_partial(manifest)
+    real_open = os.open
+
+    def no_direct(path, flags, *a, **kw):
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_open(path, flags, *a, **kw)
+
+    monkeypatch.setattr(os, "open", no_direct)
+    for i, piece in enumerate(pieces):
+        dest.write_piece(manifest, i, _aligned(piece), direct=True)
+    assert dest.direct_bytes == 0
+    assert dest.finish_partial(manifest).sha == m.sha
