@@ -37,9 +37,9 @@ AES-256-GCM (AES-NI: several GB/s), under keys agreed inside signed RPC:
    fails, is longer than its kind allows, or has a kind its receiver does not take
    ends the connection, counted.
 
-Every piece is still checked against the signed manifest's SHA-256 by the puller, and
-the whole file against its content address: the stream's tag proves who sent the
-bytes, the manifest proves they are the model.
+Every piece is still checked by the puller against the signed manifest (its chaining
+values, which also prove the whole file against its content address; or its SHA-256):
+the stream's tag proves who sent the bytes, the manifest proves they are the model.
 """
 
 from __future__ import annotations
