@@ -288,7 +288,7 @@ class Peer:
                     refuse_key=self.verifier.transport_revoked, threads=self.config.n_threads, clock=self._clock)
             if self.models is not None and self.config.bulk_port is not None:
                 self.bulk = BulkServer(grants=BulkGrants(self._clock), counts=self.model_counts,
-                                       revoked=lambda peer: peer in self.revocations.revoked_peer_ids())
+                                       revoked=lambda peer: self.revocations.revokes_peer(peer))
                 try:
                     self.bulk.start(self.config.rpc_host, self.config.bulk_port)
                 except OSError as e:

@@ -196,6 +196,7 @@ class RevocationList:
         self.max_entries = max_entries
         self.skew_s = skew_s
         self._by_key: dict[bytes, Revocation] = {}  # peer public key -> the latest revocation of it
+        self._peer_ids: set[bytes] = set()  # of the revoked keys: a membership test per bulk piece
         self.evictions = 0
 
     def __len__(self) -> int:
@@ -215,9 +216,11 @@ class RevocationList:
         if held is not None and (held.revoked_at, held.until) >= (rev.revoked_at, rev.until):
             return None  # a later revocation of the same key covers everything this one does
         self._by_key[rev.peer_public] = rev
+        self._peer_ids.add(rev.peer_id)
         while len(self._by_key) > self.max_entries:
             victim = min(self._by_key.values(), key=lambda r: (r.until, r.peer_public))
             del self._by_key[victim.peer_public]
+            self._peer_ids.discard(victim.peer_id)
             self.evictions += 1
         return rev if rev.peer_public in self._by_key else None
 
@@ -242,12 +245,17 @@ class RevocationList:
         return self.revocation_for(cert) is not None
 
     def revoked_peer_ids(self) -> set[bytes]:
-        return {r.peer_id for r in self._by_key.values()}
+        return set(self._peer_ids)
+
+    def revokes_peer(self, peer_id: bytes) -> bool:
+        """Whether a key of ``peer_id`` is revoked: one set lookup (safe from another
+        thread while the loop changes the list)."""
+        return peer_id in self._peer_ids
 
     def prune(self, *, now: float) -> int:
         gone = [k for k, r in self._by_key.items() if now - self.skew_s >= r.until]
         for k in gone:
-            del self._by_key[k]
+            self._peer_ids.discard(self._by_key.pop(k).peer_id)
         return len(gone)
 
     def digest(self) -> bytes:

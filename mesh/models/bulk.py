@@ -45,7 +45,8 @@ class BulkServer:
                  idle_s: float = IDLE_S, handshake_s: float = HANDSHAKE_S,
                  revoked: Callable[[bytes], bool] = lambda peer: False) -> None:
         self.grants = grants
-        self.revoked = revoked  # a member revoked since its grant gets nothing more (checked before each piece)
+        self.revoked = revoked  # a member revoked since its grant gets nothing more (checked before each piece;
+        # called from the session threads: a lookup that is safe beside the loop's changes)
         self.counts = counts  # shared with ModelService: pieces_served, bytes_served, bulk_*
         for k in ("bulk_sessions", "bulk_refused", "bulk_pieces_served"):
             self.counts.setdefault(k, 0)
@@ -93,12 +94,6 @@ class BulkServer:
                     pass
         if self._thread is not None:
             self._thread.join(timeout=5)
-
-    def _revoked(self, peer: bytes) -> bool:
-        try:
-            return self.revoked(peer)
-        except RuntimeError:  # the list changed while this thread read it: asked again next piece
-            return False
 
     def _count(self, key: str, n: int = 1) -> None:
         with self._lock:
@@ -152,7 +147,7 @@ class BulkServer:
                     return  # the puller is done
                 _, length = opener.header(header)
                 index = w.parse_get(opener.open(header, read_exact(conn, length)), grant.pieces)
-                if self._revoked(grant.peer):
+                if self.revoked(grant.peer):
                     raise w.BulkStreamError("revoked", f"{grant.peer.hex()[:12]} was revoked; its stream ends")
                 offset, length = grant.piece_range(index)
                 piece = memoryview(buf)[:length]

@@ -141,10 +141,7 @@ class ModelStore:
         return Manifest.from_store(row[0])
 
     def read_piece(self, sha: str, index: int) -> bytes:
-        offset, length = self.manifest(sha).piece_range(index)
-        with open(self.path(sha), "rb") as f:
-            f.seek(offset)
-            return f.read(length)
+        return _read_range(self.path(sha), *self.manifest(sha).piece_range(index))
 
     def add_missing_chains(self) -> int:
         """Give the models added before manifests carried SHA-256 chaining values their
@@ -332,13 +329,8 @@ class ModelStore:
                                  [(manifest.sha_hex, i) for i in indices])
 
     def read_partial_piece(self, manifest: Manifest, index: int) -> bytes:
-        """A piece of a pull in progress, as written (for the whole-file hash)."""
-        offset, length = manifest.piece_range(index)
-        fd = os.open(self._part(manifest.sha_hex), os.O_RDONLY)
-        try:
-            return os.pread(fd, length, offset)
-        finally:
-            os.close(fd)
+        """A piece of a pull in progress, as written (to hash or check it again)."""
+        return _read_range(self._part(manifest.sha_hex), *manifest.piece_range(index))
 
     def finish_partial(self, manifest: Manifest, *, pinned: bool = False, digest: bytes | None = None) -> StoredModel:
         """Check the whole file against its SHA-256 and make it a model of the store.
@@ -378,6 +370,14 @@ def _stored(r) -> StoredModel:
     return StoredModel(sha=sha, card=ModelCard(name=name, family=family, parameters=params, quantisation=quant,
                                                context_length=ctx),
                        size=size, added_at=added, last_used=used, pinned=bool(pinned))
+
+
+def _read_range(path: Path, offset: int, length: int) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, length, offset)
+    finally:
+        os.close(fd)
 
 
 def _gb(n: int | None) -> str:

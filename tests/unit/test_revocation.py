@@ -155,12 +155,15 @@ def test_list_keeps_the_latest_per_key_bounds_itself_and_prunes():
     # past the cap the one that expires soonest goes
     lst.add(revoke(authority, peers[3], until=NOW + 30 * DAY).to_bytes(), now=NOW)
     assert len(lst) == 3 and lst.evictions == 1
-    assert peers[2].peer_id not in lst.revoked_peer_ids()
+    assert peers[2].peer_id not in lst.revoked_peer_ids() and not lst.revokes_peer(peers[2].peer_id)
+    assert lst.revokes_peer(peers[3].peer_id) and lst.revokes_peer(peers[0].peer_id)
     # an entry that would be evicted at once is not news
     assert lst.add(revoke(authority, peers[4], until=NOW + DAY).to_bytes(), now=NOW) is None
     # pruning drops what has expired (past until + skew)
     assert lst.prune(now=NOW + 15 * DAY) == 1
     assert peers[0].peer_id not in lst.revoked_peer_ids() and len(lst) == 2
+    assert [p for p in peers if lst.revokes_peer(p.peer_id)] == [p for p in peers if p.peer_id in {r.peer_id for r in lst}]
+    assert not lst.revokes_peer(peers[0].peer_id) and not lst.revokes_peer(peers[4].peer_id)
     # equal lists, equal digests, whatever the order they were learned in
     other = RevocationList(authority.public_raw)
     other.add_many(list(reversed(lst.to_wire())), now=NOW)
