@@ -232,6 +232,7 @@ class RevocationService:
     def _resolve(self, target: str) -> Certificate:
         """The certificate of the one member whose name is ``target`` or whose id starts with it."""
         matches: dict[bytes, Certificate] = {}
+        named: set[bytes] = set()
         for m in self.membership.swim.members():
             if m.is_self:
                 continue
@@ -243,6 +244,8 @@ class RevocationService:
                     continue
                 if cert.authority_public == self.revocations.authority_public_raw and cert.peer_id == m.peer_id:
                     matches[m.peer_id] = cert
+                    if m.name == target:
+                        named.add(m.peer_id)
         if not matches:
             me = peer_id_text(self.self_id)
             own_name = self.membership.swim.own_record.name
@@ -250,6 +253,8 @@ class RevocationService:
                 raise InvalidRequest("that is this peer itself: the authority's own peer cannot be revoked")
             raise InvalidRequest(f"no member of this mesh is named {target!r} or has an id starting with it "
                                  "(see `mesh peers`)")
+        if named:  # an exact name wins over an id prefix that happens to match
+            matches = {pid: c for pid, c in matches.items() if pid in named}
         if len(matches) > 1:  # a name outlives a key (mesh rotate): the member not yet revoked is meant
             live = {pid: c for pid, c in matches.items() if pid not in self.membership.revoked}
             matches = live or matches

@@ -129,9 +129,11 @@ class Router:
         return replace(c, running=running, waiting=extra - running)
 
     def resolve_peer(self, prefix: str) -> str:
-        """A peer id from a prefix of it or a member's name (``mesh ask --peer``)."""
+        """A peer id from a member's name or a prefix of its id (``mesh ask --peer``)."""
         view = self.membership.view()
-        matches = [m for m in view if m.peer_id.startswith(prefix) or m.name == prefix]
+        # a member's exact name wins over an id prefix: ids are base32, so "p2" may well
+        # begin another member's id
+        matches = [m for m in view if m.name == prefix] or [m for m in view if m.peer_id.startswith(prefix)]
         hits = {m.peer_id for m in matches}
         if len(hits) > 1:  # a name outlives a key (mesh rotate): the member in the mesh now is meant,
             # else the one not revoked (rotating right now: the router waits for its successor)

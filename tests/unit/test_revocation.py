@@ -231,3 +231,30 @@ def test_envelope_counts_a_revoked_sender_as_revoked():
         receiver.open(sender.seal("cast", {"m": "gossip", "a": {}}), sender.credential)
     assert e.value.reason is RejectReason.REVOKED
     assert receiver.rejections.snapshot()["revoked"] == 1
+
+
+def test_revoke_resolves_an_exact_name_before_an_id_prefix(tmp_path):
+    """Peer ids are base32: a member may be named what another's id begins with. The
+    name is meant (revoking the other one by mistake would be worse than ambiguity)."""
+    from types import SimpleNamespace
+
+    from mesh.identity.revocation_service import RevocationService
+
+    authority, a, b = Identity.generate(), Identity.generate(), Identity.generate()
+    named = a.peer_id_text[:6]
+    certs = {a.peer_id: cert(authority, a, name="desk"), b.peer_id: cert(authority, b, name=named)}
+
+    def record(peer, name):
+        return SimpleNamespace(is_self=False, peer_id=peer.peer_id, name=name, credential=certs[peer.peer_id].to_bytes())
+
+    swim = SimpleNamespace(members=lambda: [record(a, "desk"), record(b, named)],
+                           own_record=SimpleNamespace(name="self"))
+    membership = SimpleNamespace(swim=swim, listeners=[], revoked=set())
+    service = RevocationService(
+        revocations=RevocationList(authority.public_raw), path=tmp_path / "revocations.json", verifier=None,
+        membership=membership, authority_key=tmp_path / "authority.key", self_id=b"\0" * 16,
+        is_local=lambda _: False, interval_s=10,
+    )
+    assert service._resolve(named).peer_id == b.peer_id  # the name, not a's id prefix
+    assert service._resolve(a.peer_id_text[:8]).peer_id == a.peer_id  # a longer prefix is a's alone
+    assert service._resolve("desk").peer_id == a.peer_id

@@ -327,3 +327,22 @@ def test_a_name_pins_the_member_that_holds_it_now():
     router.membership = View([revoked, replace(arrived, peer_id="dddd4444"), arrived])
     with pytest.raises(InvalidRequest, match="2 members"):
         router.resolve_peer("laptop")  # two live members named alike: say so
+
+
+def test_a_name_wins_over_an_id_prefix_it_happens_to_begin():
+    """Peer ids are base32, so a member named "p2" may meet another whose id begins "p2"."""
+    from mesh.routing.router import Router
+    from mesh.testing import ScriptedBackend
+
+    class View:
+        def view(self):
+            return [MemberView(peer_id="p2xy7777", name="p1", state="alive"),
+                    MemberView(peer_id="k4zz8888", name="p2", state="alive")]
+
+        def rtts(self):
+            return {}
+
+    router = Router(self_id="self", backend=ScriptedBackend(), membership=View(), pool=None)
+    assert router.resolve_peer("p2") == "k4zz8888"
+    assert router.resolve_peer("p2x") == "p2xy7777"
+    assert router.resolve_peer("p1") == "p2xy7777"
