@@ -51,6 +51,7 @@ CHUNK = 512 * 1024  # bytes of a piece per stream chunk: well inside an RPC fram
 LIST_TIMEOUT_S = 5.0
 PIECE_TIMEOUT_S = 60.0
 MAX_FANOUT = 16  # members asked at once by models.mesh / models.pull
+PROGRESS_EVERY_S = 0.1  # a pull's progress reaches its caller at most this often (each is a signed frame)
 PER_SOURCE = 4  # pieces in flight per source: a bulk stream asks for its next piece only after
                 # the last one came, so one stream per worker keeps both ends busy (2: 425 MB/s, 4-6: 460-500)
 
@@ -203,9 +204,14 @@ class ModelService:
         task = asyncio.ensure_future(self.fetch(ref, rate=float(rate), pin=bool(args.get("pin")),
                                                 on_progress=updates.put_nowait))
         task.add_done_callback(lambda _: updates.put_nowait(None))
+        shown = -PROGRESS_EVERY_S
         try:
             while (update := await updates.get()) is not None:
-                if updates.empty():  # only the newest of a burst
+                now = self.clock()
+                last = update.pieces_done == update.pieces
+                # only the newest of a burst, at most every PROGRESS_EVERY_S, and the last
+                if updates.empty() and (last or now - shown >= PROGRESS_EVERY_S):
+                    shown = now
                     yield {"p": update.to_wire()}
             result = await task
         finally:
