@@ -323,6 +323,9 @@ def main() -> int:
               f"{r['dest_cpu_s_per_gb']:13.2f}")
     print(f"one source / plain copy (open):      {one_vs_tcp:.2f}  target >= 0.8: "
           f"{'PASS' if one_vs_tcp >= 0.8 else 'FAIL'}")
+    # each round's pull against the copy run just before it: the machine's speed drifts between rounds
+    by_round = [p["mb_s"] / t["mb_s"] for p, t in zip(runs["open_pull_1"], runs["open_tcp"])]
+    print(f"  the same, round by round:          {', '.join(f'{r:.2f}' for r in by_round)}")
     curve_vs_tcp = m["open_curve"]["mb_s"] / m["open_tcp"]["mb_s"]
     floor_vs_tcp = m["open_curve_hash"]["mb_s"] / m["open_tcp"]["mb_s"]
     print(f"CurveZMQ copy / plain copy:          {curve_vs_tcp:.2f}  (the encryption every mesh link has, alone)")
@@ -335,6 +338,7 @@ def main() -> int:
     print(f"two sources / one (throttled):       {two_vs_one:.2f}  target > 1: {'PASS' if two_vs_one > 1 else 'FAIL'}")
     print(json.dumps({"bench": "model_pull", "size_mb": args.size_mb, "throttle_mbit": args.throttle_mbit,
                       "repeat": args.repeat, "one_source_vs_tcp": round(one_vs_tcp, 3),
+                      "one_source_vs_tcp_by_round": [round(r, 3) for r in by_round],
                       "one_source_vs_tcp_throttled": round(thr_vs_tcp, 3), "two_vs_one_throttled": round(two_vs_one, 3),
                       "curve_copy_vs_tcp": round(curve_vs_tcp, 3), "curve_hash_copy_vs_tcp": round(floor_vs_tcp, 3),
                       "aes_hash_copy_vs_tcp": round(aes_vs_tcp, 3),
