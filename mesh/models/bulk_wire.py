@@ -122,7 +122,8 @@ class Sealer:
 
     def seal_into(self, kind: int, plaintext, out: bytearray) -> tuple[bytes, memoryview]:
         """``seal`` into ``out`` (at least the plaintext's length + ``TAG_BYTES``): no
-        allocation per frame for the 4 MiB pieces."""
+        allocation per frame for the 4 MiB pieces. The plaintext may lie at the start of
+        ``out`` itself: it is sealed in place (AES-GCM in OpenSSL takes an exact overlap)."""
         n = memoryview(plaintext).nbytes
         header = HEADER.pack(n + TAG_BYTES, kind)
         nonce = self._counter.to_bytes(12, "big")
@@ -154,7 +155,8 @@ class Opener:
 
     def open(self, header: bytes, sealed, into=None):
         """The plaintext of a frame (bytes, or, with ``into``, its first bytes as a
-        memoryview: decrypted in place of a copy)."""
+        memoryview: decrypted there instead of into a new object; ``into`` may be the
+        start of ``sealed`` itself, to open the frame in place)."""
         nonce = self._counter.to_bytes(12, "big")
         try:
             if into is None:

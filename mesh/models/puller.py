@@ -2,8 +2,10 @@
 
 The caller (``ModelService``) has found the peers that hold the model and checked their
 manifests; the puller gets the manifest they agree on and, per source, an async
-``fetch(index, into)``: the piece's bytes, decrypted straight into ``into`` (a writable
-buffer of the piece's length, returned as it) when it can, else as bytes of its own.
+``fetch(index, into)``: the piece's bytes, received and decrypted straight into ``into``
+(a page-aligned writable buffer: the piece's length and a page to spare for a
+transport's frame overhead; returned as a memoryview of its first bytes) when it can,
+else as bytes of its own.
 Then:
 
 - ``store.begin_partial`` says which pieces a previous pull (crashed, cut off) already
@@ -138,7 +140,9 @@ class Puller:
             changed.set()
 
         async def worker(source: str, fetch: Fetch) -> None:
-            buf = mmap.mmap(-1, m.piece_size)  # page-aligned: the piece goes from here to the disk (O_DIRECT)
+            # page-aligned: the piece goes from here to the disk (O_DIRECT); a page to spare for the
+            # stream's frame overhead, so the piece can be received and decrypted here in place
+            buf = mmap.mmap(-1, m.piece_size + mmap.PAGESIZE)
             try:
                 await work(source, fetch, buf)
             finally:
@@ -153,9 +157,10 @@ class Puller:
                 wait = self.pacer.reserve(length, self.clock())
                 if wait > 0:
                     await self.clock.sleep(wait)
-                into = memoryview(buf)[:length]
+                room = memoryview(buf)
+                into = room[:length]
                 try:
-                    data = await fetch(index, into)
+                    data = await fetch(index, room)
                 except asyncio.CancelledError:
                     raise
                 except (MeshError, OSError, ValueError, TypeError) as e:
@@ -237,7 +242,7 @@ class Puller:
         fetch returned bytes of its own."""
         if not self.manifest.check_piece(index, data):
             return False
-        if data is not into:
+        if not (isinstance(data, memoryview) and data.obj is into.obj):  # bytes of its own (RPC)
             into[:] = data
         self.store.write_piece(self.manifest, index, into, commit=False, direct=True)
         return True
