@@ -1,6 +1,7 @@
 """Pulling a model between peers, against a plain TCP copy of the same file, in one run.
 
-    .venv/bin/python bench/model_pull.py [--size-mb 256] [--throttle-mbit 320] [--repeat 1]
+    .venv/bin/python bench/model_pull.py [--size-mb 256] [--throttle-mbit 320] [--links 1000,2500,5000]
+        [--repeat 1]
 
 Topology: three network namespaces on one bridge (tests/support/netns.py), each running a
 real ``mesh-peer --no-model``; h0 (and later h1) hold the model, h2 pulls it with the
@@ -22,6 +23,14 @@ Scenarios, in order:
 2. ``throttled``: each source's link limited to ``--throttle-mbit`` (tc tbf on its
    ``eth0``): TCP copy h0 -> h2; pull from h0 alone; pull from h0 and h1 at once. The
    sources are the bottleneck, so two should beat one.
+3. ``links``: h0's link limited to each speed of ``--links`` in turn (the Ethernet a
+   home or office has: 1, 2.5, 5 Gbit/s): TCP copy h0 -> h2, then pull from h0 alone.
+   Where the pull keeps up with the copy, the link is the limit and not the mesh; the
+   ``open`` links (veth, no limit: several GB/s) are where CPU is, on a machine whose
+   two cores run the source, the puller and both kernels' network stacks at once. Each
+   is also shown against the link's rate: the copy's one TCP stream falls short of a
+   token bucket's rate at the higher speeds, where the pull's four streams come closer,
+   so "pull / copy" above 1 there says more about one stream than about the mesh.
 
 Figures: throughput (MB/s) of each, the ratio pull / TCP copy, two sources / one, and
 CPU seconds per GB moved on the source and the puller (from /proc of the peer
@@ -239,9 +248,10 @@ def pull(dst: Host, sources: list[Host], name: str) -> dict:
 def throttle(h: Host, mbit: int | None) -> None:
     if mbit is None:
         h.ns.run(["tc", "qdisc", "del", "dev", "eth0", "root"], check=False)
-    else:
+    else:  # the bucket holds 4 ms at the rate (at least 256 kB): tbf refills it once a timer tick
+        burst_kb = max(256, mbit * 1000 // 8 * 4 // 1000)
         h.ns.run(["tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", f"{mbit}mbit",
-                  "burst", "256kb", "latency", "100ms"])
+                  "burst", f"{burst_kb}kb", "latency", "100ms"])
 
 
 def median_of(runs: list[dict]) -> dict:
@@ -253,8 +263,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--size-mb", type=int, default=256)
     ap.add_argument("--throttle-mbit", type=int, default=320, help="each source's link in the throttled runs")
+    ap.add_argument("--links", default="1000,2500,5000",
+                    help="link speeds (Mbit/s, comma-separated) to run one source against the copy at; '' for none")
     ap.add_argument("--repeat", type=int, default=1)
     args = ap.parse_args()
+    try:
+        links = [int(x) for x in args.links.split(",") if x.strip()]
+    except ValueError:
+        ap.error("--links takes link speeds in Mbit/s, comma-separated: 1000,2500")
+    if any(x <= 0 for x in links):
+        ap.error("--links: each speed must be above 0 Mbit/s")
     problem = netns.available()
     if problem:
         print(f"cannot make network namespaces here: {problem}", file=sys.stderr)
@@ -276,6 +294,8 @@ def main() -> int:
         out = work / "copy.out"
         runs: dict[str, list[dict]] = {k: [] for k in ("open_tcp", "open_curve", "open_curve_hash", "open_aes_hash", "open_pull_1",
                                                        "thr_tcp", "thr_pull_1", "thr_pull_2")}
+        for mbit in links:
+            runs[f"link{mbit}_tcp"], runs[f"link{mbit}_pull_1"] = [], []
         for i in range(args.repeat):
             say(f"round {i + 1}/{args.repeat}: open links: TCP copy h0 -> h2")
             runs["open_tcp"].append(tcp_copy(hosts[0], hosts[2], model, out))
@@ -302,6 +322,16 @@ def main() -> int:
             finally:
                 for h in hosts[:2]:
                     throttle(h, None)
+            for mbit in links:
+                say(f"  h0's link at {mbit} Mbit/s: TCP copy")
+                throttle(hosts[0], mbit)
+                try:
+                    runs[f"link{mbit}_tcp"].append(tcp_copy(hosts[0], hosts[2], model, out))
+                    say(f"  {runs[f'link{mbit}_tcp'][-1]['mb_s']:.0f} MB/s; pull from h0 alone")
+                    runs[f"link{mbit}_pull_1"].append(pull(hosts[2], [hosts[0]], name))
+                    say(f"  {runs[f'link{mbit}_pull_1'][-1]['mb_s']:.0f} MB/s")
+                finally:
+                    throttle(hosts[0], None)
         for h in hosts:
             h.stop()
     m = {k: median_of(v) for k, v in runs.items()}
@@ -317,6 +347,9 @@ def main() -> int:
               "open_aes_hash": "AES-GCM copy + SHA-256, open", "open_pull_1": "mesh pull, 1 source, open",
               "thr_tcp": "plain TCP copy, throttled", "thr_pull_1": "mesh pull, 1 source, throttled",
               "thr_pull_2": "mesh pull, 2 sources, throttled"}
+    for mbit in links:
+        labels[f"link{mbit}_tcp"] = f"plain TCP copy, {mbit} Mbit/s"
+        labels[f"link{mbit}_pull_1"] = f"mesh pull, 1 source, {mbit} Mbit/s"
     for k, label in labels.items():
         r = m[k]
         print(f"{label:34} {r['mb_s']:8.1f} {r['seconds']:7.2f} {r['source_cpu_s_per_gb']:13.2f} "
@@ -335,11 +368,22 @@ def main() -> int:
           "no mesh)")
     print(f"one source / AES-GCM + SHA-256:      {one_vs_tcp / aes_vs_tcp:.2f}  (mesh's own cost)")
     print(f"one source / plain copy (throttled): {thr_vs_tcp:.2f}")
+    by_link = {mbit: m[f"link{mbit}_pull_1"]["mb_s"] / m[f"link{mbit}_tcp"]["mb_s"] for mbit in links}
+    # of the link's rate (Mbit/s / 8 = MB/s of payload and headers): a single TCP stream through a token
+    # bucket falls short of it at the higher rates, where the pull's four streams come closer
+    of_link = {mbit: {"tcp": m[f"link{mbit}_tcp"]["mb_s"] / (mbit / 8),
+                      "pull": m[f"link{mbit}_pull_1"]["mb_s"] / (mbit / 8)} for mbit in links}
+    for mbit, r in by_link.items():
+        print(f"one source / plain copy, {mbit:>5} Mbit/s link: {r:.2f}  (of the link's rate: pull "
+              f"{of_link[mbit]['pull']:.2f}, copy {of_link[mbit]['tcp']:.2f})")
     print(f"two sources / one (throttled):       {two_vs_one:.2f}  target > 1: {'PASS' if two_vs_one > 1 else 'FAIL'}")
     print(json.dumps({"bench": "model_pull", "size_mb": args.size_mb, "throttle_mbit": args.throttle_mbit,
                       "repeat": args.repeat, "one_source_vs_tcp": round(one_vs_tcp, 3),
                       "one_source_vs_tcp_by_round": [round(r, 3) for r in by_round],
                       "one_source_vs_tcp_throttled": round(thr_vs_tcp, 3), "two_vs_one_throttled": round(two_vs_one, 3),
+                      "one_source_vs_tcp_by_link_mbit": {str(k): round(v, 3) for k, v in by_link.items()},
+                      "of_link_rate_by_link_mbit": {str(k): {kk: round(vv, 3) for kk, vv in v.items()}
+                                                    for k, v in of_link.items()},
                       "curve_copy_vs_tcp": round(curve_vs_tcp, 3), "curve_hash_copy_vs_tcp": round(floor_vs_tcp, 3),
                       "aes_hash_copy_vs_tcp": round(aes_vs_tcp, 3),
                       "runs": {k: {kk: (round(vv, 3) if isinstance(vv, float) else vv) for kk, vv in v.items()}
