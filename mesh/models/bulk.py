@@ -139,7 +139,7 @@ class BulkServer:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             opener = w.Opener(grant.keys.to_source, {w.GET: w.INDEX.size})
             sealer = w.Sealer(grant.keys.to_puller)
-            out = bytearray(grant.piece_size + w.TAG_BYTES)  # read, sealed in place, sent from here
+            buf, out = bytearray(grant.piece_size), bytearray(grant.piece_size + w.TAG_BYTES)
             while not self._closed.is_set():
                 try:
                     header = bytes(read_exact(conn, w.HEADER.size))
@@ -150,7 +150,7 @@ class BulkServer:
                 if self.revoked(grant.peer):
                     raise w.BulkStreamError("revoked", f"{grant.peer.hex()[:12]} was revoked; its stream ends")
                 offset, length = grant.piece_range(index)
-                piece = memoryview(out)[:length]
+                piece = memoryview(buf)[:length]
                 if fd < 0 or os.preadv(fd, [piece], offset) != length:
                     kind, payload = w.NO, (why if fd < 0 else f"piece {index}: short read").encode()[:w.MAX_REASON]
                 else:
@@ -182,7 +182,7 @@ class BulkConnection:
         self._sock = sock
         self._sealer = w.Sealer(keys.to_source)
         self._opener = w.Opener(keys.to_puller, {w.PIECE: piece_size, w.NO: w.MAX_REASON})
-        self._buf: bytearray | None = None  # frames that do not go to the caller's buffer (made when needed)
+        self._buf = bytearray(piece_size + w.TAG_BYTES)
 
     @classmethod
     def open(cls, host: str, port: int, ticket: bytes, keys: w.SessionKeys, piece_size: int,
@@ -200,25 +200,16 @@ class BulkConnection:
     def get(self, index: int, length: int, into=None):
         """Piece ``index`` (``length`` bytes, from the manifest): bytes, or with ``into``
         (a writable buffer of at least ``length`` bytes) decrypted into it and returned as
-        a memoryview of it. When ``into`` also has room for the tag (``TAG_BYTES`` more),
-        the frame is received there and decrypted in place: each byte is touched once by
-        ``recv`` and once by AES before the caller hashes and writes it from the same
-        buffer. ``BulkStreamError`` for a frame that breaks the rules or a refusal;
-        ``OSError``/``EOFError`` for a lost link."""
+        a memoryview of it. ``BulkStreamError`` for a frame that breaks the rules or a
+        refusal; ``OSError``/``EOFError`` for a lost link."""
         header, sealed = self._sealer.seal(w.GET, w.get_frame(index))
         try:
             self._sock.sendall(header + sealed)
             header = bytes(read_exact(self._sock, w.HEADER.size))
             kind, n = self._opener.header(header)
-            room = memoryview(into).nbytes if into is not None and kind == w.PIECE else 0
-            if room >= n:  # in place
-                sealed = read_exact(self._sock, n, into)
-                plaintext = self._opener.open(header, sealed, sealed[:n - w.TAG_BYTES])
-            else:
-                if self._buf is None or len(self._buf) < n:
-                    self._buf = bytearray(n)
-                sealed = read_exact(self._sock, n, self._buf)
-                plaintext = self._opener.open(header, sealed, into if n - w.TAG_BYTES <= room else None)
+            sealed = read_exact(self._sock, n, self._buf)
+            fits = into is not None and kind == w.PIECE and n - w.TAG_BYTES <= memoryview(into).nbytes
+            plaintext = self._opener.open(header, sealed, into if fits else None)
         except EOFError:
             raise w.BulkStreamError("closed", f"the source closed the bulk stream before piece {index}") from None
         if kind == w.NO:

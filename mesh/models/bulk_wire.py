@@ -122,8 +122,7 @@ class Sealer:
 
     def seal_into(self, kind: int, plaintext, out: bytearray) -> tuple[bytes, memoryview]:
         """``seal`` into ``out`` (at least the plaintext's length + ``TAG_BYTES``): no
-        allocation per frame for the 4 MiB pieces. The plaintext may lie at the start of
-        ``out`` itself: it is sealed in place (AES-GCM in OpenSSL takes an exact overlap)."""
+        allocation per frame for the 4 MiB pieces."""
         n = memoryview(plaintext).nbytes
         header = HEADER.pack(n + TAG_BYTES, kind)
         nonce = self._counter.to_bytes(12, "big")
@@ -155,8 +154,7 @@ class Opener:
 
     def open(self, header: bytes, sealed, into=None):
         """The plaintext of a frame (bytes, or, with ``into``, its first bytes as a
-        memoryview: decrypted there instead of into a new object; ``into`` may be the
-        start of ``sealed`` itself, to open the frame in place)."""
+        memoryview: decrypted in place of a copy)."""
         nonce = self._counter.to_bytes(12, "big")
         try:
             if into is None:

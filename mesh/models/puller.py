@@ -2,10 +2,8 @@
 
 The caller (``ModelService``) has found the peers that hold the model and checked their
 manifests; the puller gets the manifest they agree on and, per source, an async
-``fetch(index, into)``: the piece's bytes, received and decrypted straight into ``into``
-(a page-aligned writable buffer: the piece's length and a page to spare for a
-transport's frame overhead; returned as a memoryview of its first bytes) when it can,
-else as bytes of its own.
+``fetch(index, into)``: the piece's bytes, decrypted straight into ``into`` (a writable
+buffer of the piece's length, returned as it) when it can, else as bytes of its own.
 Then:
 
 - ``store.begin_partial`` says which pieces a previous pull (crashed, cut off) already
@@ -140,9 +138,7 @@ class Puller:
             changed.set()
 
         async def worker(source: str, fetch: Fetch) -> None:
-            # page-aligned: the piece goes from here to the disk (O_DIRECT); a page to spare for the
-            # stream's frame overhead, so the piece can be received and decrypted here in place
-            buf = mmap.mmap(-1, m.piece_size + mmap.PAGESIZE)
+            buf = mmap.mmap(-1, m.piece_size)  # page-aligned: the piece goes from here to the disk (O_DIRECT)
             try:
                 await work(source, fetch, buf)
             finally:
@@ -157,10 +153,9 @@ class Puller:
                 wait = self.pacer.reserve(length, self.clock())
                 if wait > 0:
                     await self.clock.sleep(wait)
-                room = memoryview(buf)
-                into = room[:length]
+                into = memoryview(buf)[:length]
                 try:
-                    data = await fetch(index, room)
+                    data = await fetch(index, into)
                 except asyncio.CancelledError:
                     raise
                 except (MeshError, OSError, ValueError, TypeError) as e:
@@ -242,7 +237,7 @@ class Puller:
         fetch returned bytes of its own."""
         if not self.manifest.check_piece(index, data):
             return False
-        if not (isinstance(data, memoryview) and data.obj is into.obj):  # bytes of its own (RPC)
+        if data is not into:
             into[:] = data
         self.store.write_piece(self.manifest, index, into, commit=False, direct=True)
         return True

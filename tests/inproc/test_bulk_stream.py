@@ -76,30 +76,6 @@ def test_pieces_arrive_whole_over_one_connection(server, model):
     _wait(lambda: server.sessions() == 0)
 
 
-def test_pieces_are_received_and_decrypted_in_the_callers_buffer(server, model):
-    """With room for the tag the frame lands in the caller's buffer and is decrypted
-    there (no buffer of the connection's own); with room for the piece only it is
-    decrypted into it from one; with less, the piece comes back as bytes."""
-    ticket, keys = _ticket(server, model)
-    conn = BulkConnection.open("127.0.0.1", server.port, ticket, keys, PIECE, timeout_s=5)
-    data = model.read_bytes()
-    try:
-        roomy = bytearray(PIECE + 4096)
-        for index in (3, 0, 1):  # the short last piece first
-            expected = data[index * PIECE:(index + 1) * PIECE]
-            got = conn.get(index, len(expected), memoryview(roomy))
-            assert isinstance(got, memoryview) and got.obj is roomy and bytes(got) == expected
-            assert bytes(roomy[:len(expected)]) == expected
-        assert conn._buf is None  # nothing was received anywhere else
-        tight = bytearray(PIECE)
-        got = conn.get(2, PIECE, memoryview(tight))
-        assert got.obj is tight and bytes(tight) == data[2 * PIECE:3 * PIECE]
-        assert conn._buf is not None
-        assert conn.get(0, PIECE, memoryview(bytearray(100))) == data[:PIECE]
-    finally:
-        conn.close()
-
-
 def test_a_ticket_works_once(server, model):
     ticket, keys = _ticket(server, model)
     BulkConnection.open("127.0.0.1", server.port, ticket, keys, PIECE, timeout_s=5).close()
@@ -134,6 +110,21 @@ def test_frames_under_another_key_are_refused(server, model):
     conn.close()
     _wait(lambda: server.counts["bulk_refused"] == 1)
     assert server.counts.get("pieces_served", 0) == 0
+
+
+def test_a_piece_sealed_under_another_key_fails_its_tag_into_a_buffer_or_not(server, model):
+    for into in (memoryview(bytearray(PIECE)), None):
+        ticket, keys = _ticket(server, model)
+        _, other = _ticket(server, model)
+        conn = BulkConnection.open("127.0.0.1", server.port, ticket,
+                                   w.SessionKeys(to_source=keys.to_source, to_puller=other.to_puller), PIECE,
+                                   timeout_s=5)
+        try:
+            with pytest.raises(w.BulkStreamError) as e:  # the source served it; the puller refuses it
+                conn.get(0, PIECE, into)
+            assert e.value.reason == "bad_tag"
+        finally:
+            conn.close()
 
 
 def test_a_piece_the_model_does_not_have_ends_the_stream(server, model):
