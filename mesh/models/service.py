@@ -204,15 +204,19 @@ class ModelService:
         task = asyncio.ensure_future(self.fetch(ref, rate=float(rate), pin=bool(args.get("pin")),
                                                 on_progress=updates.put_nowait))
         task.add_done_callback(lambda _: updates.put_nowait(None))
-        shown = -PROGRESS_EVERY_S
+        shown, held = -PROGRESS_EVERY_S, None
         try:
             while (update := await updates.get()) is not None:
                 now = self.clock()
                 last = update.pieces_done == update.pieces
                 # only the newest of a burst, at most every PROGRESS_EVERY_S, and the last
                 if updates.empty() and (last or now - shown >= PROGRESS_EVERY_S):
-                    shown = now
+                    shown, held = now, None
                     yield {"p": update.to_wire()}
+                else:
+                    held = update
+            if held is not None:  # the newest came in one burst with the pull's end (a slow caller)
+                yield {"p": held.to_wire()}
             result = await task
         finally:
             task.cancel()  # the caller went away: the pull stops, its pieces stay

@@ -50,3 +50,37 @@ def test_progress_is_sent_at_most_every_tenth_of_a_second_and_the_last_always(tm
     gaps = [b - a for a, b in zip(updates, updates[1:-1])]
     assert all(g * 0.03 >= PROGRESS_EVERY_S - 1e-9 for g in gaps), updates
     assert len(updates) < PIECES / 2, updates  # not one per piece
+
+
+def test_the_last_progress_reaches_a_slow_caller_when_the_pull_ends_meanwhile(tmp_path):
+    """While the handler waits on its caller (a slow link: the yield does not return at
+    once), the last updates and the end of the pull queue up together: the caller still
+    hears the last update, and it says every piece."""
+    clock = ManualClock()
+    service = ModelService(store=ModelStore(tmp_path / "store"), identity=Identity.generate(), members=None,
+                           pool=None, is_local=lambda _: True, clock=clock)
+
+    async def scripted_fetch(ref, *, rate=None, pin=False, on_progress):
+        progress = PullProgress(sha="ab" * 32, name="m", size=PIECES, pieces=PIECES, pieces_done=0,
+                                bytes_done=0, resumed_pieces=0)
+        for _ in range(PIECES):
+            clock.advance(0.03)
+            progress.pieces_done += 1
+            on_progress(progress)
+            await asyncio.sleep(0)
+        return Done()
+
+    service.fetch = scripted_fetch
+
+    async def main():
+        seen = []
+        async for item in service.pull({"model": "m"}, CallContext(sender=b"me", call_id=b"c")):
+            seen.append(item)
+            for _ in range(100):  # the caller takes its time over each frame (the pull ends meanwhile)
+                await asyncio.sleep(0)
+        return seen
+
+    seen = asyncio.run(main())
+    updates = [s["p"]["pieces_done"] for s in seen if isinstance(s, dict)]
+    assert isinstance(seen[-1], Final)
+    assert updates and updates[-1] == PIECES, updates
