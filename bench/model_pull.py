@@ -248,8 +248,8 @@ def pull(dst: Host, sources: list[Host], name: str) -> dict:
 def throttle(h: Host, mbit: int | None) -> None:
     if mbit is None:
         h.ns.run(["tc", "qdisc", "del", "dev", "eth0", "root"], check=False)
-    else:  # the bucket holds 4 ms at the rate (at least 256 kB): tbf refills it once a timer tick
-        burst_kb = max(256, mbit * 1000 // 8 * 4 // 1000)
+    else:  # the bucket holds 4 ms at the rate (Mbit/s / 8 * 4 ms = Mbit/s / 2 kB), at least 256 kB
+        burst_kb = max(256, mbit // 2)
         h.ns.run(["tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", f"{mbit}mbit",
                   "burst", f"{burst_kb}kb", "latency", "100ms"])
 
