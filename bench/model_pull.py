@@ -37,6 +37,14 @@ CPU seconds per GB moved on the source and the puller (from /proc of the peer
 processes; the TCP copy's from its own processes). Targets (issue 15): one source >= 0.8
 of the plain copy's throughput (open links); two sources faster than one (throttled).
 
+The CPU ceiling: on open links both ends share this machine's cores, and a pull must do
+more than the copy: hash every byte with SHA-256 (the signed manifest's check) and seal
+and open it with AES-256-GCM (the mesh's encryption). Those are measured alone in this
+process; with the copy's own CPU s/GB they give the MB/s a pull could reach with every
+core busy, shown against the copy. Where that is below 0.8, the target cannot be met on
+this machine by any pull that verifies and encrypts, and "one source / CPU ceiling" says
+how close the mesh comes.
+
 Prints progress and a report, then ONE line of JSON with the figures.
 """
 
@@ -154,9 +162,18 @@ def peer_cpu(h: Host) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+def settle(seconds: float = 0.5) -> None:
+    """Before each timed run: the previous run's dirty pages written out and its deleted
+    file's blocks freed, so no run pays for the one before it (without this the plain
+    copy, which writes through the page cache, ranged from 557 to 990 MB/s in one run)."""
+    os.sync()
+    time.sleep(seconds)
+
+
 def tcp_copy(src: Host, dst: Host, model: Path, out: Path, *, curve: str | None = None) -> dict:
     """A plain TCP copy; with ``curve`` ("copy" or "hash"), the CurveZMQ copy instead; with
     "aes", the AES-GCM copy with SHA-256 checks."""
+    settle()
     if curve is None:
         server_cmd = [sys.executable, "-c", SERVER, str(model), src.ns.ip, str(COPY_PORT)]
         client_cmd = [sys.executable, "-c", CLIENT, src.ns.ip, str(COPY_PORT), str(out)]
@@ -230,6 +247,7 @@ print(json.dumps({"bytes": n, "seconds": dt, "cpu_s": r.ru_utime + r.ru_stime}),
 
 
 def pull(dst: Host, sources: list[Host], name: str) -> dict:
+    settle()
     before = [peer_cpu(h) for h in (*sources, dst)]
     t0 = time.monotonic()
     r = dst.mesh("models", "pull", name, "--json")
@@ -252,6 +270,51 @@ def throttle(h: Host, mbit: int | None) -> None:
         burst_kb = max(256, mbit // 2)
         h.ns.run(["tc", "qdisc", "replace", "dev", "eth0", "root", "tbf", "rate", f"{mbit}mbit",
                   "burst", f"{burst_kb}kb", "latency", "100ms"])
+
+
+def crypto_cpu_s_per_gb(piece: int = 4 << 20, seconds: float = 0.4) -> dict[str, float]:
+    """CPU seconds per GB, measured here in this process (one thread), of the work a
+    verified, encrypted pull must add to a plain copy: one SHA-256 pass over every piece
+    (from its chaining value, as the puller checks it) and AES-256-GCM sealing at the
+    source and opening at the puller (``cryptography``, 4 MiB frames, as the bulk stream
+    does)."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    from mesh.models import sha_chain
+
+    data = bytearray(os.urandom(piece))
+    sealed = bytearray(piece + 16)
+    aead, nonce, aad = AESGCM(os.urandom(32)), bytes(12), b"\0" * 5
+    opened = bytearray(piece)
+    aead.encrypt_into(nonce, data, aad, sealed)
+
+    def sha() -> None:
+        sha_chain.State.initial().update(data).chaining()
+
+    def seal() -> None:
+        aead.encrypt_into(nonce, data, aad, sealed)
+
+    def open_() -> None:
+        aead.decrypt_into(nonce, sealed, aad, opened)
+
+    out = {}
+    for name, fn in (("sha256", sha), ("aes_gcm_seal", seal), ("aes_gcm_open", open_)):
+        fn()  # warm
+        n, t0 = 0, time.thread_time()
+        while (used := time.thread_time() - t0) < seconds:
+            fn()
+            n += 1
+        out[name] = used / (n * piece / 1e9)
+    return out
+
+
+def cpu_ceiling(copy: dict, crypto: dict[str, float], cores: int) -> float:
+    """MB/s a verified, encrypted pull could reach here if it did the plain copy's work
+    (its CPU s/GB at both ends) plus ``crypto``'s, with every core busy all the time: a
+    CPU estimate, not a guarantee (it leaves out what a pull may do more cheaply than the
+    copy, e.g. O_DIRECT writes, and everything that is not CPU)."""
+    need = copy["source_cpu_s_per_gb"] + copy["dest_cpu_s_per_gb"] + sum(crypto.values())
+    return cores / need * 1000
 
 
 def median_of(runs: list[dict]) -> dict:
@@ -334,8 +397,12 @@ def main() -> int:
                     throttle(hosts[0], None)
         for h in hosts:
             h.stop()
+    say("measuring SHA-256 and AES-256-GCM alone, for the CPU ceiling")
+    crypto = crypto_cpu_s_per_gb()
+    cores = len(os.sched_getaffinity(0))
     m = {k: median_of(v) for k, v in runs.items()}
     one_vs_tcp = m["open_pull_1"]["mb_s"] / m["open_tcp"]["mb_s"]
+    ceiling_vs_tcp = cpu_ceiling(m["open_tcp"], crypto, cores) / m["open_tcp"]["mb_s"]
     two_vs_one = m["thr_pull_2"]["mb_s"] / m["thr_pull_1"]["mb_s"]
     thr_vs_tcp = m["thr_pull_1"]["mb_s"] / m["thr_tcp"]["mb_s"]
     print()
@@ -356,6 +423,10 @@ def main() -> int:
               f"{r['dest_cpu_s_per_gb']:13.2f}")
     print(f"one source / plain copy (open):      {one_vs_tcp:.2f}  target >= 0.8: "
           f"{'PASS' if one_vs_tcp >= 0.8 else 'FAIL'}")
+    print(f"CPU ceiling / plain copy (open):     {ceiling_vs_tcp:.2f}  ({cores} cores busy with the copy's work plus "
+          f"SHA-256 {crypto['sha256']:.2f}, AES-GCM seal {crypto['aes_gcm_seal']:.2f} and open "
+          f"{crypto['aes_gcm_open']:.2f} CPU s/GB{': 0.8 is out of reach here' if ceiling_vs_tcp < 0.8 else ''})")
+    print(f"one source / CPU ceiling:            {one_vs_tcp / ceiling_vs_tcp:.2f}")
     # each round's pull against the copy run just before it: the machine's speed drifts between rounds
     by_round = [p["mb_s"] / t["mb_s"] for p, t in zip(runs["open_pull_1"], runs["open_tcp"])]
     print(f"  the same, round by round:          {', '.join(f'{r:.2f}' for r in by_round)}")
@@ -386,6 +457,9 @@ def main() -> int:
                                                     for k, v in of_link.items()},
                       "curve_copy_vs_tcp": round(curve_vs_tcp, 3), "curve_hash_copy_vs_tcp": round(floor_vs_tcp, 3),
                       "aes_hash_copy_vs_tcp": round(aes_vs_tcp, 3),
+                      "cpu_ceiling_vs_tcp": round(ceiling_vs_tcp, 3), "one_source_vs_ceiling": round(
+                          one_vs_tcp / ceiling_vs_tcp, 3), "cores": cores,
+                      "crypto_cpu_s_per_gb": {k: round(v, 3) for k, v in crypto.items()},
                       "runs": {k: {kk: (round(vv, 3) if isinstance(vv, float) else vv) for kk, vv in v.items()}
                                for k, v in m.items()}}))
     return 0
