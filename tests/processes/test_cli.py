@@ -11,7 +11,7 @@ import pytest
 
 from mesh.client import Client
 from mesh.errors import Cancelled, MeshError, PeerUnavailable
-from support.peerproc import PeerProcess, run_mesh, wait_until
+from support.peerproc import LONG_PROMPT, PeerProcess, run_mesh, wait_until
 
 pytestmark = [pytest.mark.model, pytest.mark.subprocess]
 
@@ -155,7 +155,7 @@ def test_a_second_signal_stops_at_once(tmp_path):
 
         def ask():
             try:
-                Client(p.data_dir).ask("Count from 1 to 1000, one number per line.", max_tokens=2000, temperature=0,
+                Client(p.data_dir).ask(LONG_PROMPT, max_tokens=2000, temperature=0,
                                        on_text=lambda _: streaming.set())
                 outcome["result"] = "finished"
             except MeshError as e:

@@ -12,7 +12,7 @@ import pytest
 
 from mesh.client import Client
 from mesh.errors import PeerUnavailable
-from support.peerproc import PeerProcess
+from support.peerproc import LONG_PROMPT, PeerProcess
 
 pytestmark = [pytest.mark.model, pytest.mark.subprocess]
 
@@ -29,7 +29,7 @@ def test_a_long_lived_clients_calls_fail_within_5s_when_its_peer_goes_away(tmp_p
             client = Client(p.data_dir, timeout_s=300)
             try:
                 assert (await client.ainfo())["peer"] == p.info["peer_id"]  # connected, and kept
-                stream = client.astream("Count from 1 to 1000, one number per line.", max_tokens=2000)
+                stream = client.astream(LONG_PROMPT, max_tokens=2000, temperature=0)
                 assert await stream.__anext__()  # the answer is streaming
                 p.signal(how)
                 with pytest.raises(PeerUnavailable):

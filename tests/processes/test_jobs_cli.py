@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from support.peerproc import PeerProcess, free_port, run_mesh, wait_until
+from support.peerproc import LONG_PROMPT, PeerProcess, free_port, run_mesh, wait_until
 
 pytestmark = [pytest.mark.model, pytest.mark.subprocess]
 
@@ -92,8 +92,8 @@ def test_cancel_a_running_job_stops_it_and_it_stays_cancelled(tmp_path):
         def engine_running():
             return json.loads(run_mesh("info", "--json", data_dir=p.data_dir).stdout)["engine"]["load"]["running"]
 
-        job_id = json.loads(run_mesh("submit", "--max-tokens", "2000", "--json",
-                                     "Count from 1 to 1000, one number per line.", data_dir=p.data_dir).stdout)["id"]
+        job_id = json.loads(run_mesh("submit", "--max-tokens", "2000", "--temperature", "0", "--json",
+                                     LONG_PROMPT, data_dir=p.data_dir).stdout)["id"]
         wait_until(lambda: job(job_id)["state"] == "running" and engine_running() == 1, 60, every_s=0.1)
         r = run_mesh("cancel", job_id, data_dir=p.data_dir)
         assert r.returncode == 0 and f"cancelled job {job_id}" in r.stdout, r.stderr

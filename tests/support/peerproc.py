@@ -12,6 +12,13 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 
+# A prompt the default model answers at length every time: at temperature 0 SmolLM2 falls
+# into repeating the word and runs to max_tokens (about 45 tokens/s here), so a request
+# with it is still generating when a test cancels, signals or kills something. "Count
+# from 1 to 1000" is not one: greedily it stops after 20, and at 0.7 it sometimes stops
+# within a second (CI: a job that was never seen running, so its test timed out).
+LONG_PROMPT = "Repeat the word hello 2000 times."
+
 
 def free_port() -> int:
     """A loopback TCP port nothing listens on right now (bound, then released)."""
