@@ -98,7 +98,7 @@ def test_sigterm_cancels_in_flight_with_an_error_and_exits_cleanly(tmp_path):
 
         def ask():
             try:
-                Client(p.data_dir).ask("Write a very long story about a lighthouse.", max_tokens=2000,
+                Client(p.data_dir).ask(LONG_PROMPT, max_tokens=2000, temperature=0,
                                        on_text=lambda _: streaming.set())
                 outcome["result"] = "finished"
             except Cancelled as e:
